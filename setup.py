@@ -1,0 +1,32 @@
+"""Apollo: the paper's optimizers and the training code that reproduces its tables."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="apollo-optim",
+    version="0.1.0",
+    description=(
+        "Apollo (adaptive parameter-wise diagonal quasi-Newton) and the baselines of its paper, "
+        "with the paper's experiments"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["optim", "optim.*", "engine", "engine.*", "classification",
+                                    "classification.*", "language_model", "language_model.*",
+                                    "nmt", "nmt.*", "benchmarks", "benchmarks.*", "scripts",
+                                    "scripts.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "numpy",
+        "PyYAML>=6",
+        "tqdm",
+        "tensorboard",
+        "lmdb>=1.4",
+        "matplotlib",
+        "scikit-learn",
+    ],
+    extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
+)
