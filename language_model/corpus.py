@@ -1,0 +1,138 @@
+"""The on-disk LMDB layout of the encoded One Billion Words corpus, shared by writer and reader.
+
+``language_model.preprocess`` writes it once; ``language_model.data`` streams from it. One
+environment (a directory holding ``data.mdb``) contains:
+
+- ``meta``: JSON with ``format``, ``format_version``, the vocabulary size, the ids of ``<S>``,
+  ``</S>`` and ``<UNK>``, and per split (``train``, ``test``) the shard names with their sentence,
+  token and unknown-word counts. It is written in the last transaction, so a database without it
+  is one whose writing was interrupted and is refused.
+- ``vocab``: the vocabulary, one word per line in id order (the order of the vocabulary file).
+- ``{split}/{i:05d}/tokens``: the shard's sentences ``<S> w1 … wn </S>`` concatenated, little-endian
+  int32 token ids; ``{split}/{i:05d}/offsets``: int64 start offsets of its sentences plus the end.
+
+Open it with the plain ``lmdb`` package: ``lmdb.open(path, readonly=True, lock=False)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+FORMAT = "apollo-lm1b-lmdb"
+FORMAT_VERSION = 1
+TOKEN_DTYPE = np.dtype("<i4")
+OFFSET_DTYPE = np.dtype("<i8")
+META_KEY = b"meta"
+VOCAB_KEY = b"vocab"
+BOS, EOS, UNK = "<S>", "</S>", "<UNK>"
+SPLITS = ("train", "test")
+
+
+def shard_key(split: str, index: int, field: str) -> bytes:
+    """LMDB key of one shard's ``tokens`` or ``offsets`` array."""
+    return f"{split}/{index:05d}/{field}".encode()
+
+
+def read_vocab_file(path: str | os.PathLike) -> list[bytes]:
+    """Words of a ``word count``-per-line vocabulary file, in file order (= token ids).
+
+    Words are kept as bytes and compared with the corpus's space-separated bytes, so a word
+    holding a non-ASCII space is never split differently from the file that defined it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--vocab {path}: no such file")
+    words: list[bytes] = []
+    seen: set[bytes] = set()
+    with path.open("rb") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            word = fields[0]
+            if word in seen:
+                raise ValueError(f"--vocab {path}: line {lineno} repeats the word {word!r}")
+            seen.add(word)
+            words.append(word)
+    if not words:
+        raise ValueError(f"--vocab {path}: the vocabulary file is empty")
+    missing = [w for w in (BOS, EOS, UNK) if w.encode() not in seen]
+    if missing:
+        raise ValueError(f"--vocab {path}: the vocabulary lacks {', '.join(missing)}")
+    return words
+
+
+class Corpus:
+    """A read-only view of an encoded corpus; validates the layout when opened.
+
+    Raises ValueError with one line naming the path when ``path`` is missing, not an LMDB,
+    incomplete (no metadata: an interrupted write) or of another format version.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ValueError(f"--data-dir {self.path}: no such directory")
+        if not self.path.is_dir() or not (self.path / "data.mdb").is_file():
+            raise ValueError(
+                f"--data-dir {self.path}: not an LMDB directory (no data.mdb); "
+                "create it with python -m language_model.preprocess"
+            )
+        try:
+            # lock=False: nothing writes a finished corpus, and DDP ranks share it read-only.
+            self.env = lmdb.open(str(self.path), readonly=True, lock=False, max_readers=512)
+        except lmdb.Error as e:
+            raise ValueError(f"--data-dir {self.path}: not a readable LMDB ({e})") from None
+        with self.env.begin() as txn:
+            raw_meta, raw_vocab = txn.get(META_KEY), txn.get(VOCAB_KEY)
+        if raw_meta is None or raw_vocab is None:
+            self.env.close()
+            raise ValueError(
+                f"--data-dir {self.path}: no corpus metadata (an interrupted or foreign write); "
+                "re-run python -m language_model.preprocess"
+            )
+        try:
+            meta = json.loads(raw_meta)
+        except ValueError:
+            self.env.close()
+            raise ValueError(f"--data-dir {self.path}: unreadable corpus metadata") from None
+        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            self.env.close()
+            raise ValueError(
+                f"--data-dir {self.path}: written as {meta.get('format')} version "
+                f"{meta.get('format_version')}, this code reads {FORMAT} version {FORMAT_VERSION}; "
+                "re-run python -m language_model.preprocess --overwrite"
+            )
+        self.meta: dict = meta
+        self.vocab: list[str] = raw_vocab.decode("utf-8", "surrogateescape").split("\n")
+        self.bos, self.eos, self.unk = (meta["specials"][k] for k in (BOS, EOS, UNK))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def shards(self, split: str) -> list[dict]:
+        """Per-shard records ``{name, sentences, tokens, unk}`` of ``split``, in stored order."""
+        if split not in self.meta["splits"]:
+            raise ValueError(f"--data-dir {self.path}: no split {split!r}")
+        return self.meta["splits"][split]["shards"]
+
+    @contextmanager
+    def shard(self, split: str, index: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(tokens, offsets)`` of one shard as zero-copy views, valid inside the ``with``."""
+        with self.env.begin(buffers=True) as txn:
+            tokens = txn.get(shard_key(split, index, "tokens"))
+            offsets = txn.get(shard_key(split, index, "offsets"))
+            if tokens is None or offsets is None:
+                raise ValueError(f"--data-dir {self.path}: shard {split}/{index} is missing")
+            yield np.frombuffer(tokens, TOKEN_DTYPE), np.frombuffer(offsets, OFFSET_DTYPE)
+
+    def close(self) -> None:
+        self.env.close()
