@@ -1,0 +1,135 @@
+"""The common command line of every ``train.py`` and its clean-exit wrapper.
+
+::
+
+    python -m <task>.train --config FILE --row ROW --schedule NAME [--data-dir D] [--out-dir O]
+        [--seed N] [--epochs N] [--max-steps-per-epoch K] [--device {cpu,cuda}]
+        [--amp {none,fp16,bf16}] [--workers N] [--plugin MODULE_OR_PATH ...] [--print-config]
+        [key=value ...]
+
+A task adds its own flags to :func:`build_parser`'s parser if it needs any, then calls
+:func:`resolve_args` with its schema. ``--plugin`` imports a module (dotted name or a ``.py``
+path) before the optimizer is resolved, so a user's ``optim.register(...)`` takes effect.
+:func:`main` runs an entry point so that bad input ends with one ``error: ...`` line and exit
+status 2, no traceback (set ``ENGINE_TRACEBACK=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import config as cfg
+from .checkpoint import CheckpointError
+
+#: Flag destination -> config key (None: flag not given, the table decides).
+FLAG_KEYS = ("seed", "epochs", "max_steps_per_epoch", "device", "amp", "data_dir", "out_dir",
+             "workers")  # fmt: skip
+
+
+class UsageError(ValueError):
+    """Bad command-line input that is not about the config (a plugin that does not import)."""
+
+
+def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
+    """The common flags; ``key=value`` overrides are collected as ``args.overrides``."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", required=True, help="a table file, e.g. configs/cifar10.yaml")
+    p.add_argument("--row", required=True, help="a row of the table, e.g. Apollo")
+    p.add_argument("--schedule", required=True, help="a schedule of the table, e.g. cosine")
+    p.add_argument("--data-dir", help="data location (default: the table's data_dir)")
+    p.add_argument("--out-dir", help="run directory; re-running with it resumes")
+    p.add_argument("--seed", type=int, help="default: the table's first seed")
+    p.add_argument("--epochs", type=int, help="schedule length in epochs (default: the table's)")
+    p.add_argument("--max-steps-per-epoch", type=int, help="cut each epoch short (smoke tests)")
+    p.add_argument("--device", choices=cfg.DEVICES, help="default: cuda when available")
+    p.add_argument("--amp", choices=cfg.AMP_MODES, help="mixed precision (default: the table's)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes per rank")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_PATH",
+        help="import a module first (e.g. one that calls optim.register); repeatable",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the run config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optimizer.lr=0.02")
+    return p
+
+
+def resolve_args(args: argparse.Namespace, schema: cfg.Schema) -> dict[str, Any]:
+    """Load plugins, then the table, then resolve ``--row``/``--schedule``/flags/overrides."""
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    table = cfg.load_table(args.config)
+    flags = {key: getattr(args, key, None) for key in FLAG_KEYS}
+    config = cfg.resolve(
+        table, args.row, args.schedule, schema=schema, flags=flags, overrides=args.overrides
+    )
+    config["plugins"] = list(args.plugin)
+    return config
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_out_dir(config: dict[str, Any], root: str = "runs") -> str:
+    """``runs/<table>/<paper_version>/<row>/<schedule>/seed<N>`` (``*`` spelt ``-star``)."""
+    row = config["row"].replace("*", "-star").replace("/", "-")
+    return str(
+        Path(root, config["table"], config["paper_version"], row, config["schedule"]["name"])
+        / f"seed{config['seed']}"
+    )
+
+
+def print_config(config: dict[str, Any]) -> None:
+    """The resolved config as one JSON object on stdout."""
+    print(json.dumps(config, indent=2))
+
+
+def load_plugin(spec: str) -> None:
+    """Import a dotted module name or a ``.py`` file path."""
+    try:
+        if spec.endswith(".py") or os.sep in spec:
+            path = Path(spec)
+            if not path.is_file():
+                raise UsageError(f"--plugin {spec}: no such file")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[path.stem] = module
+            module_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+    except UsageError:
+        raise
+    except Exception as exc:  # a plugin's own error: still one line, naming the plugin
+        raise UsageError(f"--plugin {spec}: {type(exc).__name__}: {exc}") from None
+
+
+#: Exceptions that mean bad user input rather than a bug.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError)
+
+
+def main(entry: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
+    """Run ``entry(argv)``; bad input -> ``error: <one line>`` on stderr and exit status 2."""
+    try:
+        entry(argv)
+    except USER_ERRORS as exc:
+        if os.environ.get("ENGINE_TRACEBACK"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
+        sys.exit(130)

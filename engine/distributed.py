@@ -1,0 +1,138 @@
+"""``torch.distributed`` under torchrun: setup, DDP wrapping, rank-0 logging, all-reduce.
+
+The same command runs on one process or under ``torchrun --nproc_per_node=N -m <task>.train``;
+:func:`setup` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and picks
+NCCL on GPUs and gloo on CPU (how the tests run two processes). Every helper is a no-op on a
+single process, so task code never branches on the world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process sits: rank, world size, local rank and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str) -> Context:
+    """Initialise the process group when launched by torchrun; pin this rank's GPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def cleanup() -> None:
+    """Destroy the process group if one was created."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, ctx: Context) -> torch.nn.Module:
+    """DDP-wrap ``model`` when there are several ranks (it must already be on ``ctx.device``)."""
+    if not ctx.distributed:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (what checkpoints store)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def no_sync(model: torch.nn.Module, skip_sync: bool) -> Iterator[None]:
+    """Skip DDP's gradient all-reduce for this backward (gradient accumulation micro-batches)."""
+    if skip_sync and isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    else:
+        yield
+
+
+def all_reduce_sums(values: Mapping[str, float], ctx: Context) -> dict[str, float]:
+    """Sum each value over ranks (in float64); reduce counts and sums, then divide."""
+    if not ctx.distributed:
+        return {k: float(v) for k, v in values.items()}
+    device = ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist(), strict=True))
+
+
+def gather_objects(obj: Any, ctx: Context) -> list[Any]:
+    """Every rank's ``obj`` (e.g. its RNG state), in rank order, on every rank."""
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def split_batch(global_batch: int, ctx: Context) -> int:
+    """The per-rank batch size of a global batch (the paper's 256 over 8 GPUs is 32 each)."""
+    if global_batch % ctx.world_size:
+        raise ValueError(
+            f"batch_size {global_batch} does not split evenly over {ctx.world_size} ranks"
+        )
+    return global_batch // ctx.world_size
+
+
+def get_logger(
+    ctx: Context, out_dir: str | Path | None = None, name: str = "run"
+) -> logging.Logger:
+    """A logger that prints on rank 0 (to stdout and ``out_dir/train.log``); quiet elsewhere."""
+    logger = logging.getLogger(f"engine.{name}")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if ctx.is_main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if out_dir is not None and ctx.is_main:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(Path(out_dir) / "train.log", encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    return logger

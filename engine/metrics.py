@@ -1,0 +1,227 @@
+"""The run directory's files, accuracy counting, TensorBoard and tqdm.
+
+A run directory holds (written by rank 0 only)::
+
+    config.json     the resolved run config + "provenance" (git commit, versions, hardware, argv)
+    metrics.jsonl   one JSON object per completed epoch (rewritten from the checkpoint on resume)
+    results.json    {"finished", "epochs_completed", "epochs", "metric", "mode", "final", "best",
+                     plus the run's identity: table, paper_version, row, schedule, seed, optimizer}
+    checkpoint.pt   see engine.checkpoint
+    train.log       the log lines; tb/ TensorBoard events
+
+Every JSON file is written atomically, so a reader (``scripts/report.py``) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .distributed import Context
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def provenance(ctx: Context) -> dict[str, Any]:
+    """Everything a citation needs besides the config: code version, libraries, hardware."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist_name, key in (("torchvision", "torchvision"), ("numpy", "numpy"),
+                           ("apollo-optim", "apollo_optim")):  # fmt: skip
+        try:
+            versions[key] = metadata.version(dist_name)
+        except metadata.PackageNotFoundError:
+            versions[key] = None
+    versions["cuda"] = torch.version.cuda
+    versions["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
+    hardware = {
+        "device": ctx.device.type,
+        "world_size": ctx.world_size,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if ctx.device.type == "cuda"
+        else [],
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+    }
+    return {
+        "git": _git_info(),
+        "versions": versions,
+        "hardware": hardware,
+        "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _git_info() -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True,
+                                 timeout=10, check=True)  # fmt: skip
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def write_config(out_dir: str | Path, config: Mapping[str, Any], ctx: Context) -> None:
+    """``config.json``: the resolved config plus ``provenance``; earlier starts are kept."""
+    path = Path(out_dir) / "config.json"
+    history: list[Any] = []
+    if path.exists():
+        try:
+            old = read_json(path)
+            history = [*old.get("earlier_starts", []), old.get("provenance")]
+        except (OSError, ValueError):
+            history = []
+    write_json(path, {**config, "provenance": provenance(ctx), "earlier_starts": history})
+
+
+def write_metrics(out_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:
+    """``metrics.jsonl``, one line per epoch, rewritten whole to match the checkpoint."""
+    path = Path(out_dir) / "metrics.jsonl"
+    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for record in history:
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+def best_record(
+    history: Sequence[Mapping[str, Any]], metric: str, mode: str = "max"
+) -> dict[str, Any] | None:
+    """The epoch record with the best ``metric`` (the earliest on ties)."""
+    scored = [r for r in history if r.get(metric) is not None]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return dict(pick(scored, key=lambda r: r[metric]))
+
+
+def write_results(
+    out_dir: str | Path,
+    config: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    *,
+    metric: str,
+    mode: str = "max",
+    finished: bool,
+) -> dict[str, Any]:
+    """``results.json``: the final and the best epoch, and whether the run finished."""
+    results = {
+        "table": config.get("table"),
+        "paper_version": config.get("paper_version"),
+        "row": config.get("row"),
+        "schedule": config["schedule"]["name"],
+        "seed": config.get("seed"),
+        "optimizer": config["optimizer"]["name"],
+        "metric": metric,
+        "mode": mode,
+        "epochs": config["epochs"],
+        "epochs_completed": len(history),
+        "finished": finished,
+        "final": dict(history[-1]) if history else None,
+        "best": best_record(history, metric, mode),
+    }
+    write_json(Path(out_dir) / "results.json", results)
+    return results
+
+
+class Meter:
+    """Running sums of named values and a count (sum-then-divide, so ranks all-reduce exactly)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+
+    def add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def means(self, count_key: str = "count") -> dict[str, float]:
+        n = self.sums.get(count_key, 0.0) or 1.0
+        return {k: v / n for k, v in self.sums.items() if k != count_key}
+
+
+@torch.no_grad()
+def correct_topk(
+    logits: torch.Tensor, target: torch.Tensor, ks: Iterable[int] = (1, 5)
+) -> list[int]:
+    """How many rows have the target among their top-k logits, for each k (capped at #classes)."""
+    ks = list(ks)
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hit = top.eq(target.unsqueeze(1))
+    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+
+
+class NullWriter:
+    """Stands in for a SummaryWriter on ranks other than 0."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def tensorboard(out_dir: str | Path, ctx: Context) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``out_dir/tb`` for rank 0, a no-op writer elsewhere."""
+    if not ctx.is_main:
+        return NullWriter()
+    from torch.utils.tensorboard import SummaryWriter  # slow import: only when a run starts
+
+    return SummaryWriter(log_dir=str(Path(out_dir) / "tb"))
+
+
+def log_scalars(
+    writer: Any, record: Mapping[str, Any], step: int, skip: Iterable[str] = ()
+) -> None:
+    """Every numeric entry of ``record`` as a scalar at ``step``."""
+    skip = set(skip)
+    for k, v in record.items():
+        if k not in skip and isinstance(v, int | float) and not isinstance(v, bool):
+            writer.add_scalar(k, v, step)
+    writer.flush()
+
+
+def progress(iterable: Iterable, ctx: Context, total: int | None = None, desc: str = "") -> Any:
+    """tqdm on rank 0 when stderr is a terminal; the plain iterable otherwise."""
+    if not ctx.is_main or not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
