@@ -1,0 +1,170 @@
+"""Preprocessing 1B Words text into LMDB: encoding, idempotence, atomicity, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+
+import language_model.preprocess as pre
+from language_model.corpus import FORMAT_VERSION, Corpus
+from tests.language_model.conftest import OOV, make_corpus
+
+
+def _run(files: dict, out: Path, **kw) -> tuple[Path, bool]:
+    return pre.preprocess(files["train_dir"], files["heldout_dir"], files["vocab"], out, **kw)
+
+
+def _dump(path: Path) -> dict[bytes, bytes]:
+    env = lmdb.open(str(path), readonly=True, lock=False)  # the plain lmdb package opens it
+    with env.begin() as txn:
+        items = dict(txn.cursor())
+    env.close()
+    return items
+
+
+def test_sentences_are_marked_and_unknown_words_become_unk(corpus_files, tmp_path):
+    path, written = _run(corpus_files, tmp_path / "db", workers=1)
+    assert written
+    items = _dump(path)
+    vocab = items[b"vocab"].decode().split("\n")
+    ids = {w: i for i, w in enumerate(vocab)}
+    meta = json.loads(items[b"meta"])
+    assert meta["format_version"] == FORMAT_VERSION and meta["vocab_size"] == len(vocab)
+    bos, eos, unk = ids["<S>"], ids["</S>"], ids["<UNK>"]
+    shard = sorted(corpus_files["train_dir"].iterdir())[1]
+    tokens = np.frombuffer(items[b"train/00001/tokens"], "<i4")
+    offsets = np.frombuffer(items[b"train/00001/offsets"], "<i8")
+    lines = shard.read_text("utf-8").splitlines()
+    assert len(offsets) == len(lines) + 1 and offsets[-1] == len(tokens)
+    n_unk = 0
+    for k, line in enumerate(lines):
+        want = [bos] + [ids.get(w, unk) for w in line.split(" ")] + [eos]
+        assert tokens[offsets[k] : offsets[k + 1]].tolist() == want
+        n_unk += sum(w in OOV for w in line.split(" "))
+    assert n_unk > 0 and meta["splits"]["train"]["shards"][1]["unk"] == n_unk
+    assert meta["splits"]["train"]["shards"][1]["name"] == shard.name
+    assert [s["name"] for s in meta["splits"]["test"]["shards"]] == [
+        "news.en.heldout-00000-of-00050"
+    ]
+
+
+def test_pool_of_workers_writes_the_same_records(corpus_files, tmp_path):
+    one, _ = _run(corpus_files, tmp_path / "one", workers=1)
+    two, _ = _run(corpus_files, tmp_path / "two", workers=2)
+    assert _dump(one) == _dump(two)
+
+
+def test_rerun_is_a_no_op_and_changed_inputs_need_overwrite(corpus_files, tmp_path):
+    path, _ = _run(corpus_files, tmp_path / "db", workers=1)
+    before = _dump(path)
+    stamp = (path / "data.mdb").stat().st_mtime_ns
+    assert _run(corpus_files, path, workers=1) == (path, False)
+    assert (path / "data.mdb").stat().st_mtime_ns == stamp
+    shard = sorted(corpus_files["train_dir"].iterdir())[0]
+    shard.write_text("w1 w2 zebra\n", "utf-8")
+    with pytest.raises(ValueError, match="--overwrite"):
+        _run(corpus_files, path, workers=1)
+    assert _dump(path) == before  # refused: the old database is untouched
+    _, written = _run(corpus_files, path, workers=1, overwrite=True)
+    assert written and Corpus(path).shards("train")[0]["tokens"] == 5
+
+
+def test_interrupted_run_leaves_no_database(corpus_files, tmp_path, monkeypatch):
+    real, calls = pre.encode_file, []
+
+    def dying(p: str):
+        calls.append(p)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(p)
+
+    monkeypatch.setattr(pre, "encode_file", dying)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus_files, tmp_path / "out" / "db", workers=1)
+    assert len(calls) == 2
+    assert os.listdir(tmp_path / "out") == []  # neither the DB nor a hidden partial remain
+
+
+def test_interrupted_overwrite_keeps_the_old_database(corpus_files, tmp_path, monkeypatch):
+    path, _ = _run(corpus_files, tmp_path / "out" / "db", workers=1)
+    before = _dump(path)
+    sorted(corpus_files["train_dir"].iterdir())[0].write_text("w3\n", "utf-8")
+    monkeypatch.setattr(pre, "encode_file", lambda p: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus_files, path, workers=1, overwrite=True)
+    assert _dump(path) == before and os.listdir(tmp_path / "out") == ["db"]
+
+
+def test_database_without_metadata_is_refused(tmp_path):
+    env = lmdb.open(str(tmp_path / "partial"), map_size=1 << 20)
+    with env.begin(write=True) as txn:  # what a killed writer would leave: shards, no meta
+        txn.put(b"vocab", b"<S>\n</S>\n<UNK>")
+        txn.put(b"train/00000/tokens", np.arange(4, dtype="<i4").tobytes())
+    env.close()
+    with pytest.raises(ValueError, match="no corpus metadata"):
+        Corpus(tmp_path / "partial")
+
+
+def test_older_format_version_is_refused(lmdb_dir, tmp_path):
+    items = _dump(lmdb_dir)
+    meta = json.loads(items[b"meta"])
+    meta["format_version"] = FORMAT_VERSION - 1
+    env = lmdb.open(str(tmp_path / "old"), map_size=1 << 22)
+    with env.begin(write=True) as txn:
+        for k, v in items.items():
+            txn.put(k, json.dumps(meta).encode() if k == b"meta" else v)
+    env.close()
+    with pytest.raises(ValueError, match=f"version {FORMAT_VERSION - 1}"):
+        Corpus(tmp_path / "old")
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "not_lmdb"])
+def test_data_dir_that_is_not_a_corpus_is_refused(tmp_path, kind):
+    path = tmp_path / "d"
+    if kind != "missing":
+        path.mkdir()
+    if kind == "not_lmdb":
+        (path / "data.mdb").write_bytes(b"this is not an lmdb file" * 100)
+    with pytest.raises(ValueError, match=str(path)):
+        Corpus(path)
+
+
+def test_vocabulary_without_markers_is_refused(corpus_files, tmp_path, capsys):
+    bad = tmp_path / "vocab.txt"
+    bad.write_text("<S> 5\nw1 3\n<UNK> 2\n", "utf-8")
+    argv = ["--train-dir", str(corpus_files["train_dir"]), "--heldout-dir"]
+    argv += [
+        str(corpus_files["heldout_dir"]),
+        "--vocab",
+        str(bad),
+        "--out-dir",
+        str(tmp_path / "o"),
+    ]
+    assert pre.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "</S>" in err[0] and str(bad) in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty"])
+def test_cli_bad_train_dir_is_one_line_without_traceback(tmp_path, problem):
+    files = make_corpus(tmp_path / "raw")
+    train = tmp_path / "nothing"
+    if problem == "empty":
+        train.mkdir()
+    cmd = [sys.executable, "-m", "language_model.preprocess", "--train-dir", str(train)]
+    cmd += ["--heldout-dir", str(files["heldout_dir"]), "--vocab", str(files["vocab"])]
+    cmd += ["--out-dir", str(tmp_path / "o")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--train-dir" in lines[0] and str(train) in lines[0]
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
