@@ -1,0 +1,1 @@
+"""Timing goals, run as ``python -m benchmarks.<name>`` (never as timed tests)."""
