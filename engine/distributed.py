@@ -63,12 +63,20 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, ctx: Context) -> torch.nn.Module:
-    """DDP-wrap ``model`` when there are several ranks (it must already be on ``ctx.device``)."""
+def wrap(
+    model: torch.nn.Module, ctx: Context, *, find_unused_parameters: bool = False
+) -> torch.nn.Module:
+    """DDP-wrap ``model`` when there are several ranks (it must already be on ``ctx.device``).
+
+    ``find_unused_parameters`` is for models whose steps leave some parameters without a
+    gradient (the LM's adaptive softmax skips tail clusters no target of the batch falls in).
+    """
     if not ctx.distributed:
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    return DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

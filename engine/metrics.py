@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import socket
@@ -159,6 +160,16 @@ def write_results(
     }
     write_json(Path(out_dir) / "results.json", results)
     return results
+
+
+def perplexity(nll_sum: float, count: float) -> float:
+    """exp(mean negative log-likelihood per predicted token); inf when it overflows a float."""
+    if count <= 0:
+        return float("nan")
+    try:
+        return math.exp(nll_sum / count)
+    except OverflowError:
+        return float("inf")
 
 
 class Meter:
