@@ -37,6 +37,7 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of a team
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -56,9 +57,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:160]
         raise CheckpointError(
-            f"corrupt or unreadable checkpoint {path} ({type(exc).__name__}: {reason}); "
+            f"corrupt or unreadable checkpoint {path} ({type(exc).__name__}); "
             "move it away to start over"
         ) from None
     if not isinstance(state, dict):

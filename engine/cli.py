@@ -70,6 +70,8 @@ def resolve_args(args: argparse.Namespace, schema: cfg.Schema) -> dict[str, Any]
         load_plugin(plugin)
     table = cfg.load_table(args.config)
     flags = {key: getattr(args, key, None) for key in FLAG_KEYS}
+    if flags["device"] is None:
+        flags["device"] = default_device()
     config = cfg.resolve(
         table, args.row, args.schedule, schema=schema, flags=flags, overrides=args.overrides
     )

@@ -40,6 +40,7 @@ def write_json(path: str | Path, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of a team
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
@@ -116,6 +117,7 @@ def write_metrics(out_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> 
     """``metrics.jsonl``, one line per epoch, rewritten whole to match the checkpoint."""
     path = Path(out_dir) / "metrics.jsonl"
     fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         for record in history:
             f.write(json.dumps(record) + "\n")

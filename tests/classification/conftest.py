@@ -1,0 +1,53 @@
+"""Tiny data sets in the real on-disk layouts: CIFAR's python pickles and an ImageFolder."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from classification.data import CIFAR
+
+
+def write_cifar(root: Path, dataset: str = "cifar10", n_train: int = 48, n_test: int = 20,
+                num_classes: int = 10, seed: int = 0) -> Path:  # fmt: skip
+    """Pickles like the real ones (bytes keys, (N, 3072) uint8 rows) with a few images each."""
+    folder, train_files, test_files, label_key = CIFAR[dataset]
+    out = root / folder
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    per_file = max(1, n_train // len(train_files))
+    for name, n in [(f, per_file) for f in train_files] + [(f, n_test) for f in test_files]:
+        labels = rng.integers(0, num_classes, size=n)
+        # class-dependent brightness, so a few steps of training can learn something
+        data = rng.integers(0, 64, size=(n, 3072)) + (labels[:, None] * 19)
+        batch = {b"data": data.clip(0, 255).astype(np.uint8), label_key.encode(): labels.tolist()}
+        with open(out / name, "wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
+def write_imagefolder(root: Path, classes: int = 3, per_class: int = 4, size: int = 20) -> Path:
+    """``train/<class>/*.JPEG`` and ``val/<class>/*.JPEG`` with tiny random images."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            d = root / split / f"n{c:08d}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, size=(size, size + 4, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(d / f"img_{i}.JPEG", quality=80)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture(scope="session")
+def imagenet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_imagefolder(tmp_path_factory.mktemp("imagenet"))
