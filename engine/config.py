@@ -1,0 +1,323 @@
+"""A paper table in YAML -> one flat, type-checked run config.
+
+A table file (``configs/<table>.yaml``) has these top-level keys::
+
+    table: cifar10                # name used in default run directories
+    task: classification          # entry point: python -m classification.train
+    paper_version: current        # or v1 (the paper's first version)
+    seeds: [1, 101, ...]          # the authors' seed list; --seed picks one (default: the first)
+    defaults: {...}               # keys shared by every row
+    schedules: {milestone: {...}, cosine: {...}}   # keys each schedule sets (epochs, schedule.*)
+    rows: {SGD: {...}, Apollo: {...}}              # keys each row sets (optimizer, schedule.*)
+
+:func:`resolve` merges ``defaults`` < ``schedules[name]`` < ``rows[name]`` < the CLI flags <
+``key=value`` overrides (dotted keys reach into sections: ``optimizer.lr=0.02``), then checks
+every value against the task's schema (:data:`COMMON_SCHEMA` plus the task's own keys). The
+result is a plain dict that ``--print-config`` prints and ``config.json`` stores.
+
+Types: a schema maps a key to a type or a tuple of types (``(int, type(None))`` for optional).
+An override is parsed like YAML (``true``, ``[80, 120]``, ``null``) except that ``1e-4`` is a
+float, then converted to the type the key already has (an int where a float is expected is
+fine; a string where a number is expected is an error). Every problem is a :class:`ConfigError`
+(a ``ValueError``) whose one-line message names the file and the key and lists what exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TypeSpec = type | tuple[type, ...]
+Schema = Mapping[str, TypeSpec]
+
+TABLE_KEYS = ("table", "task", "paper_version", "seeds", "defaults", "schedules", "rows")
+
+#: Keys every run config has, whatever the task.
+COMMON_SCHEMA: dict[str, TypeSpec] = {
+    "seed": int,
+    "epochs": int,
+    "max_steps_per_epoch": (int, type(None)),
+    "device": str,
+    "amp": str,
+    "data_dir": (str, type(None)),
+    "out_dir": (str, type(None)),
+    "workers": int,
+    "optimizer": dict,
+    "schedule": dict,
+}
+
+#: Keys of the ``schedule`` section; all but ``name`` and ``unit`` go to ``optim.Schedule``.
+SCHEDULE_SCHEMA: dict[str, TypeSpec] = {
+    "name": str,
+    "kind": str,
+    "unit": str,  # 'epoch' (classification, LM) or 'update' (NMT)
+    "warmup": int,
+    "init_lr": float,
+    "milestones": list,
+    "decay_rate": float,
+    "last_lr": float,
+    "gamma": float,
+}
+SCHEDULE_UNITS = ("epoch", "update")
+AMP_MODES = ("none", "fp16", "bf16")
+DEVICES = ("cpu", "cuda")
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+class ConfigError(ValueError):
+    """A bad table, row, schedule, key or value; the message is one line for the user."""
+
+
+def load_table(path: str | Path) -> dict[str, Any]:
+    """Read and check one table file; :class:`ConfigError` names the file on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        table = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {', '.join(TABLE_KEYS)}")
+    unknown = sorted(set(table) - set(TABLE_KEYS))
+    missing = [k for k in ("task", "defaults", "schedules", "rows") if k not in table]
+    if unknown or missing:
+        what = f"unknown keys {unknown}" if unknown else f"missing keys {missing}"
+        raise ConfigError(f"{path}: {what}; a table has {', '.join(TABLE_KEYS)}")
+    for section in ("defaults", "schedules", "rows"):
+        if not isinstance(table[section], dict) or not table[section]:
+            raise ConfigError(f"{path}: '{section}' must be a non-empty mapping")
+    seeds = table.setdefault("seeds", [])
+    if not isinstance(seeds, list) or not all(_is_int(s) for s in seeds):
+        raise ConfigError(f"{path}: 'seeds' must be a list of integers, got {seeds!r}")
+    _reject_numeric_strings(table, str(path))
+    table["_path"] = str(path)
+    return table
+
+
+def row_names(table: Mapping[str, Any]) -> list[str]:
+    """The table's rows in file order (the paper's order)."""
+    return list(table["rows"])
+
+
+def schedule_names(table: Mapping[str, Any]) -> list[str]:
+    """The table's schedules in file order."""
+    return list(table["schedules"])
+
+
+def resolve(
+    table: Mapping[str, Any],
+    row: str,
+    schedule: str,
+    *,
+    schema: Schema,
+    flags: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One run's config: defaults < schedule < row < ``flags`` (non-None) < ``overrides``.
+
+    ``schema`` holds the task's own keys; :data:`COMMON_SCHEMA` is added to it. The result
+    starts with ``config``, ``table``, ``task``, ``paper_version``, ``row`` and has
+    ``schedule.name`` set to ``schedule``. ``seed`` defaults to the table's first seed.
+    """
+    path = table.get("_path", "<table>")
+    full_schema = {**COMMON_SCHEMA, **schema}
+    rows, schedules = table["rows"], table["schedules"]
+    if row not in rows:
+        raise ConfigError(f"{path}: unknown row {row!r}; rows: {', '.join(rows)}")
+    if schedule not in schedules:
+        raise ConfigError(
+            f"{path}: unknown schedule {schedule!r}; schedules: {', '.join(schedules)}"
+        )
+    config: dict[str, Any] = {}
+    for where, part in (
+        ("defaults", table["defaults"]),
+        (f"schedules.{schedule}", schedules[schedule]),
+        (f"rows.{row}", rows[row]),
+    ):
+        if not isinstance(part, dict):
+            raise ConfigError(f"{path}: '{where}' must be a mapping")
+        for key in part:
+            if key not in full_schema:
+                raise ConfigError(
+                    f"{path}: unknown key '{where}.{key}'; keys: {', '.join(full_schema)}"
+                )
+        _merge(config, copy.deepcopy(part))
+    config.setdefault("schedule", {})["name"] = schedule
+    if "seed" not in config and table.get("seeds"):
+        config["seed"] = table["seeds"][0]
+    for key, value in (flags or {}).items():
+        if value is not None:
+            config[key] = value
+    for item in overrides:
+        apply_override(config, item, full_schema)
+    for key in ("max_steps_per_epoch", "data_dir", "out_dir"):
+        config.setdefault(key, None)
+    missing = [k for k in full_schema if k not in config]
+    if missing:
+        raise ConfigError(f"{path}: row {row!r} / schedule {schedule!r} lacks keys {missing}")
+    for key, spec in full_schema.items():
+        _check_type(config[key], spec, key, path)
+    check_schedule(config, path)
+    config["schedule"] = {k: config["schedule"][k] for k in SCHEDULE_SCHEMA if k in config["schedule"]}
+    head = {
+        "config": path,
+        "table": table.get("table", Path(path).stem),
+        "task": table["task"],
+        "paper_version": table.get("paper_version", "current"),
+        "row": row,
+    }
+    return {**head, **{k: config[k] for k in full_schema}}
+
+
+def check_schedule(config: Mapping[str, Any], path: str = "<config>") -> None:
+    """The ``schedule`` section's keys and types, the unit, and "never two warmups"."""
+    sched = config["schedule"]
+    for key, value in sched.items():
+        if key not in SCHEDULE_SCHEMA:
+            raise ConfigError(
+                f"{path}: unknown key 'schedule.{key}'; keys: {', '.join(SCHEDULE_SCHEMA)}"
+            )
+        _check_type(value, SCHEDULE_SCHEMA[key], f"schedule.{key}", path)
+    for key in ("kind", "unit"):
+        if key not in sched:
+            raise ConfigError(f"{path}: 'schedule.{key}' is required")
+    if sched["unit"] not in SCHEDULE_UNITS:
+        raise ConfigError(f"{path}: schedule.unit must be one of {SCHEDULE_UNITS}")
+    opt = config["optimizer"]
+    if not isinstance(opt.get("name"), str):
+        raise ConfigError(f"{path}: 'optimizer.name' (a registry name) is required")
+    if sched.get("warmup", 0) > 0 and opt.get("warmup", 0) > 0:
+        raise ConfigError(
+            f"{path}: both schedule.warmup and optimizer.warmup are set; the optimizer warms "
+            "up by itself (Apollo, AdaHessian), so set schedule.warmup=0"
+        )
+    if config.get("amp", "none") not in AMP_MODES:
+        raise ConfigError(f"{path}: amp must be one of {', '.join(AMP_MODES)}")
+    if config.get("device", "cpu") not in DEVICES:
+        raise ConfigError(f"{path}: device must be one of {', '.join(DEVICES)}")
+
+
+def schedule_kwargs(schedule: Mapping[str, Any], steps: int) -> dict[str, Any]:
+    """Keyword arguments for ``optim.Schedule`` from a ``schedule`` section.
+
+    ``steps`` is the schedule's length in its unit (epochs or updates): cosine's
+    ``total_steps`` unless the section sets it.
+    """
+    kwargs = {k: v for k, v in schedule.items() if k not in ("name", "kind", "unit")}
+    if schedule["kind"] == "cosine":
+        kwargs.setdefault("total_steps", steps)
+    return kwargs
+
+
+def apply_override(config: dict[str, Any], item: str, schema: Schema) -> None:
+    """Apply one ``key=value`` (dotted keys reach into sections) to ``config`` in place."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"bad override {item!r}: expected key=value, e.g. optimizer.lr=0.02")
+    top, _, sub = key.partition(".")
+    if top not in schema:
+        raise ConfigError(f"unknown key {top!r} in override {item!r}; keys: {', '.join(schema)}")
+    value = parse_value(text)
+    if not sub:
+        if isinstance(schema[top], type) and schema[top] is dict:
+            raise ConfigError(f"override {item!r}: {top!r} is a section; set {top}.<key>=...")
+        config[top] = _coerce(value, schema[top], key, item)
+        return
+    section = config.setdefault(top, {})
+    if not isinstance(section, dict) or "." in sub:
+        raise ConfigError(f"override {item!r}: {top!r} is not a section with key {sub!r}")
+    if top == "schedule":
+        expected: TypeSpec | None = SCHEDULE_SCHEMA.get(sub)
+        if expected is None:
+            raise ConfigError(
+                f"unknown key {key!r} in override {item!r}; keys: {', '.join(SCHEDULE_SCHEMA)}"
+            )
+    elif sub in section and section[sub] is not None:
+        expected = bool if isinstance(section[sub], bool) else type(section[sub])
+        if expected is int and isinstance(value, float):
+            expected = float  # lr=0.5 where the table had lr: 1 is still a learning rate
+    elif top == "optimizer":
+        expected = None  # a new constructor argument: the optimizer validates it
+    else:
+        raise ConfigError(
+            f"unknown key {key!r} in override {item!r}; keys: {', '.join(section) or '(none)'}"
+        )
+    section[sub] = value if expected is None else _coerce(value, expected, key, item)
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalars and lists, except that ``1e-4`` is a float (PyYAML reads it as a string)."""
+    text = text.strip()
+    if _NUMBER.match(text):
+        return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, list):
+        return [parse_value(str(v)) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def _coerce(value: Any, spec: TypeSpec, key: str, item: str) -> Any:
+    types = spec if isinstance(spec, tuple) else (spec,)
+    if value is None and type(None) in types:
+        return None
+    if float in types and _is_int(value):
+        return float(value)
+    if str in types and isinstance(value, int | float | bool):
+        return str(value) if not isinstance(value, bool) else str(value).lower()
+    if _matches(value, types):
+        return value
+    names = " or ".join(t.__name__ for t in types)
+    raise ConfigError(f"bad value in override {item!r}: {key} must be {names}")
+
+
+def _check_type(value: Any, spec: TypeSpec, key: str, path: str) -> None:
+    types = spec if isinstance(spec, tuple) else (spec,)
+    if _matches(value, types) or (float in types and _is_int(value)):
+        return
+    names = " or ".join(t.__name__ for t in types)
+    raise ConfigError(f"{path}: {key} must be {names}, got {value!r}")
+
+
+def _matches(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _reject_numeric_strings(node: Any, path: str, where: str = "") -> None:
+    """PyYAML reads ``1e-4`` as a string; a number-looking string is always a typo here."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _reject_numeric_strings(value, path, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _reject_numeric_strings(value, path, f"{where}[{i}]")
+    elif isinstance(node, str) and _NUMBER.match(node.strip()):
+        raise ConfigError(
+            f"{path}: {where} is the string {node!r}; write floats with a dot, e.g. 1.0e-4"
+        )
