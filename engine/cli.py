@@ -2,7 +2,7 @@
 
 ::
 
-    python -m <task>.train --config FILE --row ROW --schedule NAME [--data-dir D] [--out-dir O]
+    python -m <task>.train --config FILE --row ROW [--schedule NAME] [--data-dir D] [--out-dir O]
         [--seed N] [--epochs N] [--max-steps-per-epoch K] [--device {cpu,cuda}]
         [--amp {none,fp16,bf16}] [--workers N] [--plugin MODULE_OR_PATH ...] [--print-config]
         [key=value ...]
@@ -43,7 +43,9 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", required=True, help="a table file, e.g. configs/cifar10.yaml")
     p.add_argument("--row", required=True, help="a row of the table, e.g. Apollo")
-    p.add_argument("--schedule", required=True, help="a schedule of the table, e.g. cosine")
+    p.add_argument(
+        "--schedule", help="a schedule of the table, e.g. cosine (default: its only one)"
+    )
     p.add_argument("--data-dir", help="data location (default: the table's data_dir)")
     p.add_argument("--out-dir", help="run directory; re-running with it resumes")
     p.add_argument("--seed", type=int, help="default: the table's first seed")
@@ -72,8 +74,16 @@ def resolve_args(args: argparse.Namespace, schema: cfg.Schema) -> dict[str, Any]
     flags = {key: getattr(args, key, None) for key in FLAG_KEYS}
     if flags["device"] is None:
         flags["device"] = default_device()
+    schedule = args.schedule
+    if schedule is None:  # a table with one schedule (lm1b) needs no --schedule
+        names = cfg.schedule_names(table)
+        if len(names) != 1:
+            raise cfg.ConfigError(
+                f"{args.config}: --schedule is required; schedules: {', '.join(names)}"
+            )
+        schedule = names[0]
     config = cfg.resolve(
-        table, args.row, args.schedule, schema=schema, flags=flags, overrides=args.overrides
+        table, args.row, schedule, schema=schema, flags=flags, overrides=args.overrides
     )
     config["plugins"] = list(args.plugin)
     return config
