@@ -9,6 +9,13 @@ A table file (``configs/<table>.yaml``) has these top-level keys::
     defaults: {...}               # keys shared by every row
     schedules: {milestone: {...}, cosine: {...}}   # keys each schedule sets (epochs, schedule.*)
     rows: {SGD: {...}, Apollo: {...}}              # keys each row sets (optimizer, schedule.*)
+    extends: cifar10.yaml         # optional: start from another table (see below)
+
+``extends`` names a base table (relative to this file, else to the project root). The base is
+loaded first; this file's keys are then merged onto it, mappings key by key (so a row may set
+only ``optimizer.warmup``), and a key set to ``null`` removes the inherited one (``schedules:
+{milestone: null}``). New rows are appended after the base's. ``configs/quickstart.yaml`` and
+``docs/adding_an_optimizer.md`` use it so that a row's hyperparameters live in one file.
 
 :func:`resolve` merges ``defaults`` < ``schedules[name]`` < ``rows[name]`` < the CLI flags <
 ``key=value`` overrides (dotted keys reach into sections: ``optimizer.lr=0.02``), then checks
@@ -35,7 +42,8 @@ import yaml
 TypeSpec = type | tuple[type, ...]
 Schema = Mapping[str, TypeSpec]
 
-TABLE_KEYS = ("table", "task", "paper_version", "seeds", "defaults", "schedules", "rows")
+TABLE_KEYS = ("table", "task", "paper_version", "seeds", "defaults", "schedules", "rows", "extends")
+_REPO = Path(__file__).resolve().parent.parent
 
 #: Keys every run config has, whatever the task.
 COMMON_SCHEMA: dict[str, TypeSpec] = {
@@ -74,7 +82,7 @@ class ConfigError(ValueError):
     """A bad table, row, schedule, key or value; the message is one line for the user."""
 
 
-def load_table(path: str | Path) -> dict[str, Any]:
+def load_table(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read and check one table file; :class:`ConfigError` names the file on any problem."""
     path = Path(path)
     try:
@@ -87,6 +95,8 @@ def load_table(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(TABLE_KEYS)}")
+    if "extends" in table:
+        table = _extend(table, path, _seen)
     unknown = sorted(set(table) - set(TABLE_KEYS))
     missing = [k for k in ("task", "defaults", "schedules", "rows") if k not in table]
     if unknown or missing:
@@ -101,6 +111,35 @@ def load_table(path: str | Path) -> dict[str, Any]:
     _reject_numeric_strings(table, str(path))
     table["_path"] = str(path)
     return table
+
+
+def _extend(child: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The base table named by ``child['extends']`` with ``child`` merged onto it."""
+    ref = child.pop("extends")
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{path}: 'extends' must be the path of a table file, got {ref!r}")
+    candidates = [Path(ref)] if Path(ref).is_absolute() else [path.parent / ref, _REPO / ref]
+    base_path = next((p for p in candidates if p.is_file()), None)
+    if base_path is None:
+        where = " or ".join(str(p) for p in candidates)
+        raise ConfigError(f"{path}: extends {ref!r}, but there is no such file ({where})")
+    if base_path.resolve() in seen or base_path.resolve() == path.resolve():
+        raise ConfigError(f"{path}: 'extends' loops back to {base_path}")
+    base = load_table(base_path, (*seen, path.resolve()))
+    del base["_path"]
+    _overlay(base, child)
+    return base
+
+
+def _overlay(base: dict[str, Any], update: Mapping[str, Any]) -> None:
+    """Merge ``update`` onto ``base`` key by key; ``None`` deletes (for ``extends``)."""
+    for key, value in update.items():
+        if value is None:
+            base.pop(key, None)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            _overlay(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
 
 
 def row_names(table: Mapping[str, Any]) -> list[str]:
