@@ -34,7 +34,7 @@ CIFAR = {
                 "labels"),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
 }  # fmt: skip
-DATASETS = (*CIFAR, "imagenet")
+DATASETS = (*CIFAR, "imagenet", "digits")
 
 
 class DataError(ValueError):
@@ -123,6 +123,10 @@ def build_datasets(config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
     name, root, aug = config["dataset"], config["data_dir"], config["augmentation"]
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; datasets: {', '.join(DATASETS)}")
+    if name == "digits":  # bundled with scikit-learn, no data_dir: see classification/digits.py
+        from .digits import build_datasets as build_digits
+
+        return build_digits(config)
     if root is None:
         raise DataError(f"no data directory for {name}: pass --data-dir")
     if not Path(root).is_dir():

@@ -77,6 +77,10 @@ class CifarResNet(nn.Module):
 def build_model(name: str, num_classes: int) -> nn.Module:
     """``cifar_resnet<6n+2>`` (e.g. ``cifar_resnet110``) or a torchvision classification model
     by name (``resnext50_32x4d``), always randomly initialised (``weights=None``)."""
+    if name == "digits_cnn":  # the quickstart's small CNN: see classification/digits.py
+        from .digits import DigitsCNN
+
+        return DigitsCNN(num_classes)
     match = re.fullmatch(r"cifar_resnet(\d+)", name)
     if match:
         return CifarResNet(int(match.group(1)), num_classes)
