@@ -18,6 +18,7 @@ The data order needs no state beyond ``epoch`` when the sampler is seeded per ep
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
@@ -101,3 +102,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002
     torch.manual_seed(seed)
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's tensors (names, dtypes, shapes, bytes): equal iff bit-identical."""
+    h = hashlib.sha256()
+    for name, t in state.items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

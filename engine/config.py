@@ -206,7 +206,9 @@ def resolve(
     for key, spec in full_schema.items():
         _check_type(config[key], spec, key, path)
     check_schedule(config, path)
-    config["schedule"] = {k: config["schedule"][k] for k in SCHEDULE_SCHEMA if k in config["schedule"]}
+    config["schedule"] = {
+        k: config["schedule"][k] for k in SCHEDULE_SCHEMA if k in config["schedule"]
+    }
     head = {
         "config": path,
         "table": table.get("table", Path(path).stem),

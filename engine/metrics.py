@@ -143,8 +143,10 @@ def write_results(
     metric: str,
     mode: str = "max",
     finished: bool,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``results.json``: the final and the best epoch, and whether the run finished."""
+    """``results.json``: the final and the best epoch, whether the run finished, and ``extra``
+    (classification adds ``model_sha256_by_rank``: DDP ranks must end with one digest)."""
     results = {
         "table": config.get("table"),
         "paper_version": config.get("paper_version"),
@@ -159,6 +161,7 @@ def write_results(
         "finished": finished,
         "final": dict(history[-1]) if history else None,
         "best": best_record(history, metric, mode),
+        **(extra or {}),
     }
     write_json(Path(out_dir) / "results.json", results)
     return results

@@ -2,8 +2,12 @@
 
 ::
 
-    python -m engine.sweep --config configs/cifar10.yaml [--rows SGD,Apollo] [--schedules cosine]
-        [--seeds 1,101] [--gpus N] [--data-dir D] [--out-root runs] [--dry-run] [-- key=value ...]
+    python -m engine.sweep (--config configs/cifar10.yaml | --table cifar10 [--version v1])
+        [--rows SGD,Apollo] [--schedules cosine] [--seeds 1,101] [--gpus N] [--data-dir D]
+        [--out-root runs] [--dry-run] [-- key=value ...]
+
+``--table T --version V`` is ``configs/T.yaml`` for the current paper version and
+``configs/V/T.yaml`` otherwise (``scripts/<table>.sh`` passes ``--table``).
 
 Rows, schedules and seeds come from the table (one source of truth); each run gets its own
 directory ``<out-root>/<table>/<paper_version>/<row>/<schedule>/seed<N>``, so re-running the
@@ -35,9 +39,34 @@ def _pick(given: str | None, available: list, what: str, path: str, cast: type =
     return picked
 
 
+def table_path(args: argparse.Namespace) -> Path:
+    """``--config`` as given, or the file of ``--table`` in ``--version``."""
+    if args.config:
+        return Path(args.config)
+    if not args.table:
+        raise ValueError("pass --config FILE or --table NAME")
+    root = Path(args.configs_root)
+    path = (
+        root / f"{args.table}.yaml"
+        if args.version == "current"
+        else root / args.version / f"{args.table}.yaml"
+    )
+    if not path.is_file():
+        versions = (
+            ["current", *sorted(p.name for p in root.iterdir() if p.is_dir())]
+            if root.is_dir()
+            else []
+        )
+        raise ValueError(
+            f"no config {path} for table {args.table!r} version {args.version!r}; "
+            f"versions: {', '.join(versions)}"
+        )
+    return path
+
+
 def commands(args: argparse.Namespace) -> list[tuple[list[str], Path]]:
     """Each run's command line and run directory, in table order (row, schedule, seed)."""
-    table = cfg.load_table(args.config)
+    table = cfg.load_table(table_path(args))
     path = table["_path"]
     rows = _pick(args.rows, cfg.row_names(table), "rows", path)
     schedules = _pick(args.schedules, cfg.schedule_names(table), "schedules", path)
@@ -76,7 +105,10 @@ def _finished(run_dir: Path) -> bool:
 
 def run(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m engine.sweep", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", help="a table file")
+    p.add_argument("--table", help="a table name, e.g. cifar10 (instead of --config)")
+    p.add_argument("--version", default="current", help="paper version of --table: current, v1")
+    p.add_argument("--configs-root", default="configs", help=argparse.SUPPRESS)
     p.add_argument("--rows", help="comma-separated subset of the table's rows")
     p.add_argument("--schedules", help="comma-separated subset of the table's schedules")
     p.add_argument("--seeds", help="comma-separated seeds (default: the table's list)")

@@ -1,0 +1,1 @@
+"""Command-line helpers: table sweeps (``*.sh``), report and docs (``python -m scripts.X``)."""

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The paper's ResNet-110 on CIFAR-10 table: every row x schedule x seed of configs/cifar10.yaml,
+# each run in runs/cifar10/<version>/<row>/<schedule>/seed<N> (re-running resumes / skips finished runs).
+#
+#   bash scripts/cifar10.sh --data-dir data/cifar10                 # the whole current table
+#   bash scripts/cifar10.sh --version v1 ...    # the first paper version (configs/v1/cifar10.yaml)
+#   bash scripts/cifar10.sh --rows SGD,Apollo --schedules cosine --seeds 1,101 --dry-run
+#   bash scripts/cifar10.sh ... -- amp=bf16           # key=value overrides for every run
+#
+# Options: --gpus N (per run; >1 uses torchrun; 0 = CPU), --data-dir D, --out-root R,
+# --version V, --rows, --schedules, --seeds, --dry-run (print the commands). Rows, schedules,
+# seeds and every hyperparameter come from the config; this script holds none.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec "${PYTHON:-python}" -m engine.sweep --table cifar10 "$@"
