@@ -1,0 +1,172 @@
+"""Apollo's multi-tensor update (``torch._foreach_*``) and its traceable form.
+
+:func:`multi_tensor_apollo` performs, op for op, what ``apollo._single_tensor_apollo``
+does per tensor, so the two are bit-identical: on CPU every ``_foreach_*`` op runs the
+same per-tensor kernel, and the per-tensor scalars (stacked for the vector form) go
+through the same correctly rounded operations. Costs that matter on CPU (see the
+performance notes of ``spec/optimizers.md``): ‖d‖₄ comes from the 2-norm of d⊙d, which
+step 9 needs anyway, instead of ``norm(p=4)``; the sums of products are BLAS dots (no
+temporary); Δ and D live in one reused scratch tensor and d⊙d in the update's own
+buffer, so a step allocates nothing the size of the parameters.
+
+:func:`traceable_apollo` is the same rule written with tensor scalars and no
+``.item()``, for ``torch.compile``: the step counter stays a tensor, so a compiled step
+is not recompiled as the counter grows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+
+class Hyper(NamedTuple):
+    """One group's hyperparameters, resolved for the update functions."""
+
+    beta: float
+    eps_prime: float  # ε' of spec step 5: ε for belief, ε/σ for constant
+    sigma: float
+    belief: bool
+    weight_decay: float
+    l2: bool  # λ ≠ 0 and type 'L2'
+    decoupled: bool  # λ ≠ 0 and type 'decoupled' or 'stable'
+    stable: bool
+    maximize: bool
+    warmup: int
+    init_lr: float
+    base_lr: float
+
+    @classmethod
+    def from_group(cls, group: dict[str, Any]) -> Hyper:
+        belief = group["rebound"] == "belief"
+        wd, wdt = float(group["weight_decay"]), group["weight_decay_type"]
+        return cls(
+            beta=float(group["beta"]),
+            eps_prime=float(group["eps"]) if belief else group["eps"] / group["sigma"],
+            sigma=float(group["sigma"]),
+            belief=belief,
+            weight_decay=wd,
+            l2=wd != 0 and wdt == "L2",
+            decoupled=wd != 0 and wdt != "L2",
+            stable=wdt == "stable",
+            maximize=bool(group["maximize"]),
+            warmup=int(group["warmup"]),
+            init_lr=float(group["init_lr"]),
+            base_lr=float(group["base_lr"]),
+        )
+
+
+def lr_at_step(t: int, lr: float, hp: Hyper) -> float:
+    """Spec step 1: warmup from η₀ to the group's base lr over W updates, then ``lr``."""
+    if t < hp.warmup:
+        return hp.init_lr + (hp.base_lr - hp.init_lr) * t / hp.warmup
+    return float(lr)
+
+
+def flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view for ``torch.dot`` (a copy only for non-contiguous layouts)."""
+    return t.view(-1) if t.is_contiguous() else t.reshape(-1)
+
+
+def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    # There is no _foreach_dot; a loop of BLAS dots reads each tensor once and allocates nothing.
+    return torch.stack([torch.dot(flat(x), flat(y)) for x, y in zip(a, b, strict=True)])
+
+
+def multi_tensor_apollo(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    ms: list[torch.Tensor],
+    bs: list[torch.Tensor],
+    us: list[torch.Tensor],
+    scratch: list[torch.Tensor],
+    t: int,
+    lr_t: float,
+    hp: Hyper,
+) -> None:
+    """Spec steps 2-14 for tensors sharing device, dtype and step count ``t`` (before it)."""
+    alpha = (1 - hp.beta) / (1 - hp.beta ** (t + 1))  # step 3
+    delta = scratch
+    torch._foreach_copy_(delta, grads)  # p.grad itself is never modified
+    if hp.maximize:
+        torch._foreach_neg_(delta)
+    if hp.l2:
+        torch._foreach_add_(delta, params, alpha=hp.weight_decay)  # step 2
+    torch._foreach_sub_(delta, ms)  # step 4
+    x = _dots(delta, us)  # Σ Δ⊙d with the previous update d
+    torch._foreach_add_(ms, delta, alpha=alpha)  # step 6
+    if hp.belief:
+        torch._foreach_abs_(delta)
+        r = torch._foreach_max(delta)  # step 5: ‖Δ‖∞ per tensor
+    torch._foreach_mul_(us, us)  # d⊙d in the update's buffer (rewritten in step 12)
+    w = us
+    q = torch.stack(torch._foreach_norm(w))  # ‖d‖₄² per tensor
+    y = _dots(bs, w)
+    s = q.sqrt() + hp.eps_prime  # step 7
+    s2 = s * s
+    c = (x * -alpha - y) / s2 / s2  # δ / s², steps 8-9 (see the per-tensor loop)
+    torch._foreach_mul_(w, c.unbind())
+    torch._foreach_add_(bs, w)  # step 10
+    dd = delta  # step 11: D in the scratch
+    torch._foreach_copy_(dd, bs)
+    torch._foreach_abs_(dd)
+    if hp.belief:
+        torch._foreach_clamp_min_(dd, r)
+        torch._foreach_add_(dd, hp.eps_prime / alpha)
+    else:
+        torch._foreach_clamp_min_(dd, hp.sigma)
+    torch._foreach_copy_(us, ms)
+    torch._foreach_div_(us, dd)  # step 12
+    if hp.decoupled:  # step 13
+        if hp.stable:
+            mean_d = torch.stack(torch._foreach_norm(dd, 1)) / torch.tensor(
+                [d.numel() for d in dd], dtype=dd[0].dtype, device=dd[0].device
+            )
+            torch._foreach_addcmul_(us, params, (hp.weight_decay / mean_d).unbind())
+        else:
+            torch._foreach_add_(us, params, alpha=hp.weight_decay)
+    if lr_t != 0:
+        torch._foreach_add_(params, us, alpha=-lr_t)  # step 14
+
+
+def traceable_apollo(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    ms: list[torch.Tensor],
+    bs: list[torch.Tensor],
+    us: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    lr: torch.Tensor,
+    hp: Hyper,
+) -> None:
+    """Spec steps 1-14 with tensor scalars (per-tensor step counts), for ``torch.compile``."""
+    for p, g, m, b, u, step in zip(params, grads, ms, bs, us, steps, strict=True):
+        if hp.warmup > 0:  # step 1, t before the increment
+            warm = hp.init_lr + (hp.base_lr - hp.init_lr) * step / hp.warmup
+            lr_t = torch.where(step < hp.warmup, warm, lr)
+        else:
+            lr_t = lr
+        step.add_(1)
+        alpha = (1 - hp.beta) / (1 - torch.pow(hp.beta, step))  # step 3
+        grad = -g if hp.maximize else g
+        if hp.l2:
+            grad = grad + hp.weight_decay * p  # step 2, on a copy
+        delta = grad - m  # step 4
+        x = (delta * u).sum()
+        m.add_(alpha * delta)  # step 6
+        w = u * u
+        s = (w * w).sum().sqrt().sqrt() + hp.eps_prime  # step 7
+        s2 = s * s
+        c = (x * -alpha - (b * w).sum()) / s2 / s2  # steps 8-9
+        b.add_(c * w)  # step 10
+        if hp.belief:  # step 11
+            big_d = torch.maximum(b.abs(), delta.abs().amax()) + hp.eps_prime / alpha
+        else:
+            big_d = b.abs().clamp_min(hp.sigma)
+        d = m / big_d  # step 12
+        if hp.decoupled:  # step 13
+            lam = hp.weight_decay / big_d.mean() if hp.stable else hp.weight_decay
+            d = d + lam * p
+        u.copy_(d)
+        p.sub_(lr_t * d)  # step 14

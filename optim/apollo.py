@@ -1,0 +1,282 @@
+"""Apollo: an adaptive parameter-wise diagonal quasi-Newton method (Ma, 2020).
+
+The update follows ``spec/optimizers.md`` ("Apollo (and ApolloW)") step by step;
+the step numbers in the comments below are the spec's. Every reduction is over one
+parameter tensor ("parameter-wise"), never across tensors.
+
+Three implementations of the same rule live here and in ``_apollo_foreach.py``:
+
+* ``foreach=False``: a plain per-tensor loop (:func:`_single_tensor_apollo`);
+* ``foreach=True`` (default): the multi-tensor path, ``torch._foreach_*`` over all
+  tensors of one device, dtype and step count, bit-identical to the loop;
+* ``compiled=True``: the same update with tensor scalars, compiled once with
+  ``torch.compile`` (also used automatically when a user's ``torch.compile``
+  traces ``step()``); equal up to float rounding.
+
+The per-tensor and multi-tensor paths use one scratch tensor per parameter
+element they process (kept on the optimizer, not in the state dict) so that a
+step allocates no large temporaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from ._apollo_foreach import (
+    Hyper,
+    flat,
+    lr_at_step,
+    multi_tensor_apollo,
+    traceable_apollo,
+)
+from .registry import register
+
+REBOUNDS = ("constant", "belief")
+WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
+
+
+def _check(ok: bool, name: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ValueError(f"Apollo: invalid {name}={value!r} ({why})")
+
+
+class Apollo(torch.optim.Optimizer):
+    """Apollo (and ApolloW with ``weight_decay_type='decoupled'``).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate η after warmup (required; the paper uses 0.01-1.0).
+        beta: β of the gradient moving average m (Eq. 8).
+        eps: ε of the rectification; the effective ε' is ε/σ for ``constant`` rebound.
+        rebound: ``'constant'`` (D = max(|B|, σ)) or ``'belief'`` (D = max(|B|, ‖Δ‖∞) + ε'/α).
+        sigma: σ, the constant rebound bound: 0.01 is the current paper, 1.0 the first version.
+        warmup: W, updates of linear warmup from ``init_lr`` to each group's ``lr``.
+        init_lr: η₀, the warmup's first learning rate (default ``lr / 1000``).
+        weight_decay: λ.
+        weight_decay_type: ``'L2'`` (added to the gradient), ``'decoupled'`` or ``'stable'``
+            (added to the update, the latter divided by mean(D)); default ``'L2'`` for the
+            constant rebound and ``'decoupled'`` for belief.
+        foreach: use the multi-tensor path (default ``True``).
+        maximize: maximize the objective instead of minimizing it.
+        compiled: run the multi-tensor update through ``torch.compile`` (opt-in; the first
+            step compiles, which takes tens of seconds on a CPU).
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        beta: float = 0.9,
+        eps: float = 1e-4,
+        rebound: str = "constant",
+        sigma: float = 0.01,
+        warmup: int = 500,
+        init_lr: float | None = None,
+        weight_decay: float = 0.0,
+        weight_decay_type: str | None = None,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        compiled: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            beta=beta,
+            eps=eps,
+            rebound=rebound,
+            sigma=sigma,
+            warmup=warmup,
+            init_lr=init_lr,
+            weight_decay=weight_decay,
+            weight_decay_type=weight_decay_type,
+            foreach=foreach,
+            maximize=maximize,
+            compiled=compiled,
+        )
+        self._validate(defaults)  # before any group exists, so the message names the argument
+        self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._compiled_fn: Callable | None = None
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _validate(g: dict[str, Any]) -> None:
+        lr = g["lr"]
+        _check(isinstance(lr, (int, float)) and lr >= 0, "lr", lr, "must be a number >= 0")
+        _check(0.0 <= g["beta"] < 1.0, "beta", g["beta"], "must be in [0, 1)")
+        _check(g["eps"] > 0, "eps", g["eps"], "must be > 0")
+        _check(g["rebound"] in REBOUNDS, "rebound", g["rebound"], f"expected one of {REBOUNDS}")
+        _check(g["sigma"] > 0, "sigma", g["sigma"], "must be > 0")
+        w = g["warmup"]
+        _check(w >= 0 and float(w).is_integer(), "warmup", w, "must be an integer >= 0")
+        ilr = g["init_lr"]
+        _check(ilr is None or 0 <= ilr <= lr, "init_lr", ilr, f"must be in [0, lr={lr}]")
+        _check(g["weight_decay"] >= 0, "weight_decay", g["weight_decay"], "must be >= 0")
+        wdt = g["weight_decay_type"]
+        _check(
+            wdt is None or wdt in WEIGHT_DECAY_TYPES,
+            "weight_decay_type",
+            wdt,
+            f"expected one of {WEIGHT_DECAY_TYPES}",
+        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; its ``base_lr`` (the warmup's target, spec step 1) is its lr now."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate(group)
+        group.setdefault("base_lr", group["lr"])
+        if group["init_lr"] is None:
+            group["init_lr"] = group["lr"] / 1000
+        if group["weight_decay_type"] is None:
+            group["weight_decay_type"] = "L2" if group["rebound"] == "constant" else "decoupled"
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._scratch = {}
+        self._compiled_fn = None
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("compiled", False)
+            group.setdefault("base_lr", group["lr"])
+
+    def _scratch_for(self, device: torch.device, dtype: torch.dtype, n: int) -> torch.Tensor:
+        buf = self._scratch.get((device, dtype))
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, device=device, dtype=dtype)
+            self._scratch[(device, dtype)] = buf
+        return buf[:n]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one update (spec steps 1-14); ``closure`` re-evaluates the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, ms, bs, us, steps = [], [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError("Apollo does not support sparse gradients (grad of a param)")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                    state["exp_avg_grad"] = torch.zeros_like(p)
+                    state["approx_hessian"] = torch.zeros_like(p)
+                    state["update"] = torch.zeros_like(p)
+                if p.numel() == 0:  # nothing to update; keep the counter honest
+                    state["step"] += 1
+                    continue
+                params.append(p)
+                grads.append(p.grad)
+                ms.append(state["exp_avg_grad"])
+                bs.append(state["approx_hessian"])
+                us.append(state["update"])
+                steps.append(state["step"])
+            if params:
+                self._update_group(group, params, grads, ms, bs, us, steps)
+        return loss
+
+    def _update_group(self, group, params, grads, ms, bs, us, steps) -> None:
+        hp = Hyper.from_group(group)
+        if group["compiled"] or torch.compiler.is_compiling():
+            fn = traceable_apollo
+            if group["compiled"] and not torch.compiler.is_compiling():
+                if self._compiled_fn is None:
+                    self._compiled_fn = torch.compile(traceable_apollo)
+                fn = self._compiled_fn
+            # a tensor lr keeps an LR scheduler from forcing a recompile
+            lr = torch.tensor(float(group["lr"]), dtype=_get_scalar_dtype())
+            fn(params, grads, ms, bs, us, steps, lr, hp)
+            return
+        # Eager paths: bucket by (device, dtype, step count) so every scalar that depends on
+        # the step (alpha, lr_t) is one Python number per bucket.
+        buckets: dict[tuple, list[int]] = {}
+        for i, (p, s) in enumerate(zip(params, steps, strict=True)):
+            buckets.setdefault((p.device, p.dtype, int(s.item())), []).append(i)
+        foreach = group["foreach"] is None or group["foreach"]
+        for (device, dtype, t), idx in buckets.items():
+            lr_t = lr_at_step(t, group["lr"], hp)
+            sel = [[lst[i] for i in idx] for lst in (params, grads, ms, bs, us)]
+            if foreach:
+                numels = [p.numel() for p in sel[0]]
+                flat_buf = self._scratch_for(device, dtype, sum(numels))
+                scratch = [
+                    v.view_as(p) for v, p in zip(flat_buf.split(numels), sel[0], strict=True)
+                ]
+                multi_tensor_apollo(*sel, scratch, t, lr_t, hp)
+            else:
+                buf = self._scratch_for(device, dtype, max(p.numel() for p in sel[0]))
+                _single_tensor_apollo(*sel, buf, t, lr_t, hp)
+            torch._foreach_add_([steps[i] for i in idx], 1.0)
+
+
+def _single_tensor_apollo(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    ms: list[torch.Tensor],
+    bs: list[torch.Tensor],
+    us: list[torch.Tensor],
+    buf: torch.Tensor,
+    t: int,
+    lr_t: float,
+    hp: Hyper,
+) -> None:
+    """The per-tensor loop; op for op the same as :func:`multi_tensor_apollo`."""
+    alpha = (1 - hp.beta) / (1 - hp.beta ** (t + 1))  # step 3 (t counted before this step)
+    for p, g, m, b, u in zip(params, grads, ms, bs, us, strict=True):
+        delta = buf[: p.numel()].view_as(p)
+        delta.copy_(g)  # p.grad itself is never modified
+        if hp.maximize:
+            delta.neg_()
+        if hp.l2:
+            delta.add_(p, alpha=hp.weight_decay)  # step 2
+        delta.sub_(m)  # step 4: Δ = g - m
+        x = torch.dot(flat(delta), flat(u))  # Σ Δ⊙d, d the previous update
+        m.add_(delta, alpha=alpha)  # step 6
+        if hp.belief:
+            r = delta.abs_().max()  # step 5: ‖Δ‖∞
+        w = u.mul_(u)  # d⊙d, in the update's own buffer (d is rewritten in step 12)
+        q = torch.linalg.vector_norm(w)  # ‖d‖₄² = sqrt(Σ (d⊙d)⊙(d⊙d)), never norm(p=4)
+        y = torch.dot(flat(b), flat(w))
+        s = q.sqrt() + hp.eps_prime  # step 7
+        s2 = s * s
+        # steps 8-9 with d/s folded into the sums: δ = (-α Σ Δ⊙d - Σ B⊙d⊙d) / s²;
+        # step 10 then adds δ·v = (δ / s²)·(d⊙d).
+        c = (x * -alpha - y) / s2 / s2
+        b.add_(w.mul_(c))
+        dd = delta  # step 11, D in the scratch buffer
+        dd.copy_(b).abs_()
+        if hp.belief:
+            dd.clamp_min_(r).add_(hp.eps_prime / alpha)
+        else:
+            dd.clamp_min_(hp.sigma)
+        u.copy_(m).div_(dd)  # step 12: d = m / D
+        if hp.decoupled:  # step 13 (the stored update includes this term)
+            if hp.stable:
+                lam = hp.weight_decay / (torch.linalg.vector_norm(dd, 1) / dd.numel())
+                u.addcmul_(p, lam)
+            else:
+                u.add_(p, alpha=hp.weight_decay)
+        if lr_t != 0:  # a group with lr 0 must not move, even through inf/nan updates
+            p.add_(u, alpha=-lr_t)  # step 14
+
+
+register(
+    "apollo",
+    Apollo,
+    summary="Apollo: adaptive parameter-wise diagonal quasi-Newton (Ma, 2020)",
+)
+register(
+    "apollow",
+    Apollo,
+    defaults={"weight_decay_type": "decoupled"},
+    summary="ApolloW: Apollo with decoupled weight decay",
+)

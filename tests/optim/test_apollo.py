@@ -1,0 +1,317 @@
+"""Apollo against the plain reference loop of spec/optimizers.md, in float64.
+
+The generic checks every registered optimizer gets (state_dict round trip,
+Rosenbrock, ...) live in test_conformance.py; this file is Apollo's own rule.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import optim
+from tests.optim.reference_apollo import ReferenceApollo, RefGroup
+
+SHAPES = [(), (3,), (3, 4), (2, 3, 4), (2, 3, 2, 2), (2, 1, 2, 2, 2)]  # 0-D to 5-D
+RTOL = 1e-12
+
+
+def _tensors(shapes, gen: torch.Generator) -> list[torch.Tensor]:
+    return [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+
+
+def _grad(theta: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    # a noisy quadratic: the trajectory depends on the parameters, and stays bounded
+    return 0.5 * theta + 0.1 * noise
+
+
+def _assert_close(params, ref_params, rtol=RTOL) -> None:
+    for p, r in zip(params, ref_params, strict=True):
+        scale = r.abs().max().clamp_min(1.0)
+        assert (p.detach() - r).abs().max() <= rtol * scale, (p, r)
+
+
+def _run_pair(cfg: dict, steps: int = 12, foreach: bool = True, shapes=SHAPES, every=None):
+    """Apollo and the reference side by side; param i gets a gradient every ``every[i]`` steps."""
+    gen = torch.Generator().manual_seed(1)
+    init = _tensors(shapes, gen)
+    noise = [_tensors(shapes, gen) for _ in range(steps)]
+    params = [torch.nn.Parameter(x.clone()) for x in init]
+    opt = optim.Apollo(params, foreach=foreach, **cfg)
+    ref = ReferenceApollo([RefGroup([x.clone() for x in init], **cfg)])
+    for k in range(steps):
+        has = [every is None or k % every[i] == 0 for i in range(len(shapes))]
+        for p, n, h in zip(params, noise[k], has, strict=True):
+            p.grad = _grad(p.detach(), n) if h else None
+        opt.step()
+        ref.step(
+            [
+                _grad(r, n) if h else None
+                for r, n, h in zip(ref.groups[0].params, noise[k], has, strict=True)
+            ]
+        )
+    return params, ref.groups[0].params
+
+
+CONFIGS = [
+    dict(
+        lr=0.01 if sigma == 0.01 else 0.5,  # the two paper versions' lr ranges
+        rebound=rebound,
+        weight_decay_type=wdt,
+        weight_decay=wd,
+        sigma=sigma,
+        warmup=warmup,  # 5 < 12 steps: the warmup ends mid-run
+    )
+    for rebound, wdt, wd, sigma, warmup in itertools.product(
+        ["constant", "belief"], ["L2", "decoupled", "stable"], [0.0, 0.1], [0.01, 1.0], [0, 5]
+    )
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_parity_with_reference_and_foreach_equals_loop(cfg):
+    fast, ref = _run_pair(cfg, foreach=True)
+    loop, ref2 = _run_pair(cfg, foreach=False)
+    _assert_close(fast, ref)
+    _assert_close(loop, ref2)
+    for a, b in zip(fast, loop, strict=True):
+        assert torch.equal(a, b)  # the multi-tensor path is the loop, bit for bit
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_grad_every_other_step_gets_its_own_bias_correction(foreach):
+    # params 1 and 3 see a gradient only every other step, so one group holds two step counts
+    cfg = dict(lr=0.01, warmup=4, weight_decay=0.1)
+    params, ref = _run_pair(cfg, steps=9, foreach=foreach, every=[1, 2, 1, 2, 1, 3])
+    _assert_close(params, ref)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_lr_scheduler_changes_lr_after_warmup(foreach):
+    gen = torch.Generator().manual_seed(2)
+    init, noise = _tensors(SHAPES, gen), [_tensors(SHAPES, gen) for _ in range(10)]
+    params = [torch.nn.Parameter(x.clone()) for x in init]
+    opt = optim.Apollo(params, lr=0.02, warmup=3, foreach=foreach)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    ref = ReferenceApollo([RefGroup([x.clone() for x in init], lr=0.02, warmup=3)])
+    lrs = []
+    for k in range(10):
+        for p, n in zip(params, noise[k], strict=True):
+            p.grad = _grad(p.detach(), n)
+        opt.step()
+        ref.step([_grad(r, n) for r, n in zip(ref.groups[0].params, noise[k], strict=True)])
+        sched.step()
+        ref.groups[0].lr = opt.param_groups[0]["lr"]
+        lrs.append(opt.param_groups[0]["lr"])
+    assert len(set(lrs)) > 3  # the schedule really moved
+    assert opt.param_groups[0]["base_lr"] == 0.02
+    _assert_close(params, ref.groups[0].params)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_per_group_lrs_during_warmup_and_add_param_group(foreach):
+    gen = torch.Generator().manual_seed(3)
+    a0, b0, c0 = _tensors([(4, 3), (5,), (2, 2, 2)], gen)
+    a, b, c = (torch.nn.Parameter(x.clone()) for x in (a0, b0, c0))
+    opt = optim.Apollo(
+        [{"params": [a]}, {"params": [b], "lr": 0.001}], lr=0.05, warmup=6, foreach=foreach
+    )
+    ref = ReferenceApollo(
+        [RefGroup([a0.clone()], lr=0.05, warmup=6), RefGroup([b0.clone()], lr=0.001, warmup=6)]
+    )
+    for k in range(10):
+        if k == 2:  # after the first steps, with its own lr and the default init_lr
+            opt.add_param_group({"params": [c], "lr": 0.2, "rebound": "belief"})
+            ref.add_group(RefGroup([c0.clone()], lr=0.2, warmup=6, rebound="belief"))
+        live = [a, b] + ([c] if k >= 2 else [])
+        noise = _tensors([p.shape for p in live], gen)
+        ref_live = [g.params[0] for g in ref.groups]
+        for p, n in zip(live, noise, strict=True):
+            p.grad = _grad(p.detach(), n)
+        opt.step()
+        ref.step([_grad(r, n) for r, n in zip(ref_live, noise, strict=True)])
+    assert [g["base_lr"] for g in opt.param_groups] == [0.05, 0.001, 0.2]
+    assert opt.param_groups[2]["weight_decay_type"] == "decoupled"  # belief's default
+    _assert_close([a, b, c], [g.params[0] for g in ref.groups])
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_lr_zero_group_does_not_move_and_grad_is_untouched(foreach):
+    gen = torch.Generator().manual_seed(4)
+    frozen, live = (torch.nn.Parameter(x) for x in _tensors([(3, 3), (4,)], gen))
+    opt = optim.Apollo(
+        [{"params": [frozen], "lr": 0.0}, {"params": [live]}],
+        lr=0.1,
+        warmup=2,
+        weight_decay=0.5,  # L2: added to a copy of the gradient, never to p.grad
+        foreach=foreach,
+    )
+    before = frozen.detach().clone()
+    for _ in range(4):
+        grads = _tensors([(3, 3), (4,)], gen)
+        frozen.grad, live.grad = grads[0].clone(), grads[1].clone()
+        opt.step()
+        assert torch.equal(frozen.grad, grads[0]) and torch.equal(live.grad, grads[1])
+    assert torch.equal(frozen.detach(), before)
+
+
+def test_maximize_equals_minimizing_the_negated_gradient():
+    gen = torch.Generator().manual_seed(5)
+    init, grads = _tensors(SHAPES, gen), [_tensors(SHAPES, gen) for _ in range(4)]
+    a = [torch.nn.Parameter(x.clone()) for x in init]
+    b = [torch.nn.Parameter(x.clone()) for x in init]
+    opt_a = optim.Apollo(a, lr=0.01, warmup=2, weight_decay=0.1, maximize=True)
+    opt_b = optim.Apollo(b, lr=0.01, warmup=2, weight_decay=0.1)
+    for gs in grads:
+        for p, q, g in zip(a, b, gs, strict=True):
+            p.grad, q.grad = g.clone(), -g
+        opt_a.step()
+        opt_b.step()
+    for p, q in zip(a, b, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_step_with_closure_inside_no_grad():
+    theta = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = optim.Apollo([theta], lr=0.1, warmup=0)
+
+    def closure():
+        opt.zero_grad()
+        loss = (theta**2).sum()
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        loss = opt.step(closure)
+    assert loss.item() == 5.0
+    assert not torch.equal(theta.detach(), torch.tensor([1.0, -2.0], dtype=torch.float64))
+
+
+def test_empty_and_channels_last_parameters():
+    empty = torch.nn.Parameter(torch.zeros(0, 3))
+    conv = torch.nn.Parameter(torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last))
+    ref_conv = conv.detach().clone().contiguous()
+    opt = optim.Apollo([empty, conv], lr=0.01, warmup=0, rebound="belief")
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        empty.grad = torch.zeros(0, 3)
+        g = torch.randn(2, 3, 4, 4, generator=gen)
+        conv.grad = g.to(memory_format=torch.channels_last)
+        opt.step()
+    ref = optim.Apollo([torch.nn.Parameter(ref_conv)], lr=0.01, warmup=0, rebound="belief")
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        ref.param_groups[0]["params"][0].grad = torch.randn(2, 3, 4, 4, generator=gen)
+        ref.step()
+    torch.testing.assert_close(conv.detach(), ref.param_groups[0]["params"][0].detach())
+
+
+def test_sparse_gradient_is_a_clear_error():
+    emb = torch.nn.Embedding(5, 3, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="sparse"):
+        optim.Apollo(emb.parameters(), lr=0.01).step()
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(lr=-0.1), "lr"),
+        (dict(beta=1.0), "beta"),
+        (dict(beta=-0.1), "beta"),
+        (dict(eps=0.0), "eps"),
+        (dict(rebound="linear"), "rebound"),
+        (dict(sigma=0.0), "sigma"),
+        (dict(warmup=-1), "warmup"),
+        (dict(init_lr=-1e-5), "init_lr"),
+        (dict(init_lr=0.5), "init_lr"),  # > lr
+        (dict(weight_decay=-1e-4), "weight_decay"),
+        (dict(weight_decay_type="l1"), "weight_decay_type"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=rf"\b{name}="):
+        optim.Apollo([torch.nn.Parameter(torch.zeros(2))], **{"lr": 0.01, **kwargs})
+
+
+def test_bad_group_argument_in_add_param_group():
+    opt = optim.Apollo([torch.nn.Parameter(torch.zeros(2))], lr=0.01)
+    with pytest.raises(ValueError, match=r"\bsigma="):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "sigma": -1.0})
+
+
+def test_registry_defaults():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert optim.create("apollow", p, lr=0.01).param_groups[0]["weight_decay_type"] == "decoupled"
+    assert optim.create("apollo", p, lr=0.01).param_groups[0]["weight_decay_type"] == "L2"
+    belief = optim.create("apollo", p, lr=0.01, rebound="belief")
+    assert belief.param_groups[0]["weight_decay_type"] == "decoupled"
+    assert optim.create("apollo", p, lr=0.01).param_groups[0]["init_lr"] == pytest.approx(1e-5)
+
+
+def test_state_holds_only_tensors_and_plain_values():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = optim.Apollo([p], lr=0.01)
+    p.grad = torch.ones(3)
+    opt.step()
+    state = opt.state_dict()["state"][0]
+    assert set(state) == {"step", "exp_avg_grad", "approx_hessian", "update"}
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert state["step"].item() == 1
+
+
+def test_torch_compile_of_a_training_step_does_not_recompile():
+    torch._dynamo.reset()
+    model = torch.nn.Linear(4, 3).double()
+    opt = optim.Apollo(model.parameters(), lr=0.01, warmup=3, rebound="belief")
+    gen = torch.Generator().manual_seed(7)
+    compiles = []
+
+    def backend(gm, example_inputs):  # counts graphs; runs them eagerly (fast)
+        compiles.append(gm)
+        return gm.forward
+
+    @torch.compile(backend=backend)
+    def train_step(x):
+        loss = model(x).pow(2).sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    # the same steps taken eagerly, to check the traced (tensor-scalar) update
+    ref_model = torch.nn.Linear(4, 3).double()
+    ref_model.load_state_dict(model.state_dict())
+    ref_opt = optim.Apollo(ref_model.parameters(), lr=0.01, warmup=3, rebound="belief")
+    counts = []
+    for _ in range(7):  # crosses the end of the warmup
+        x = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+        train_step(x)
+        ref_model(x).pow(2).sum().backward()
+        ref_opt.step()
+        ref_opt.zero_grad(set_to_none=True)
+        counts.append(len(compiles))
+    assert counts[1] > 0 and counts[-1] == counts[1], counts  # nothing new after step 2
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9)  # float32 step counter
+
+
+@pytest.mark.slow
+def test_compiled_option_matches_eager():
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(8)
+    init = [torch.randn(s, generator=gen) for s in [(3, 4), (5,)]]
+    a = [torch.nn.Parameter(x.clone()) for x in init]
+    b = [torch.nn.Parameter(x.clone()) for x in init]
+    opt_a = optim.Apollo(a, lr=0.01, warmup=2, weight_decay=0.1, compiled=True)
+    opt_b = optim.Apollo(b, lr=0.01, warmup=2, weight_decay=0.1)
+    for _ in range(4):
+        for p, q in zip(a, b, strict=True):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        opt_a.step()
+        opt_b.step()
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
