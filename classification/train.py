@@ -154,14 +154,13 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
     state = checkpoint.load(ckpt_path) if ckpt_path.exists() else None
     if state is not None:
         check_resumable(state["config"], config, ckpt_path)
-    train_loader, eval_loader, sampler = build_loaders(config, ctx)  # data errors before writing
-
     checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
     model = build_model(config["model"], config["num_classes"]).to(ctx.device)
     optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
     schedule = build_schedule(optimizer, config["schedule"], config["epochs"])
     scaler = amp.grad_scaler(ctx.device, config["amp"])
     checkpoint.seed_everything(config["seed"] + ctx.rank)  # but different augmentation draws
+    train_loader, eval_loader, sampler = build_loaders(config, ctx)  # all before writing a file
     history: list[dict[str, Any]] = []
     if state is not None:
         model.load_state_dict(state["model"])

@@ -38,9 +38,20 @@ class UsageError(ValueError):
     """Bad command-line input that is not about the config (a plugin that does not import)."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, and ``key=value`` overrides allowed between flags."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        return self.parse_intermixed_args(args, namespace)
+
+
 def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     """The common flags; ``key=value`` overrides are collected as ``args.overrides``."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = Parser(prog=prog, description=description)
     p.add_argument("--config", required=True, help="a table file, e.g. configs/cifar10.yaml")
     p.add_argument("--row", required=True, help="a row of the table, e.g. Apollo")
     p.add_argument(

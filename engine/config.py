@@ -69,6 +69,7 @@ SCHEDULE_SCHEMA: dict[str, TypeSpec] = {
     "milestones": list,
     "decay_rate": float,
     "last_lr": float,
+    "total_steps": int,  # cosine's length; default: the run's epochs (or updates)
     "gamma": float,
 }
 SCHEDULE_UNITS = ("epoch", "update")

@@ -1,0 +1,211 @@
+"""classification.train end to end on tiny data in the real layouts (CPU, in-process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import optim
+from classification import train
+from engine import checkpoint, cli
+
+ROOT = Path(__file__).resolve().parents[2]
+CIFAR = str(ROOT / "configs" / "cifar10.yaml")
+# A tiny run of a real row: the table's optimizer and schedule, a 1-block-per-stage ResNet.
+TINY = ["--workers", "0", "--device", "cpu", "model=cifar_resnet8", "batch_size=8",
+        "eval_batch_size=10", "augmentation.crop=16"]  # fmt: skip
+
+
+def run(out: Path, data: Path, row: str, *extra: str, schedule: str = "milestone",
+        epochs: int = 2, config: str = CIFAR) -> dict:  # fmt: skip
+    argv = ["--config", config, "--row", row, "--schedule", schedule, "--data-dir", str(data),
+            "--out-dir", str(out), "--epochs", str(epochs), "--max-steps-per-epoch", "2", *TINY,
+            *extra]  # fmt: skip
+    return train.run(argv)
+
+
+# One row per optimizer family of the table; AdaHessian takes the second-order path.
+@pytest.mark.parametrize("row", ["SGD", "Adam", "RAdam", "AdaBelief", "Apollo", "ApolloW",
+                                 "AdaHessian"])  # fmt: skip
+def test_two_epochs_per_optimizer_family(row: str, cifar_dir: Path, tmp_path: Path) -> None:
+    results = run(tmp_path, cifar_dir, row, schedule="cosine")
+    assert results["finished"] and results["epochs_completed"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    for record in lines:
+        assert torch.isfinite(torch.tensor(record["train_loss"]))
+        assert record["train_samples"] == 16  # 2 steps of 8
+        assert 0.0 <= record["test_acc1"] <= record["test_acc5"] <= 100.0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (
+        config["row"] == row
+        and config["optimizer"]["name"] == optim.get(config["optimizer"]["name"]).name
+    )
+    assert {"git", "versions", "hardware"} <= set(config["provenance"])
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["schedule"]["last_epoch"] == 2
+    assert list((tmp_path / "tb").iterdir()), "TensorBoard events"
+
+
+def test_adahessian_runs_with_create_graph(cifar_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The loop asks the registry, not the name: AdaHessian gets create_graph=True."""
+    seen = []
+    real = train.amp.backward
+    monkeypatch.setattr(train.amp, "backward",
+                        lambda loss, scaler, create_graph: seen.append(create_graph)
+                        or real(loss, scaler, create_graph))  # fmt: skip
+    run(tmp_path / "h", cifar_dir, "AdaHessian", epochs=1)
+    run(tmp_path / "s", cifar_dir, "SGD", epochs=1)
+    assert seen == [True, True, False, False]
+
+
+@pytest.mark.parametrize(("row", "schedule"), [("Apollo", "milestone"), ("SGD", "cosine")])
+def test_resume_is_bit_exact(row: str, schedule: str, cifar_dir: Path, tmp_path: Path) -> None:
+    """N epochs straight == N-1 epochs, then the same command with --epochs N (resume)."""
+    # milestones at epochs 1 and 2, or a cosine pinned to 3 epochs (by default its length is
+    # --epochs): either way the lr changes across the resume boundary
+    extra = ["schedule.milestones=[1, 2]" if schedule == "milestone" else "schedule.total_steps=3"]
+    run(tmp_path / "straight", cifar_dir, row, *extra, schedule=schedule, epochs=3)
+    run(tmp_path / "resumed", cifar_dir, row, *extra, schedule=schedule, epochs=2)
+    first = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert first["epochs_completed"] == 2
+    run(tmp_path / "resumed", cifar_dir, row, *extra, schedule=schedule, epochs=3)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert checkpoint.state_digest(a["model"]) == checkpoint.state_digest(b["model"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(),
+                      strict=True):  # fmt: skip
+        for key in sa:
+            assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), key
+    strip = ("images_per_s", "epoch_time_s")
+    hist = [[{k: v for k, v in r.items() if k not in strip} for r in s["history"]] for s in (a, b)]
+    assert hist[0] == hist[1]
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    log = (tmp_path / "resumed" / "train.log").read_text()
+    assert "resuming after epoch 2" in log
+    assert (
+        len(json.loads((tmp_path / "resumed" / "config.json").read_text())["earlier_starts"]) == 1
+    )
+
+
+def test_imagefolder_run_and_bf16(imagenet_dir: Path, tmp_path: Path) -> None:
+    """ImageNet's layout and eval pipeline at toy sizes, under bf16 autocast on the CPU."""
+    results = run(tmp_path, imagenet_dir, "SGD", "num_classes=3", "augmentation.crop=16",
+                  "augmentation.resize=18", "batch_size=4", "eval_batch_size=4", "--amp", "bf16",
+                  config=str(ROOT / "configs" / "imagenet.yaml"), epochs=1)  # fmt: skip
+    assert results["finished"] and results["final"]["train_samples"] == 8  # 2 steps of 4
+
+
+def test_two_process_gloo_ddp_ranks_end_identical(cifar_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "classification.train", "--config", CIFAR, "--row", "Apollo", "--schedule",
+           "cosine", "--data-dir", str(cifar_dir), "--out-dir", str(out), "--epochs", "1",
+           "--max-steps-per-epoch", "2", *TINY]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    digests = results["model_sha256_by_rank"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    # the global batch of 8 is split over 2 ranks: 2 steps x 4 x 2 ranks samples
+    assert results["final"]["train_samples"] == 16
+    config = json.loads((out / "config.json").read_text())
+    assert config["provenance"]["hardware"]["world_size"] == 2
+
+
+def test_print_config_matches_the_paper(capsys) -> None:
+    def printed(*argv: str) -> dict:
+        train.run(["--print-config", *argv])
+        return json.loads(capsys.readouterr().out)
+
+    c = printed("--config", CIFAR, "--row", "Apollo", "--schedule", "cosine")
+    apollo = {"name": "apollo", "lr": 0.01, "beta": 0.9, "eps": 1e-4, "rebound": "constant",
+              "sigma": 0.01, "weight_decay": 2.5e-4, "weight_decay_type": "L2", "warmup": 500,
+              "init_lr": 1e-5}  # fmt: skip
+    assert c["optimizer"] == apollo
+    assert c["schedule"] == {"name": "cosine", "kind": "cosine", "unit": "epoch", "warmup": 0,
+                             "last_lr": 1e-5}  # fmt: skip
+    assert (c["epochs"], c["batch_size"], c["eval_batch_size"], c["model"], c["seed"]) == (
+        200, 128, 1000, "cifar_resnet110", 1)  # fmt: skip
+    c = printed("--config", CIFAR, "--row", "SGD", "--schedule", "milestone", "--seed", "8191")
+    assert c["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
+                              "weight_decay": 5e-4, "weight_decay_type": "L2"}  # fmt: skip
+    assert (c["epochs"], c["schedule"]["milestones"], c["schedule"]["decay_rate"], c["seed"]) == (
+        164, [80, 120], 0.1, 8191)  # fmt: skip
+    c = printed("--config", str(ROOT / "configs/imagenet.yaml"), "--row", "ApolloW",
+                "--schedule", "milestone")  # fmt: skip
+    assert (c["optimizer"]["weight_decay"], c["optimizer"]["weight_decay_type"]) == (
+        1e-2,
+        "decoupled",
+    )
+    assert (c["epochs"], c["schedule"]["milestones"], c["batch_size"]) == (120, [40, 80], 256)
+    c = printed("--config", str(ROOT / "configs/v1/cifar10.yaml"), "--row", "Apollo",
+                "--schedule", "cosine", "optimizer.lr=0.25")  # fmt: skip
+    assert c["paper_version"] == "v1"
+    assert (c["optimizer"]["sigma"], c["optimizer"]["warmup"], c["optimizer"]["init_lr"]) == (
+        1.0, 100, 0.01)  # fmt: skip
+    assert c["optimizer"]["lr"] == 0.25  # the override, over the table's 0.5
+
+
+def _fails(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(train.run, argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_bad_input_is_one_line(cifar_dir: Path, tmp_path: Path, capsys) -> None:
+    base = ["--config", CIFAR, "--schedule", "milestone", "--out-dir", str(tmp_path / "o"), *TINY]
+    assert "unknown row 'Nope'; rows: SGD, Adam*" in _fails([*base, "--row", "Nope"], capsys)
+    err = _fails([*base, "--row", "SGD", "batch_size=many"], capsys)
+    assert "batch_size must be int" in err
+    err = _fails([*base, "--row", "SGD", "--data-dir", str(cifar_dir), "optimizer.lr=-1"], capsys)
+    assert "optimizer 'sgd'" in err
+    missing = tmp_path / "no-such-dir"
+    err = _fails([*base, "--row", "SGD", "--data-dir", str(missing)], capsys)
+    assert str(missing) in err
+    broken = tmp_path / "broken"
+    (broken / "cifar-10-batches-py").mkdir(parents=True)
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                 "data_batch_5", "test_batch"]:  # fmt: skip
+        (broken / "cifar-10-batches-py" / name).write_bytes(b"\x80\x04junk")
+    err = _fails([*base, "--row", "SGD", "--data-dir", str(broken)], capsys)
+    assert "malformed cifar10 file" in err and "data_batch_1" in err
+    assert not (tmp_path / "o").exists(), "nothing is written before the inputs are checked"
+
+
+def test_corrupt_checkpoint_is_kept_and_reported(cifar_dir: Path, tmp_path: Path, capsys) -> None:
+    run(tmp_path, cifar_dir, "SGD", epochs=1)
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    argv = ["--config", CIFAR, "--row", "SGD", "--schedule", "milestone", "--data-dir",
+            str(cifar_dir), "--out-dir", str(tmp_path), "--epochs", "2", *TINY]  # fmt: skip
+    assert f"corrupt or unreadable checkpoint {ckpt}" in _fails(argv, capsys)
+    assert before == {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    # and a run directory of another experiment is refused rather than overwritten
+    ckpt.unlink()
+    run(tmp_path, cifar_dir, "SGD", epochs=1)
+    err = _fails([*argv[:3], "Adam", *argv[4:]], capsys)
+    assert "holds a run with another config" in err and "optimizer" in err
+
+
+def test_cli_exits_cleanly_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "classification.train", "--config", CIFAR,
+                           "--row", "SGD", "--schedule", "milestone", "--data-dir",
+                           str(tmp_path / "missing"), "--out-dir", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: data directory {tmp_path / 'missing'} does not exist"
+    ]
