@@ -53,3 +53,14 @@ def lmdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         files["train_dir"], files["heldout_dir"], files["vocab"], root / "db", workers=1
     )
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny LSTM steps are ~30x slower with 2 OpenMP threads on a shared 2-core CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,180 @@
+"""language_model.train end to end on the tiny LMDB corpus: paper-size steps, resume, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.checkpoint
+from engine import cli, distributed
+from language_model import train
+from language_model.corpus import Corpus
+from language_model.data import TokenStream
+from language_model.model import LSTMLanguageModel
+
+SMALL = ["batch_size=4", "eval_batch_size=4", "bptt=5", "model.embed_dim=8",
+         "model.hidden_size=16", "model.cutoffs=[20]", "log_every=0"]  # fmt: skip
+CPU = distributed.Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+TIMING = ("tokens_per_s", "epoch_time_s")
+
+
+def _run(lmdb_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
+    argv = ["--config", "configs/lm1b.yaml", "--row", row, "--data-dir", str(lmdb_dir)]
+    return train.run([*argv, "--out-dir", str(out), "--device", "cpu", *extra])
+
+
+def _history(out: Path) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
+
+
+@pytest.mark.slow
+def test_paper_size_model_trains_a_few_steps_from_lmdb(lmdb_dir, tmp_path):
+    out = tmp_path / "run"
+    # Plain SGD keeps no optimizer state, so the 53M-parameter checkpoint stays small.
+    small = ["batch_size=2", "eval_batch_size=2", "bptt=2", "log_every=1",
+             "optimizer.momentum=0.0", "optimizer.nesterov=false"]  # fmt: skip
+    results = _run(lmdb_dir, out, "--epochs", "1", "--max-steps-per-epoch", "2", *small, row="SGD")
+    final = results["final"]
+    assert results["finished"] and results["metric"] == "test_ppl" and results["mode"] == "min"
+    assert math.isfinite(final["test_ppl"]) and final["test_ppl"] > 1.0
+    assert final["train_tokens"] == 2 * 2 * 2 and final["test_tokens"] == 2 * 2 * 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["clip"] == 1.0 and config["optimizer"]["name"] == "sgd"
+    assert config["model"] == {"embed_dim": 300, "hidden_size": 2048, "num_layers": 2,
+                               "dropout": 0.1, "cutoffs": [60000, 100000, 640000],
+                               "div_value": 4.0}  # fmt: skip
+    state = engine.checkpoint.load(out / "checkpoint.pt")
+    assert state["epoch"] == 1 and state["position"] == 0
+    assert state["model"]["lstm.weight_hh_l1"].shape == (4 * 2048, 2048)
+    log = (out / "train.log").read_text()
+    assert "dropping cutoffs [60000, 100000, 640000]" in log and "step 2/2" in log
+    assert any((out / "tb").iterdir())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(lmdb_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lm_runs") / "a"
+    _run(lmdb_dir, out, "--epochs", "2", *SMALL)
+    return out
+
+
+def _same_run(a: Path, b: Path) -> None:
+    ha, hb = _history(a), _history(b)
+    assert len(ha) == len(hb) == 2
+    for ra, rb in zip(ha, hb, strict=True):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert rb[k] == pytest.approx(ra[k], rel=1e-12), k
+    sa = engine.checkpoint.load(a / "checkpoint.pt")["model"]
+    sb = engine.checkpoint.load(b / "checkpoint.pt")["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_resume_after_an_epoch_equals_an_uninterrupted_run(lmdb_dir, tmp_path, uninterrupted):
+    out = tmp_path / "b"
+    first = _run(lmdb_dir, out, "--epochs", "1", *SMALL)
+    assert first["finished"] and first["epochs_completed"] == 1
+    second = _run(lmdb_dir, out, "--epochs", "2", *SMALL)
+    assert second["finished"] and second["epochs_completed"] == 2
+    assert "resuming epoch 2" in (out / "train.log").read_text()
+    _same_run(uninterrupted, out)
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_equals_an_uninterrupted_run(
+    lmdb_dir, tmp_path, uninterrupted, monkeypatch
+):
+    real_save = engine.checkpoint.save
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == 1 and state["position"] == 6:
+            raise KeyboardInterrupt  # killed right after a mid-epoch checkpoint
+
+    monkeypatch.setattr(engine.checkpoint, "save", save_then_die)
+    out = tmp_path / "c"
+    with pytest.raises(KeyboardInterrupt):
+        _run(lmdb_dir, out, "--epochs", "2", "checkpoint_every=3", *SMALL)
+    monkeypatch.setattr(engine.checkpoint, "save", real_save)
+    state = engine.checkpoint.load(out / "checkpoint.pt")
+    assert (state["epoch"], state["position"]) == (1, 6) and state["ranks"][0]["hidden"]
+    _run(lmdb_dir, out, "--epochs", "2", "checkpoint_every=3", *SMALL)
+    assert "resuming epoch 2 at step 6" in (out / "train.log").read_text()
+    _same_run(uninterrupted, out)
+
+
+def _test_targets(corpus: Corpus) -> list[int]:
+    with corpus.shard("test", 0) as (tokens, _):
+        return [int(t) for t in tokens[1:]]  # every token but the leading <S> is predicted
+
+
+def test_perplexity_matches_a_hand_computed_adaptive_softmax(lmdb_dir):
+    corpus = Corpus(lmdb_dir)
+    model = LSTMLanguageModel(corpus.vocab_size, embed_dim=4, hidden_size=16, num_layers=1,
+                              dropout=0.0, cutoffs=[20], div_value=4.0)  # fmt: skip
+    with torch.no_grad():
+        for p in model.softmax.parameters():
+            p.zero_()
+    # Zero logits: the head is uniform over 20 shortlist words + 1 cluster; the cluster is
+    # uniform over its vocab - 20 words.
+    tail = corpus.vocab_size - 20
+    counts = Counter(t >= 20 for t in _test_targets(corpus))
+    n = counts[False] + counts[True]
+    want = math.exp((counts[False] * math.log(21) + counts[True] * math.log(21 * tail)) / n)
+    stream = TokenStream(corpus, "test", 3, 4, shuffle=False)
+    got = train.evaluate(model, stream, "none", CPU)
+    assert got["test_tokens"] == n and counts[True] > 0
+    assert got["test_ppl"] == pytest.approx(want, rel=1e-6)
+    corpus.close()
+
+
+def test_perplexity_matches_a_hand_computed_unigram_model(lmdb_dir):
+    corpus = Corpus(lmdb_dir)
+    model = LSTMLanguageModel(corpus.vocab_size, embed_dim=4, hidden_size=8, num_layers=2,
+                              dropout=0.0, cutoffs=[], div_value=4.0)  # fmt: skip
+    logp = torch.log_softmax(
+        torch.randn(corpus.vocab_size, generator=torch.Generator().manual_seed(0)), 0
+    )
+    with torch.no_grad():
+        model.softmax.head.weight.zero_()
+        model.softmax.head.bias.copy_(logp)  # p(next word) = a fixed unigram distribution
+    targets = _test_targets(corpus)
+    want = math.exp(-sum(float(logp[t]) for t in targets) / len(targets))
+    got = train.evaluate(model, TokenStream(corpus, "test", 5, 3, shuffle=False), "none", CPU)
+    assert got["test_ppl"] == pytest.approx(want, rel=1e-6) and got["test_tokens"] == len(targets)
+    corpus.close()
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "not_lmdb", "old_format"])
+def test_bad_data_dir_is_one_line_and_exit_2(lmdb_dir, tmp_path, capsys, problem):
+    data = tmp_path / "data"
+    if problem != "missing":
+        data.mkdir()
+    if problem == "not_lmdb":
+        (data / "data.mdb").write_text("plain text, not an LMDB environment\n" * 50)
+    if problem == "old_format":
+        import lmdb
+
+        src = lmdb.open(str(lmdb_dir), readonly=True, lock=False)
+        dst = lmdb.open(str(data), map_size=1 << 22)
+        with src.begin() as r, dst.begin(write=True) as w:
+            for k, v in r.cursor():
+                if k == b"meta":
+                    v = json.dumps({**json.loads(v), "format_version": 0}).encode()
+                w.put(k, v)
+        src.close()
+        dst.close()
+    argv = ["--config", "configs/lm1b.yaml", "--row", "Adam", "--data-dir", str(data)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(train.run, [*argv, "--out-dir", str(tmp_path / "o"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(data) in err[0]
+    assert not (tmp_path / "o").exists()  # nothing written for a run that cannot start
