@@ -127,7 +127,10 @@ def load_plugin(spec: str) -> None:
             path = Path(spec)
             if not path.is_file():
                 raise UsageError(f"--plugin {spec}: no such file")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            loaded = sys.modules.get(path.stem)
+            if loaded is not None and getattr(loaded, "__file__", None) == str(path.resolve()):
+                return  # once per process, like an import: runs in one process register once
+            module_spec = importlib.util.spec_from_file_location(path.stem, path.resolve())
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[path.stem] = module
             module_spec.loader.exec_module(module)
