@@ -209,3 +209,27 @@ def test_cli_exits_cleanly_without_traceback(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         f"error: data directory {tmp_path / 'missing'} does not exist"
     ]
+
+
+def test_fp16_with_gradscaler_through_the_loop(cifar_dir: Path, tmp_path: Path) -> None:
+    results = run(tmp_path, cifar_dir, "Apollo", "--amp", "fp16", epochs=1)
+    assert results["finished"]
+    scaler = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["scaler"]
+    assert scaler["scale"] > 0 and scaler["_growth_tracker"] == 2  # two unskipped steps
+
+
+def test_plugin_registers_an_optimizer(cifar_dir: Path, tmp_path: Path) -> None:
+    """--plugin imports the user's file before the optimizer is built (issue 5's quickstart)."""
+    plugin = tmp_path / "my_opt.py"
+    plugin.write_text(
+        "import torch, optim\n"
+        "@optim.register('plain_sgd_test', summary='SGD without momentum')\n"
+        "def plain(params, lr, weight_decay=0.0, **unused):\n"
+        "    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)\n"
+    )
+    try:
+        results = run(tmp_path / "o", cifar_dir, "SGD", "--plugin", str(plugin),
+                      "optimizer.name=plain_sgd_test", epochs=1)  # fmt: skip
+    finally:
+        optim.unregister("plain_sgd_test")
+    assert results["optimizer"] == "plain_sgd_test" and results["finished"]
