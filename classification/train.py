@@ -175,6 +175,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
     log = distributed.get_logger(ctx, out_dir)
     if ctx.is_main:
         metrics.write_config(out_dir, config, ctx)
+        metrics.write_metrics(out_dir, history)  # the checkpoint's epochs, even after a crash
     writer = metrics.tensorboard(out_dir, ctx)
     start = len(history)
     log.info(

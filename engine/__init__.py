@@ -5,6 +5,7 @@
 - :mod:`engine.distributed`  torchrun environment, DDP wrapping, rank-0 logging, all-reduce
 - :mod:`engine.checkpoint`   atomic save / resume (model, optimizer, schedule, RNG, position)
 - :mod:`engine.metrics`      run directory: config.json, metrics.jsonl, results.json, TB, tqdm
+- :mod:`engine.optimization` the ``optimizer`` / ``schedule`` sections -> optim objects, resume
 - :mod:`engine.amp`          torch.amp autocast / GradScaler, backward and optimizer step
 - :mod:`engine.sweep`        rows x schedules x seeds of one table as commands (the scripts/)
 

@@ -132,7 +132,9 @@ def get_logger(
 ) -> logging.Logger:
     """A logger that prints on rank 0 (to stdout and ``out_dir/train.log``); quiet elsewhere."""
     logger = logging.getLogger(f"engine.{name}")
-    logger.handlers.clear()
+    for old in list(logger.handlers):  # a second run in one process must not leak open files
+        old.close()
+        logger.removeHandler(old)
     logger.propagate = False
     logger.setLevel(logging.INFO if ctx.is_main else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
