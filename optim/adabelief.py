@@ -1,0 +1,248 @@
+"""AdaBelief (Zhuang et al., 2020): Adam whose second moment tracks the "belief" (g - m)².
+
+The update rule is ``../shared/spec/optimizers.md`` ("AdaBelief"), steps 1-8, including the
+reference quirk that ε is added into the stored ``exp_avg_var`` on every step (step 5).
+
+Two code paths compute the same numbers: a multi-tensor path built from ``torch._foreach_*``
+ops (the default; parameters grouped by device and dtype) and a per-tensor loop
+(``foreach=False``). Both run the same elementwise ops in the same order, so on CPU they agree
+bit for bit. The multi-tensor path works through cache-sized chunks (large tensors are cut into
+flat views) and keeps one chunk-sized temporary (the belief ``r = g - m``, whose buffer is then
+reused for the denominator), which keeps it near ``torch.optim.Adam(foreach=True)``'s speed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+from .registry import register
+
+WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
+
+
+def _check_args(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    if not 0.0 <= lr:
+        raise ValueError(f"AdaBelief: lr must be >= 0, got {lr}")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"AdaBelief: betas must be two values in [0, 1), got {betas}")
+    if not 0.0 < eps:
+        raise ValueError(f"AdaBelief: eps must be > 0, got {eps}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"AdaBelief: weight_decay must be >= 0, got {weight_decay}")
+
+
+@register("adabelief", summary="AdaBelief (Zhuang et al., 2020): Adam with belief (g-m)² variance")
+class AdaBelief(torch.optim.Optimizer):
+    """AdaBelief with L2, decoupled or stable weight decay.
+
+    Per step, for each parameter θ with gradient g (spec steps 1-8)::
+
+        t += 1; c1 = 1 - β1^t; c2 = 1 - β2^t
+        g = g + λθ                                    (L2 only; p.grad itself is untouched)
+        m = β1·m + (1 - β1)·g;  r = g - m
+        s = β2·s + (1 - β2)·r⊙r + ε                   (ε stored back into the state)
+        denom = √s / √c2 + ε
+        θ = θ·(1 - lr·λ')   λ' = λ (decoupled) or λ / mean(denom) (stable)
+        θ = θ - (lr / c1)·m / denom
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate.
+        betas: (β1, β2), each in [0, 1).
+        eps: ε > 0 (the paper: 1e-8 vision, 1e-12 LSTM, 1e-16 NMT).
+        weight_decay: λ >= 0.
+        weight_decay_type: 'L2' (authors' default), 'decoupled' (the paper's tables) or
+            'stable' (decoupled, divided by the mean denominator).
+        foreach: use the multi-tensor path; None (default) means yes.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        weight_decay_type: str = "L2",
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        _check_args(lr, tuple(betas), eps, weight_decay)
+        if weight_decay_type not in WEIGHT_DECAY_TYPES:
+            raise ValueError(
+                f"AdaBelief: weight_decay_type must be one of {WEIGHT_DECAY_TYPES}, "
+                f"got {weight_decay_type!r}"
+            )
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            weight_decay_type=weight_decay_type,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        g = self.param_groups[-1]
+        _check_args(g["lr"], tuple(g["betas"]), g["eps"], g["weight_decay"])
+        if g["weight_decay_type"] not in WEIGHT_DECAY_TYPES:
+            raise ValueError(
+                f"AdaBelief: weight_decay_type must be one of {WEIGHT_DECAY_TYPES}, "
+                f"got {g['weight_decay_type']!r}"
+            )
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list, ...]:
+        params, grads, exp_avgs, exp_avg_vars, steps = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise ValueError("AdaBelief does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                # The counter is a tensor so a compiled step does not specialise on its value.
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_vars.append(state["exp_avg_var"])
+            steps.append(state["step"])
+        return params, grads, exp_avgs, exp_avg_vars, steps
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One AdaBelief update; ``closure`` re-evaluates the loss (with grad enabled)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            tensors = self._init_group(group)
+            if not tensors[0]:
+                continue
+            foreach = group["foreach"]
+            if foreach is None:
+                foreach = not torch.jit.is_scripting()
+            fn = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
+            fn(
+                *tensors,
+                lr=group["lr"],
+                beta1=group["betas"][0],
+                beta2=group["betas"][1],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                weight_decay_type=group["weight_decay_type"],
+            )
+        return loss
+
+
+def _single_tensor_adabelief(
+    params, grads, exp_avgs, exp_avg_vars, steps, *, lr, beta1, beta2, eps, weight_decay,
+    weight_decay_type,
+) -> None:  # fmt: skip
+    for p, g, m, s, step in zip(params, grads, exp_avgs, exp_avg_vars, steps, strict=True):
+        step += 1
+        t = step.item()
+        c1 = 1.0 - beta1**t
+        c2 = 1.0 - beta2**t
+        if weight_decay != 0 and weight_decay_type == "L2":
+            r = g.add(p, alpha=weight_decay)  # a copy: p.grad stays untouched
+            m.lerp_(r, 1.0 - beta1)
+            r.sub_(m)
+        else:
+            m.lerp_(g, 1.0 - beta1)
+            r = g.sub(m)
+        s.mul_(beta2).addcmul_(r, r, value=1.0 - beta2).add_(eps)
+        denom = r.copy_(s).sqrt_().div_(math.sqrt(c2)).add_(eps)  # reuses r's buffer
+        if weight_decay != 0 and weight_decay_type != "L2":
+            if weight_decay_type == "stable":
+                # 1 - lr·λ / mean(denom), as the multi-tensor path computes it (denom > 0)
+                factor = torch.linalg.vector_norm(denom, 1).reciprocal_()
+                p.mul_(factor.mul_(-lr * weight_decay * denom.numel()).add_(1.0))
+            else:
+                p.mul_(1.0 - lr * weight_decay)
+        p.addcdiv_(m, denom, value=-lr / c1)
+
+
+def _multi_tensor_adabelief(
+    params, grads, exp_avgs, exp_avg_vars, steps, *, lr, beta1, beta2, eps, weight_decay,
+    weight_decay_type,
+) -> None:  # fmt: skip
+    grouped = _group_tensors_by_device_and_dtype([params, grads, exp_avgs, exp_avg_vars, steps])
+    split = weight_decay_type != "stable" or weight_decay == 0  # stable needs whole tensors
+    for (ps, gs, ms, ss, ts), _ in grouped.values():
+        torch._foreach_add_(ts, 1.0)
+        t = [step.item() for step in ts]
+        for chunk in _chunks([ps, gs, ms, ss], t, split):
+            _multi_tensor_update(
+                *chunk, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                weight_decay_type=weight_decay_type,
+            )  # fmt: skip
+
+
+CHUNK_NUMEL = 1 << 18
+
+
+def _chunks(lists, t, split):
+    """Yield sub-lists of about CHUNK_NUMEL elements, so one chunk's p, g, m, s and belief
+    stay in cache across the ~12 passes; large contiguous tensors are cut into flat views
+    (every op but the stable decay's mean is elementwise, so this changes no number)."""
+    out, size = [[] for _ in range(len(lists) + 1)], 0
+    for i, t_i in enumerate(t):
+        ts = [lst[i] for lst in lists]
+        n = ts[0].numel()
+        if split and n > CHUNK_NUMEL and all(x.is_contiguous() for x in ts):
+            pieces = [x.view(-1).split(CHUNK_NUMEL) for x in ts]
+        else:
+            pieces = [[x] for x in ts]
+        for j in range(len(pieces[0])):
+            for k, pc in enumerate(pieces):
+                out[k].append(pc[j])
+            out[-1].append(t_i)
+            size += pieces[0][j].numel()
+            if size >= CHUNK_NUMEL:
+                yield out
+                out, size = [[] for _ in range(len(lists) + 1)], 0
+    if out[0]:
+        yield out
+
+
+def _multi_tensor_update(
+    ps, gs, ms, ss, t, *, lr, beta1, beta2, eps, weight_decay, weight_decay_type
+) -> None:
+    c1 = [1.0 - beta1**x for x in t]
+    sqrt_c2 = [math.sqrt(1.0 - beta2**x) for x in t]
+    if weight_decay != 0 and weight_decay_type == "L2":
+        rs = torch._foreach_add(gs, ps, alpha=weight_decay)
+        torch._foreach_lerp_(ms, rs, 1.0 - beta1)
+        torch._foreach_sub_(rs, ms)
+    else:
+        torch._foreach_lerp_(ms, gs, 1.0 - beta1)
+        rs = torch._foreach_sub(gs, ms)
+    torch._foreach_mul_(ss, beta2)
+    torch._foreach_addcmul_(ss, rs, rs, value=1.0 - beta2)
+    torch._foreach_add_(ss, eps)
+    # denom = √s / √c2 + ε, written into the belief buffer (no second temporary).
+    torch._foreach_copy_(rs, ss)
+    torch._foreach_sqrt_(rs)
+    torch._foreach_div_(rs, sqrt_c2)
+    torch._foreach_add_(rs, eps)
+    if weight_decay != 0 and weight_decay_type != "L2":
+        if weight_decay_type == "stable":
+            factors = torch._foreach_norm(rs, 1)
+            torch._foreach_reciprocal_(factors)
+            torch._foreach_mul_(factors, [-lr * weight_decay * r.numel() for r in rs])
+            torch._foreach_add_(factors, 1.0)
+            torch._foreach_mul_(ps, factors)
+        else:
+            torch._foreach_mul_(ps, 1.0 - lr * weight_decay)
+    torch._foreach_addcdiv_(ps, ms, rs, [-lr / c for c in c1])

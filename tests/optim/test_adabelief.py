@@ -1,0 +1,220 @@
+"""AdaBelief against the spec's reference loop, and the peer-library pitfalls it must avoid."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from optim import adabelief
+from optim.adabelief import AdaBelief
+from tests.optim.reference_adabelief import ReferenceAdaBelief
+
+SHAPES = [(), (5,), (4, 3), (2, 3, 4), (2, 2, 3, 3), (2, 1, 2, 2, 3)]  # 0-D to 5-D
+
+
+def _params(dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in SHAPES]
+
+
+def _grads(params, step, skip_odd=()):
+    """Deterministic pseudo-gradients; indices in ``skip_odd`` get none on odd steps."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    out = []
+    for i, p in enumerate(params):
+        g = torch.randn(p.shape, generator=gen, dtype=p.dtype) + 0.1 * p.detach()
+        out.append(None if (i in skip_odd and step % 2) else g)
+    return out
+
+
+def _run_pair(kwargs, steps=25, foreach=True, scheduler=None, skip_odd=()):
+    params = _params()
+    ref_params = [p.detach().clone() for p in params]
+    opt = AdaBelief(params, foreach=foreach, **kwargs)
+    sched = scheduler(opt) if scheduler else None
+    ref = ReferenceAdaBelief(
+        **{k: v for k, v in kwargs.items() if k != "lr"},
+    )
+    for step in range(steps):
+        grads = _grads(params, step, skip_odd)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = None if g is None else g.clone()
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        ref.step(ref_params, grads, lr)
+        if sched:
+            sched.step()
+    return params, ref_params
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize(
+    "wd,wd_type",
+    [(0.0, "L2"), (0.1, "L2"), (0.0, "decoupled"), (0.1, "decoupled"), (0.0, "stable"),
+     (0.1, "stable")],
+)  # fmt: skip
+def test_parity_with_reference(foreach, wd, wd_type):
+    kwargs = dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=wd, weight_decay_type=wd_type)
+    params, ref_params = _run_pair(kwargs, foreach=foreach)
+    for p, r in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_parity_with_scheduler_changing_lr(foreach):
+    def sched(opt):
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[7, 15], gamma=0.3)
+
+    kwargs = dict(lr=3e-2, weight_decay=0.05, weight_decay_type="stable")
+    params, ref_params = _run_pair(kwargs, foreach=foreach, scheduler=sched)
+    for p, r in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_per_parameter_step_counters(foreach):
+    """Parameters that get a gradient only every other step keep their own bias correction."""
+    kwargs = dict(lr=1e-2, weight_decay=0.1, weight_decay_type="decoupled")
+    params, ref_params = _run_pair(kwargs, foreach=foreach, skip_odd=(1, 3, 4))
+    for p, r in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-12)
+
+
+def test_eps_accumulates_into_state():
+    p = torch.zeros(3, requires_grad=True)
+    opt = AdaBelief([p], lr=0.0, eps=0.5)
+    for _ in range(3):
+        p.grad = torch.zeros(3)
+        opt.step()
+    # r = 0 every step, so s = ε·(1 + β2 + β2²)
+    expected = 0.5 * (1 + 0.999 + 0.999**2)
+    torch.testing.assert_close(opt.state[p]["exp_avg_var"], torch.full((3,), expected))
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+@pytest.mark.parametrize("wd_type", ["L2", "decoupled", "stable"])
+def test_foreach_equals_per_tensor_bitwise(wd_type, chunk, monkeypatch):
+    """Mixed dtypes exercise the device/dtype grouping, a tiny chunk size the cutting of
+    tensors into cache-sized views; the two paths agree exactly on CPU."""
+    if chunk:
+        monkeypatch.setattr(adabelief, "CHUNK_NUMEL", chunk)
+    results = []
+    for foreach in (True, False):
+        params = _params(torch.float32) + _params(torch.float64, seed=1)
+        opt = AdaBelief(params, lr=1e-2, weight_decay=0.1, weight_decay_type=wd_type,
+                        foreach=foreach)  # fmt: skip
+        for step in range(10):
+            for p, g in zip(params, _grads(params, step, skip_odd=(2, 7)), strict=True):
+                p.grad = g
+            opt.step()
+        results.append(params)
+    for a, b in zip(*results, strict=True):
+        assert a.dtype == b.dtype
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("wd_type", ["L2", "decoupled", "stable"])
+def test_grad_not_modified(foreach, wd_type):
+    params = _params()
+    opt = AdaBelief(params, weight_decay=0.1, weight_decay_type=wd_type, foreach=foreach)
+    grads = _grads(params, 0)
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    opt.step()
+    for p, g in zip(params, grads, strict=True):
+        assert torch.equal(p.grad, g)
+
+
+def test_closure_inside_no_grad():
+    w = torch.tensor([1.0, -2.0], requires_grad=True)
+    opt = AdaBelief([w], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        loss = opt.step(closure)
+    assert loss.item() == pytest.approx(5.0)
+    assert (w.detach().abs() < torch.tensor([1.0, 2.0])).all()
+
+
+def test_add_param_group_after_first_step_and_zero_lr_group():
+    a = torch.ones(3, requires_grad=True)
+    frozen = torch.ones(2, requires_grad=True)
+    opt = AdaBelief([a], lr=0.1, weight_decay=0.1, weight_decay_type="decoupled")
+    a.grad = torch.ones(3)
+    opt.step()
+    late = torch.ones(4, requires_grad=True)
+    opt.add_param_group({"params": [late], "lr": 0.05})
+    opt.add_param_group({"params": [frozen], "lr": 0.0})
+    for _ in range(3):
+        for p in (a, late, frozen):
+            p.grad = torch.ones_like(p)
+        opt.step()
+    assert torch.equal(frozen.detach(), torch.ones(2))
+    assert opt.state[a]["step"].item() == 4 and opt.state[late]["step"].item() == 3
+    assert (late.detach() < 1).all()
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({"params": [torch.ones(1, requires_grad=True)], "lr": -1.0})
+
+
+def test_state_dict_weights_only_round_trip():
+    params = _params()
+    opt = AdaBelief(params, weight_decay=0.1, weight_decay_type="stable")
+    for step in range(3):
+        for p, g in zip(params, _grads(params, step), strict=True):
+            p.grad = g
+        opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    clone_params = [p.detach().clone().requires_grad_() for p in params]
+    opt2 = AdaBelief(clone_params)
+    opt2.load_state_dict(loaded)
+    for step in range(3, 6):
+        for ps in (params, clone_params):
+            for p, g in zip(ps, _grads(ps, step), strict=True):
+                p.grad = g
+        opt.step()
+        opt2.step()
+    for a, b in zip(params, clone_params, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(betas=(1.0, 0.999)), "betas"),
+        (dict(betas=(0.9, -0.1)), "betas"),
+        (dict(eps=0.0), "eps"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(weight_decay_type="l1"), "weight_decay_type"),
+    ],
+)
+def test_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        AdaBelief([torch.zeros(1, requires_grad=True)], **kwargs)
+
+
+def test_sparse_gradient_is_a_clear_error():
+    emb = torch.nn.Embedding(5, 2, sparse=True)
+    opt = AdaBelief(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()
+
+
+def test_registered():
+    from optim.registry import create, get
+
+    spec = get("adabelief")
+    assert spec.factory is AdaBelief and not spec.needs_create_graph
+    assert isinstance(create("adabelief", [torch.zeros(1, requires_grad=True)]), AdaBelief)
