@@ -66,12 +66,24 @@ def lr_at_step(t: int, lr: float, hp: Hyper) -> float:
 
 def flat(t: torch.Tensor) -> torch.Tensor:
     """A 1-D view for ``torch.dot`` (a copy only for non-contiguous layouts)."""
-    return t.view(-1) if t.is_contiguous() else t.reshape(-1)
+    return t.reshape(-1)
 
 
 def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     # There is no _foreach_dot; a loop of BLAS dots reads each tensor once and allocates nothing.
     return torch.stack([torch.dot(flat(x), flat(y)) for x, y in zip(a, b, strict=True)])
+
+
+def _into(out: list[torch.Tensor], op, foreach_op_, *args: list[torch.Tensor]) -> None:
+    """``out[i] = op(args[0][i], ...)``. On CPU ``_foreach_*`` ops are per-tensor loops, so a
+    loop of ``out=`` calls costs no more and saves the copy's pass over memory; elsewhere
+    the foreach kernels win (copy, then the in-place op). Both give identical values."""
+    if out[0].device.type == "cpu":
+        for o, *a in zip(out, *args, strict=True):
+            op(*a, out=o)
+    else:
+        torch._foreach_copy_(out, args[0])
+        foreach_op_(out, *args[1:])
 
 
 def multi_tensor_apollo(
@@ -87,13 +99,16 @@ def multi_tensor_apollo(
 ) -> None:
     """Spec steps 2-14 for tensors sharing device, dtype and step count ``t`` (before it)."""
     alpha = (1 - hp.beta) / (1 - hp.beta ** (t + 1))  # step 3
-    delta = scratch
-    torch._foreach_copy_(delta, grads)  # p.grad itself is never modified
-    if hp.maximize:
-        torch._foreach_neg_(delta)
-    if hp.l2:
-        torch._foreach_add_(delta, params, alpha=hp.weight_decay)  # step 2
-    torch._foreach_sub_(delta, ms)  # step 4
+    delta = scratch  # p.grad itself is never modified
+    if hp.maximize or hp.l2:
+        torch._foreach_copy_(delta, grads)
+        if hp.maximize:
+            torch._foreach_neg_(delta)
+        if hp.l2:
+            torch._foreach_add_(delta, params, alpha=hp.weight_decay)  # step 2
+        torch._foreach_sub_(delta, ms)  # step 4
+    else:
+        _into(delta, torch.sub, torch._foreach_sub_, grads, ms)  # step 4
     x = _dots(delta, us)  # Σ Δ⊙d with the previous update d
     torch._foreach_add_(ms, delta, alpha=alpha)  # step 6
     if hp.belief:
@@ -106,18 +121,15 @@ def multi_tensor_apollo(
     s = q.sqrt() + hp.eps_prime  # step 7
     s2 = s * s
     c = (x * -alpha - y) / s2 / s2  # δ / s², steps 8-9 (see the per-tensor loop)
-    torch._foreach_mul_(w, c.unbind())
-    torch._foreach_add_(bs, w)  # step 10
+    torch._foreach_addcmul_(bs, w, c.unbind())  # step 10
     dd = delta  # step 11: D in the scratch
-    torch._foreach_copy_(dd, bs)
-    torch._foreach_abs_(dd)
+    _into(dd, torch.abs, torch._foreach_abs_, bs)
     if hp.belief:
         torch._foreach_clamp_min_(dd, r)
         torch._foreach_add_(dd, hp.eps_prime / alpha)
     else:
         torch._foreach_clamp_min_(dd, hp.sigma)
-    torch._foreach_copy_(us, ms)
-    torch._foreach_div_(us, dd)  # step 12
+    _into(us, torch.div, torch._foreach_div_, ms, dd)  # step 12
     if hp.decoupled:  # step 13
         if hp.stable:
             mean_d = torch.stack(torch._foreach_norm(dd, 1)) / torch.tensor(

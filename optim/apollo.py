@@ -99,6 +99,7 @@ class Apollo(torch.optim.Optimizer):
         )
         self._validate(defaults)  # before any group exists, so the message names the argument
         self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._views: dict[tuple, list[torch.Tensor]] = {}
         self._compiled_fn: Callable | None = None
         super().__init__(params, defaults)
 
@@ -137,6 +138,7 @@ class Apollo(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._scratch = {}
+        self._views = {}
         self._compiled_fn = None
         for group in self.param_groups:
             group.setdefault("foreach", None)
@@ -150,6 +152,20 @@ class Apollo(torch.optim.Optimizer):
             buf = torch.empty(n, device=device, dtype=dtype)
             self._scratch[(device, dtype)] = buf
         return buf[:n]
+
+    def _scratch_views(self, device, dtype, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Views of one flat scratch shaped like ``params`` (cached: rebuilding 300 views
+        every step costs as much as a foreach op)."""
+        numels = [p.numel() for p in params]
+        buf = self._scratch_for(device, dtype, sum(numels))
+        key = (buf.data_ptr(), tuple(p.shape for p in params))
+        views = self._views.get(key)
+        if views is None:
+            if len(self._views) >= 8:  # groups x step-count buckets; bounded
+                self._views.clear()
+            views = [v.view_as(p) for v, p in zip(buf.split(numels), params, strict=True)]
+            self._views[key] = views
+        return views
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -204,18 +220,16 @@ class Apollo(torch.optim.Optimizer):
         foreach = group["foreach"] is None or group["foreach"]
         for (device, dtype, t), idx in buckets.items():
             lr_t = lr_at_step(t, group["lr"], hp)
-            sel = [[lst[i] for i in idx] for lst in (params, grads, ms, bs, us)]
+            sel = [params, grads, ms, bs, us]
+            if len(buckets) > 1:
+                sel = [[lst[i] for i in idx] for lst in sel]
             if foreach:
-                numels = [p.numel() for p in sel[0]]
-                flat_buf = self._scratch_for(device, dtype, sum(numels))
-                scratch = [
-                    v.view_as(p) for v, p in zip(flat_buf.split(numels), sel[0], strict=True)
-                ]
+                scratch = self._scratch_views(device, dtype, sel[0])
                 multi_tensor_apollo(*sel, scratch, t, lr_t, hp)
             else:
                 buf = self._scratch_for(device, dtype, max(p.numel() for p in sel[0]))
                 _single_tensor_apollo(*sel, buf, t, lr_t, hp)
-            torch._foreach_add_([steps[i] for i in idx], 1.0)
+            torch._foreach_add_(steps if len(buckets) == 1 else [steps[i] for i in idx], 1.0)
 
 
 def _single_tensor_apollo(
@@ -232,13 +246,17 @@ def _single_tensor_apollo(
     """The per-tensor loop; op for op the same as :func:`multi_tensor_apollo`."""
     alpha = (1 - hp.beta) / (1 - hp.beta ** (t + 1))  # step 3 (t counted before this step)
     for p, g, m, b, u in zip(params, grads, ms, bs, us, strict=True):
-        delta = buf[: p.numel()].view_as(p)
-        delta.copy_(g)  # p.grad itself is never modified
-        if hp.maximize:
-            delta.neg_()
-        if hp.l2:
-            delta.add_(p, alpha=hp.weight_decay)  # step 2
-        delta.sub_(m)  # step 4: Δ = g - m
+        delta = buf[: p.numel()].view_as(p)  # p.grad itself is never modified
+        if hp.maximize or hp.l2:
+            if hp.maximize:
+                torch.neg(g, out=delta)
+            else:
+                delta.copy_(g)
+            if hp.l2:
+                delta.add_(p, alpha=hp.weight_decay)  # step 2
+            delta.sub_(m)  # step 4: Δ = g - m
+        else:
+            torch.sub(g, m, out=delta)  # step 4
         x = torch.dot(flat(delta), flat(u))  # Σ Δ⊙d, d the previous update
         m.add_(delta, alpha=alpha)  # step 6
         if hp.belief:
@@ -251,14 +269,13 @@ def _single_tensor_apollo(
         # steps 8-9 with d/s folded into the sums: δ = (-α Σ Δ⊙d - Σ B⊙d⊙d) / s²;
         # step 10 then adds δ·v = (δ / s²)·(d⊙d).
         c = (x * -alpha - y) / s2 / s2
-        b.add_(w.mul_(c))
-        dd = delta  # step 11, D in the scratch buffer
-        dd.copy_(b).abs_()
+        b.addcmul_(w, c)
+        dd = torch.abs(b, out=delta)  # step 11, D in the scratch buffer
         if hp.belief:
             dd.clamp_min_(r).add_(hp.eps_prime / alpha)
         else:
             dd.clamp_min_(hp.sigma)
-        u.copy_(m).div_(dd)  # step 12: d = m / D
+        torch.div(m, dd, out=u)  # step 12: d = m / D
         if hp.decoupled:  # step 13 (the stored update includes this term)
             if hp.stable:
                 lam = hp.weight_decay / (torch.linalg.vector_norm(dd, 1) / dd.numel())
