@@ -270,6 +270,8 @@ def _train(config: dict[str, Any], ctx: distributed.Context, corpus: Corpus) -> 
 
     if ctx.is_main:
         metrics.write_config(out_dir, config, ctx)
+        if state is not None:  # killed between checkpoint and metrics: the checkpoint wins
+            metrics.write_metrics(out_dir, history)
     writer = metrics.tensorboard(out_dir, ctx)
 
     def save(epoch: int, position: int, hidden: Hidden | None, sums: dict | None) -> None:

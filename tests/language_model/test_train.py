@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,12 +22,14 @@ from language_model.model import LSTMLanguageModel
 
 SMALL = ["batch_size=4", "eval_batch_size=4", "bptt=5", "model.embed_dim=8",
          "model.hidden_size=16", "model.cutoffs=[20]", "log_every=0"]  # fmt: skip
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "configs" / "lm1b.yaml")
 CPU = distributed.Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 TIMING = ("tokens_per_s", "epoch_time_s")
 
 
 def _run(lmdb_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
-    argv = ["--config", "configs/lm1b.yaml", "--row", row, "--data-dir", str(lmdb_dir)]
+    argv = ["--config", CONFIG, "--row", row, "--data-dir", str(lmdb_dir)]
     return train.run([*argv, "--out-dir", str(out), "--device", "cpu", *extra])
 
 
@@ -171,10 +176,32 @@ def test_bad_data_dir_is_one_line_and_exit_2(lmdb_dir, tmp_path, capsys, problem
                 w.put(k, v)
         src.close()
         dst.close()
-    argv = ["--config", "configs/lm1b.yaml", "--row", "Adam", "--data-dir", str(data)]
+    argv = ["--config", CONFIG, "--row", "Adam", "--data-dir", str(data)]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(train.run, [*argv, "--out-dir", str(tmp_path / "o"), "--device", "cpu"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(data) in err[0]
     assert not (tmp_path / "o").exists()  # nothing written for a run that cannot start
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_matches_one_process(lmdb_dir, tmp_path):
+    """Same global batch over 2 ranks: same rows, same numbers; ranks end bit-identical."""
+    args = ["--epochs", "1", "--max-steps-per-epoch", "4", "checkpoint_every=2",
+            "model.dropout=0.0", *SMALL]  # fmt: skip
+    single = _run(lmdb_dir, tmp_path / "one", *args)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "language_model.train", "--config", CONFIG, "--row", "Apollo", "--data-dir",
+           str(lmdb_dir), "--out-dir", str(out), "--device", "cpu", *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    digests = results["model_sha256_by_rank"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    for key in ("train_tokens", "test_tokens"):
+        assert results["final"][key] == single["final"][key] == 4 * 4 * 5
+    for key in ("train_loss", "test_loss"):
+        assert results["final"][key] == pytest.approx(single["final"][key], rel=1e-5)
