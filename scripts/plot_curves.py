@@ -1,7 +1,8 @@
 """Training-loss and test-metric curves per row, one PNG per table x schedule (for scripts.report).
 
 Each row is one line: the mean over its seeds at every epoch all of them reached, with a band
-of one sample standard deviation. Headless: matplotlib's Agg backend, no display needed.
+of one sample standard deviation. The metric's axis is zoomed on the last two thirds of the
+epochs, where the rows differ. Headless: matplotlib's Agg backend, no display needed.
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ def plot_groups(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from scripts.report import METRIC_NAMES
+
     written = []
     for lay in layouts:
         metric = lay["metric"]
         for sched in lay["schedules"]:
             fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4.2))
             colors = plt.get_cmap("tab10")
-            drawn = False
+            drawn, late = False, []
             for i, row in enumerate(lay["rows"]):
                 runs = groups.get((lay["table"], lay["version"], sched, row), [])
                 loss_key = next((k for k in LOSS_KEYS if any(
@@ -57,13 +60,21 @@ def plot_groups(
                     low = [m - s for m, s in zip(mean, std, strict=True)]
                     high = [m + s for m, s in zip(mean, std, strict=True)]
                     ax.fill_between(epochs, low, high, color=color, alpha=0.15, linewidth=0)
+                    if ax is ax_metric:
+                        late += [
+                            m for e, m in zip(epochs, mean, strict=True) if 3 * e > max(epochs)
+                        ]
             if not drawn:
                 plt.close(fig)
                 continue
             ax_loss.set_yscale("log")
             ax_loss.set(xlabel="epoch", ylabel="training loss (log scale)",
                         title="training loss")  # fmt: skip
-            ax_metric.set(xlabel="epoch", ylabel=metric, title=f"{metric} (mean ± std over seeds)")
+            name = METRIC_NAMES.get(metric, metric)
+            ax_metric.set(xlabel="epoch", ylabel=name, title=f"{name}, mean ± std over seeds")
+            if late and max(late) > min(late):
+                pad = 0.25 * (max(late) - min(late))
+                ax_metric.set_ylim(min(late) - pad, max(late) + pad)
             ax_metric.legend(fontsize=8, loc="best")
             for ax in (ax_loss, ax_metric):
                 ax.grid(alpha=0.3)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The main job: every row of the paper's current CIFAR-10 table (SGD, Adam*, RAdam*, Adam, RAdam,
+# AdaBelief, AdaHessian, Apollo, ApolloW) on scikit-learn's handwritten digits with a small CNN,
+# on the CPU, in a few minutes; then the comparison table (test accuracy "mean (std)" over seeds,
+# final training loss) and PNG curves, written by scripts/report.py.
+#
+#   bash scripts/quickstart.sh                          # 9 rows x 3 seeds -> runs/quickstart/
+#   bash scripts/quickstart.sh --out-dir D --seeds 5    # elsewhere, with the table's first 5 seeds
+#   bash scripts/quickstart.sh --rows SGD,Apollo --seeds 1 --epochs 3     # a smoke test
+#   bash scripts/quickstart.sh --config my_table.yaml --plugin my_optimizer.py --rows MyOpt
+#                                                       # your optimizer: docs/adding_an_optimizer.md
+#
+# Options: --out-dir D (default runs/quickstart), --seeds N (the first N of the table's seed
+# list, default 3), --rows R1,R2, --epochs N, --jobs J (runs at a time, default 2),
+# --config FILE (default configs/quickstart.yaml), --plugin MODULE_OR_PATH (repeatable); after
+# "--", key=value overrides for every run. Each run is `python -m classification.train --config
+# configs/quickstart.yaml --row ROW --schedule cosine --seed N --device cpu` (see configs/
+# quickstart.yaml for the task, the schedule and how warmup is scaled); every hyperparameter comes
+# from the configs, none from this script. Re-running resumes unfinished runs and skips finished
+# ones; the report covers every run under --out-dir.
+# Paths are relative to the directory you run it from (run it from the repository root as the
+# README does, and everything lands in runs/quickstart there).
+set -euo pipefail
+repo="$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python}"
+
+out_dir=runs/quickstart seeds=3 jobs=2 config="$repo/configs/quickstart.yaml"
+table_args=() train_args=()
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --out-dir) out_dir="${2:?--out-dir needs a directory}"; shift 2 ;;
+    --seeds) seeds="${2:?--seeds needs a number}"; shift 2 ;;
+    --rows) table_args+=(--rows "${2:?--rows needs row names}"); shift 2 ;;
+    --jobs) jobs="${2:?--jobs needs a number}"; shift 2 ;;
+    --config) config="${2:?--config needs a file}"; shift 2 ;;
+    --plugin) table_args+=(--plugin "${2:?--plugin needs a module or path}"); shift 2 ;;
+    --epochs) train_args+=(--epochs "${2:?--epochs needs a number}"); shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; train_args+=("$@"); break ;;
+    *) echo "error: unknown option $1 (see bash scripts/quickstart.sh --help)" >&2; exit 2 ;;
+  esac
+done
+if ! [[ "$seeds" =~ ^[1-9][0-9]*$ ]]; then
+  echo "error: --seeds must be a positive number of seeds, got '$seeds'" >&2; exit 2
+fi
+
+start=$SECONDS
+"$PY" -m scripts.run_table --config "$config" --num-seeds "$seeds" --out-root "$out_dir" \
+  --jobs "$jobs" "${table_args[@]}" -- "${train_args[@]}"
+echo
+"$PY" -m scripts.report "$out_dir" --out "$out_dir/report"
+echo "total: $((SECONDS - start)) s"
