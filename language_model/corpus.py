@@ -7,7 +7,7 @@ environment (a directory holding ``data.mdb``) contains:
   ``</S>`` and ``<UNK>``, and per split (``train``, ``test``) the shard names with their sentence,
   token and unknown-word counts. It is written in the last transaction, so a database without it
   is one whose writing was interrupted and is refused.
-- ``vocab``: the vocabulary, one word per line in id order (the order of the vocabulary file).
+- ``vocab``: the vocabulary, one word per line in id order (by descending count in the file).
 - ``{split}/{i:05d}/tokens``: the shard's sentences ``<S> w1 … wn </S>`` concatenated, little-endian
   int32 token ids; ``{split}/{i:05d}/offsets``: int64 start offsets of its sentences plus the end.
 
@@ -41,32 +41,37 @@ def shard_key(split: str, index: int, field: str) -> bytes:
 
 
 def read_vocab_file(path: str | os.PathLike) -> list[bytes]:
-    """Words of a ``word count``-per-line vocabulary file, in file order (= token ids).
+    """Words of a ``word count``-per-line vocabulary file in id order: most frequent first.
 
-    Words are kept as bytes and compared with the corpus's space-separated bytes, so a word
-    holding a non-ASCII space is never split differently from the file that defined it.
+    Ids follow the counts (ties keep file order), as in the authors' encoder: the adaptive
+    softmax's cutoffs assume id < 60000 are the 60000 most frequent words. Words are kept as
+    bytes and compared with the corpus's space-separated bytes, so a word holding a non-ASCII
+    space is never split differently from the file that defined it.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--vocab {path}: no such file")
-    words: list[bytes] = []
+    entries: list[tuple[int, bytes]] = []
     seen: set[bytes] = set()
     with path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             fields = line.split()
             if not fields:
                 continue
+            if len(fields) != 2 or not fields[1].isdigit():
+                raise ValueError(f"--vocab {path}: line {lineno} is not 'word count'")
             word = fields[0]
             if word in seen:
                 raise ValueError(f"--vocab {path}: line {lineno} repeats the word {word!r}")
             seen.add(word)
-            words.append(word)
-    if not words:
+            entries.append((int(fields[1]), word))
+    if not entries:
         raise ValueError(f"--vocab {path}: the vocabulary file is empty")
     missing = [w for w in (BOS, EOS, UNK) if w.encode() not in seen]
     if missing:
         raise ValueError(f"--vocab {path}: the vocabulary lacks {', '.join(missing)}")
-    return words
+    order = sorted(range(len(entries)), key=lambda i: -entries[i][0])  # stable: ties in order
+    return [entries[i][1] for i in order]
 
 
 class Corpus:

@@ -39,6 +39,7 @@ from .model import Hidden, LSTMLanguageModel
 SCHEMA = {
     "batch_size": int,
     "eval_batch_size": int,
+    "eval_bptt": int,
     "bptt": int,
     "clip": (float, type(None)),
     "checkpoint_every": int,
@@ -146,7 +147,6 @@ def train_one_epoch(
     }
 
 
-@torch.no_grad()
 def evaluate(
     model: LSTMLanguageModel,
     stream: TokenStream,
@@ -154,22 +154,28 @@ def evaluate(
     ctx: distributed.Context,
     limit: int | None = None,
 ) -> dict[str, float]:
-    """Perplexity exp(Σ nll / Σ tokens) over every rank's rows of the test split."""
-    model.eval()
+    """Perplexity exp(Σ nll / Σ tokens) of the test split, computed on rank 0 only.
+
+    As in the authors' evaluation, the test split is one stream (``eval_batch_size`` 1) read
+    in windows of ``eval_bptt`` (128) with the hidden state carried through, so the number
+    does not depend on the number of GPUs; the other ranks wait and receive it.
+    """
     nll = torch.zeros((), dtype=torch.float64, device=ctx.device)
     count = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    hidden: Hidden | None = None
-    for batch in stream.batches(0):
-        if limit is not None and batch.step >= limit:
-            break
-        x = torch.from_numpy(batch.inputs).to(ctx.device)
-        y = torch.from_numpy(batch.targets).to(ctx.device)
-        if batch.new_stream or hidden is None:
-            hidden = model.init_hidden(x.shape[0], ctx.device)
-        with amp.autocast(ctx.device, amp_mode):
-            batch_nll, batch_count, hidden = model(x, y, hidden)
-        nll += batch_nll.double()
-        count += batch_count
+    if ctx.is_main:
+        model.eval()
+        hidden: Hidden | None = None
+        for batch in stream.batches(0):
+            if limit is not None and batch.step >= limit:
+                break
+            x = torch.from_numpy(batch.inputs).to(ctx.device)
+            y = torch.from_numpy(batch.targets).to(ctx.device)
+            if batch.new_stream or hidden is None:
+                hidden = model.init_hidden(x.shape[0], ctx.device)
+            with torch.no_grad(), amp.autocast(ctx.device, amp_mode):
+                batch_nll, batch_count, hidden = model(x, y, hidden)
+            nll += batch_nll.double()
+            count += batch_count
     s = distributed.all_reduce_sums({"nll": float(nll), "count": float(count)}, ctx)
     return {
         "test_loss": s["nll"] / max(s["count"], 1.0),
@@ -231,10 +237,11 @@ def _train(config: dict[str, Any], ctx: distributed.Context, corpus: Corpus) -> 
                 f"{corpus.path} has {corpus.vocab_size}"
             )
     batch = distributed.split_batch(config["batch_size"], ctx)
-    eval_batch = distributed.split_batch(config["eval_batch_size"], ctx)
     where = {"rank": ctx.rank, "world_size": ctx.world_size}
     train_stream = TokenStream(corpus, "train", batch, config["bptt"], seed=config["seed"], **where)
-    test_stream = TokenStream(corpus, "test", eval_batch, config["bptt"], shuffle=False, **where)
+    test_stream = TokenStream(
+        corpus, "test", config["eval_batch_size"], config["eval_bptt"], shuffle=False
+    )
 
     log = distributed.get_logger(ctx, out_dir)
     # The model's warnings (dropped cutoffs) go to train.log too, once (rank 0).

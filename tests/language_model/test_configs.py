@@ -57,6 +57,7 @@ def test_every_row_matches_the_paper_and_builds(table, row, paper):
     if name == "apollo":
         assert opt["sigma"] == (1.0 if "v1" in table else 0.01)
     assert c["clip"] == 1.0 and c["batch_size"] == 128 and c["bptt"] == 20
+    assert c["eval_batch_size"] == 1 and c["eval_bptt"] == 128  # the authors' evaluation
     assert c["epochs"] == 20 and c["schedule"]["kind"] == "milestone"
     assert c["schedule"]["milestones"] == [12, 18] and c["schedule"]["decay_rate"] == 0.1
     assert c["schedule"]["warmup"] == 0  # Apollo warms up inside the optimizer, never twice

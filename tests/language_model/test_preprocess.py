@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import language_model.preprocess as pre
-from language_model.corpus import FORMAT_VERSION, Corpus
+from language_model.corpus import FORMAT_VERSION, Corpus, read_vocab_file
 from tests.language_model.conftest import OOV, make_corpus
 
 
@@ -53,6 +53,15 @@ def test_sentences_are_marked_and_unknown_words_become_unk(corpus_files, tmp_pat
     assert [s["name"] for s in meta["splits"]["test"]["shards"]] == [
         "news.en.heldout-00000-of-00050"
     ]
+
+
+def test_ids_follow_descending_counts_and_bad_lines_are_refused(tmp_path):
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("<UNK> 0\nrare 3\n<S> 90\nthe 100\n</S> 90\ncommon 50\n", "utf-8")
+    assert read_vocab_file(vocab) == [b"the", b"<S>", b"</S>", b"common", b"rare", b"<UNK>"]
+    vocab.write_text("<S> 9\n</S> 9\n<UNK> 1\nword\n", "utf-8")
+    with pytest.raises(ValueError, match="line 4 is not 'word count'"):
+        read_vocab_file(vocab)
 
 
 def test_pool_of_workers_writes_the_same_records(corpus_files, tmp_path):

@@ -42,7 +42,7 @@ def _history(out: Path) -> list[dict]:
 def test_paper_size_model_trains_a_few_steps_from_lmdb(lmdb_dir, tmp_path):
     out = tmp_path / "run"
     # Plain SGD keeps no optimizer state, so the 53M-parameter checkpoint stays small.
-    small = ["batch_size=2", "eval_batch_size=2", "bptt=2", "log_every=1",
+    small = ["batch_size=2", "eval_batch_size=2", "bptt=2", "eval_bptt=2", "log_every=1",
              "optimizer.momentum=0.0", "optimizer.nesterov=false"]  # fmt: skip
     results = _run(lmdb_dir, out, "--epochs", "1", "--max-steps-per-epoch", "2", *small, row="SGD")
     final = results["final"]
@@ -201,7 +201,9 @@ def test_two_process_gloo_ddp_matches_one_process(lmdb_dir, tmp_path):
     results = json.loads((out / "results.json").read_text())
     digests = results["model_sha256_by_rank"]
     assert len(digests) == 2 and digests[0] == digests[1]
-    for key in ("train_tokens", "test_tokens"):
-        assert results["final"][key] == single["final"][key] == 4 * 4 * 5
+    assert results["final"]["train_tokens"] == single["final"]["train_tokens"] == 4 * 4 * 5
+    # The test split is evaluated on rank 0 as one stream: independent of the world size.
+    every_test_token = Corpus(lmdb_dir).shards("test")[0]["tokens"] - 1
+    assert results["final"]["test_tokens"] == single["final"]["test_tokens"] == every_test_token
     for key in ("train_loss", "test_loss"):
         assert results["final"][key] == pytest.approx(single["final"][key], rel=1e-5)
