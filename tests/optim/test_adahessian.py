@@ -1,0 +1,321 @@
+"""AdaHessian against the spec's reference loop, GradScaler, and the peer-library pitfalls."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import optim
+from engine import amp as engine_amp
+from optim.adahessian import AdaHessian
+from tests.optim.reference_adahessian import ReferenceAdaHessian
+
+# AdaHessian needs backward(create_graph=True); torch warns about the .grad reference cycle.
+pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+
+SHAPES = [(), (5,), (4, 3), (2, 3, 4), (3, 2, 3, 3), (2, 1, 2, 2, 3)]  # 0-D to 5-D
+
+
+def _params(dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in SHAPES]
+
+
+def _coeffs(i, step):
+    # per-coordinate curvature changes over steps so D̂ and the reuse of update_each matter
+    return 0.5 + 0.3 * i + 0.05 * (step % 4), 0.1, 0.2 * (i + 1)
+
+
+def separable_loss(params, step, skip_odd=()):
+    """Σ a·θ² + b·θ⁴ - c·θ per coordinate: diagonal Hessian 2a + 12bθ²."""
+    total = 0.0
+    for i, p in enumerate(params):
+        if i in skip_odd and step % 2:
+            continue
+        a, b, c = _coeffs(i, step)
+        total = total + (a * p**2 + b * p**4 - c * p).sum()
+    return total
+
+
+def exact_grads_and_diags(params, step, skip_odd=()):
+    grads, diags = [], []
+    for i, p in enumerate(params):
+        if i in skip_odd and step % 2:
+            grads.append(None)
+            diags.append(None)
+            continue
+        a, b, c = _coeffs(i, step)
+        grads.append(2 * a * p + 4 * b * p**3 - c)
+        diags.append(2 * a + 12 * b * p**2)
+    return grads, diags
+
+
+def _run_pair(kwargs, steps=20, skip_odd=(), scheduler=None):
+    params = _params()
+    ref_params = [p.detach().clone() for p in params]
+    opt = AdaHessian(params, seed=0, **kwargs)
+    ref = ReferenceAdaHessian(**kwargs)
+    sched = scheduler(opt) if scheduler else None
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        separable_loss(params, step, skip_odd).backward(create_graph=True)
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        ref.step(ref_params, *exact_grads_and_diags(ref_params, step, skip_odd), lr)
+        if sched:
+            sched.step()
+    return params, ref_params
+
+
+PARITY_CASES = {
+    "defaults": dict(lr=0.05),
+    "warmup": dict(lr=0.1, warmup=7, init_lr=1e-3),
+    "weight_decay": dict(lr=0.05, weight_decay=0.1),
+    "hessian_power": dict(lr=0.05, hessian_power=0.5),
+    "update_each": dict(lr=0.05, update_each=3),
+    "average_conv_kernel": dict(lr=0.05, average_conv_kernel=True),
+    "everything": dict(
+        lr=0.08, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.05, warmup=5, init_lr=0.01,
+        hessian_power=0.7, update_each=2, average_conv_kernel=True,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", PARITY_CASES)
+def test_parity_with_reference(case):
+    params, ref_params = _run_pair(PARITY_CASES[case])
+    for p, r in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-11, atol=1e-12)
+
+
+def test_parity_with_scheduler_and_per_parameter_step_counters():
+    """Warmup uses each parameter's own count; parameters without a gradient every other
+    step keep their own bias correction and update_each phase; a scheduler changes lr."""
+
+    def sched(opt):
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=6, gamma=0.5)
+
+    kwargs = dict(lr=0.1, warmup=4, init_lr=0.01, update_each=2, weight_decay=0.01)
+    params, ref_params = _run_pair(kwargs, steps=24, skip_odd=(1, 4), scheduler=sched)
+    for p, r in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-11, atol=1e-12)
+
+
+def test_estimate_is_z_times_hz_for_a_full_hessian():
+    """A non-diagonal quadratic: the first step's D̂ is z ⊙ (A z) for the seeded probe."""
+    gen = torch.Generator().manual_seed(3)
+    m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    a = m @ m.T + torch.eye(6, dtype=torch.float64)
+    theta = torch.randn(2, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    opt = AdaHessian([theta], lr=0.0, betas=(0.0, 0.5), seed=11)
+    (0.5 * theta.reshape(-1) @ a @ theta.reshape(-1)).backward(create_graph=True)
+    opt.step()
+    z = torch.randint(0, 2, (2, 3), generator=torch.Generator().manual_seed(11)) * 2 - 1
+    z = z.to(torch.float64).reshape(-1)
+    expected = (z * (a @ z)).reshape(2, 3)
+    # v = (1 - β2)·D̂² after one step
+    torch.testing.assert_close(opt.state[theta]["exp_hessian_diag_sq"], 0.5 * expected**2)
+
+
+# ---------------------------------------------------------------- torch.amp.GradScaler
+
+
+def _scaled_run(dtype, scaler, clip=None, steps=6):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    model = model.to(dtype)
+    x = torch.randn(8, 4, dtype=dtype)
+    opt = AdaHessian(model.parameters(), lr=0.05, weight_decay=0.01, seed=5)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = model(x).pow(2).mean()  # not separable: the probe matters
+        engine_amp.backward(loss, scaler, create_graph=True)
+        engine_amp.step(opt, scaler, clip_norm=clip)
+    return [p.detach() for p in model.parameters()], opt
+
+
+@pytest.mark.parametrize("clip", [None, 0.05], ids=["plain", "unscale_then_clip"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grad_scaler_gives_the_unscaled_updates(dtype, clip):
+    plain, _ = _scaled_run(dtype, None, clip)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaled, opt = _scaled_run(dtype, scaler, clip)
+    assert scaler.get_scale() == 2.0**10  # no overflow, so every step ran
+    assert all(opt.state[p]["step"].item() == 6 for g in opt.param_groups for p in g["params"])
+    for a, b in zip(plain, scaled, strict=True):
+        assert torch.equal(a, b)  # a power-of-two scale divides out exactly
+
+
+def test_grad_scaler_overflow_skips_the_step():
+    p = torch.ones(3, requires_grad=True)
+    opt = AdaHessian([p], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale((p**2).sum() * float("inf")).backward(create_graph=True)
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(p.detach(), torch.ones(3))
+    assert not opt.state  # nothing was counted
+    assert scaler.get_scale() < 2.0**10  # the scaler saw the overflow
+
+
+# ---------------------------------------------------------------- pitfalls of the peers
+
+
+def test_conv_shapes_1d_to_3d_and_average_conv_kernel():
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict(
+        {
+            "c1": torch.nn.Conv1d(2, 3, 3),  # 3-D weight
+            "c2": torch.nn.Conv2d(2, 3, 3),  # 4-D weight (kernel averaged)
+            "c3": torch.nn.Conv3d(2, 3, 2),  # 5-D weight
+        }
+    ).double()
+    scalar = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))  # 0-D
+    params = [*model.parameters(), scalar]
+    before = [p.detach().clone() for p in params]
+    opt = AdaHessian(params, lr=0.05, average_conv_kernel=True)
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        loss = (
+            model["c1"](torch.randn(2, 2, 6, dtype=torch.float64)).tanh().pow(2).mean()
+            + model["c2"](torch.randn(2, 2, 5, 5, dtype=torch.float64)).tanh().pow(2).mean()
+            + model["c3"](torch.randn(1, 2, 3, 3, 3, dtype=torch.float64)).tanh().pow(2).mean()
+            + scalar**4
+        )
+        loss.backward(create_graph=True)
+        opt.step()
+    for p, b in zip(params, before, strict=True):
+        assert torch.isfinite(p).all() and not torch.equal(p.detach(), b)
+    v = opt.state[model["c2"].weight]["exp_hessian_diag_sq"]
+    assert torch.equal(v, v[:, :, :1, :1].expand_as(v))  # constant over each 3x3 kernel
+
+
+def test_grad_not_modified_with_weight_decay():
+    params = _params()
+    opt = AdaHessian(params, lr=0.05, weight_decay=0.1)
+    separable_loss(params, 0).backward(create_graph=True)
+    grads = [p.grad.detach().clone() for p in params]
+    opt.step()
+    for p, g in zip(params, grads, strict=True):
+        assert torch.equal(p.grad.detach(), g)
+
+
+def test_gradient_without_graph_gets_zero_curvature():
+    """A parameter entering the loss linearly has a constant gradient (no grad_fn)."""
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    b = torch.tensor(0.5, requires_grad=True)
+    opt = AdaHessian([w, b], lr=0.1)
+    ((w**2).sum() + 3.0 * b).backward(create_graph=True)
+    assert b.grad.grad_fn is None
+    opt.step()
+    assert opt.state[b]["exp_hessian_diag_sq"].item() == 0.0
+    assert b.item() < 0.5
+
+
+def test_closure_inside_no_grad_and_add_param_group_after_first_step():
+    a = torch.tensor([1.0, -1.0], requires_grad=True)
+    late = torch.tensor([2.0], requires_grad=True)
+    opt = AdaHessian([a], lr=0.1)
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = (a**2).sum() + (late**2).sum()
+        loss.backward(create_graph=True)
+        return loss
+
+    with torch.no_grad():
+        assert opt.step(closure).item() == pytest.approx(6.0)
+    opt.add_param_group({"params": [late], "lr": 0.2})
+    with torch.no_grad():
+        opt.step(closure)
+    assert opt.state[a]["step"].item() == 2 and opt.state[late]["step"].item() == 1
+    assert late.item() < 2.0
+
+
+def test_zero_lr_group_does_not_move_during_warmup():
+    params = _params()
+    opt = AdaHessian(
+        [{"params": params[:3]}, {"params": params[3:], "lr": 0.0, "init_lr": 0.0}],
+        lr=0.1, warmup=5, init_lr=0.01, weight_decay=0.1,
+    )  # fmt: skip
+    frozen = [p.detach().clone() for p in params[3:]]
+    for step in range(7):
+        opt.zero_grad(set_to_none=True)
+        separable_loss(params, step).backward(create_graph=True)
+        opt.step()
+    for p, f in zip(params[3:], frozen, strict=True):
+        assert torch.equal(p.detach(), f)
+    with pytest.raises(ValueError, match="init_lr"):
+        opt.add_param_group({"params": [torch.ones(1, requires_grad=True)], "lr": 0.001})
+
+
+def test_state_dict_round_trip_restores_the_probe_generator():
+    """A non-separable loss, so a resumed run equals the uninterrupted one only if it draws
+    the same probes."""
+
+    def run(opt, w, steps):
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            (w.sum() ** 2 + (w**3).sum()).backward(create_graph=True)
+            opt.step()
+
+    w = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64, requires_grad=True)
+    opt = AdaHessian([w], lr=0.05, update_each=2)
+    run(opt, w, 3)
+    buf = io.BytesIO()
+    torch.save({"w": w.detach().clone(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    run(opt, w, 4)
+    w2 = ckpt["w"].clone().requires_grad_()
+    opt2 = AdaHessian([w2], lr=0.05, update_each=2, seed=123)  # another seed, then restored
+    opt2.load_state_dict(ckpt["opt"])
+    run(opt2, w2, 4)
+    assert torch.equal(w, w2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(lr=-0.1), "lr"),
+        (dict(betas=(1.0, 0.999)), "betas"),
+        (dict(betas=(0.9, -0.5)), "betas"),
+        (dict(eps=0.0), "eps"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(warmup=-1), "warmup"),
+        (dict(warmup=2.5), "warmup"),
+        (dict(init_lr=-1e-3), "init_lr"),
+        (dict(lr=0.1, init_lr=0.2), "init_lr"),
+        (dict(hessian_power=0.0), "hessian_power"),
+        (dict(hessian_power=1.5), "hessian_power"),
+        (dict(update_each=0), "update_each"),
+        (dict(update_each=1.5), "update_each"),
+    ],
+)
+def test_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        AdaHessian([torch.zeros(1, requires_grad=True)], **kwargs)
+
+
+def test_sparse_gradient_is_a_clear_error():
+    emb = torch.nn.Embedding(5, 2, sparse=True)
+    opt = AdaHessian(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()
+
+
+def test_backward_without_create_graph_is_a_clear_error():
+    w = torch.ones(3, requires_grad=True)
+    opt = AdaHessian([w])
+    (w**2).sum().backward()
+    with pytest.raises(RuntimeError, match=r"create_graph=True"):
+        opt.step()
+
+
+def test_registered_as_second_order():
+    spec = optim.get("adahessian")
+    assert spec.factory is AdaHessian and spec.needs_create_graph
