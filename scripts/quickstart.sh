@@ -10,24 +10,25 @@
 #   bash scripts/quickstart.sh --config my_table.yaml --plugin my_optimizer.py --rows MyOpt
 #                                                       # your optimizer: docs/adding_an_optimizer.md
 #
-# Options: --out-dir D (default runs/quickstart), --seeds N (the first N of the table's seed
+# Options: --out-dir D (default runs: the runs go to D/<table>/<version>/<row>/cosine/seed<N>, the
+# table and plots to D/<table>/report), --seeds N (the first N of the table's seed
 # list, default 3), --rows R1,R2, --epochs N, --jobs J (runs at a time, default 2),
 # --config FILE (default configs/quickstart.yaml), --plugin MODULE_OR_PATH (repeatable); after
 # "--", key=value overrides for every run. Each run is `python -m classification.train --config
 # configs/quickstart.yaml --row ROW --schedule cosine --seed N --device cpu` (see configs/
 # quickstart.yaml for the task, the schedule and how warmup is scaled); every hyperparameter comes
 # from the configs, none from this script. Re-running resumes unfinished runs and skips finished
-# ones; the report covers every run under --out-dir.
+# ones; the report covers every run of the table under --out-dir.
 # Paths are relative to the directory you run it from (run it from the repository root as the
-# README does, and everything lands in runs/quickstart there).
+# README does, and everything lands in runs/quickstart/ there).
 set -euo pipefail
 repo="$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python}"
 
-out_dir=runs/quickstart seeds=3 jobs=2 config="$repo/configs/quickstart.yaml"
+out_dir=runs seeds=3 jobs=2 config="$repo/configs/quickstart.yaml"
 table_args=() train_args=()
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out-dir) out_dir="${2:?--out-dir needs a directory}"; shift 2 ;;
@@ -47,8 +48,11 @@ if ! [[ "$seeds" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 start=$SECONDS
+table="$("$PY" -c 'import sys; from engine.config import load_table
+try: print(load_table(sys.argv[1]).get("table") or "")
+except ValueError as e: sys.exit(f"error: {e}")' "$config")" || exit 2
 "$PY" -m scripts.run_table --config "$config" --num-seeds "$seeds" --out-root "$out_dir" \
   --jobs "$jobs" "${table_args[@]}" -- "${train_args[@]}"
 echo
-"$PY" -m scripts.report "$out_dir" --out "$out_dir/report"
+"$PY" -m scripts.report "$out_dir/$table" --out "$out_dir/$table/report"
 echo "total: $((SECONDS - start)) s"

@@ -31,7 +31,7 @@ def test_quickstart_trains_reports_and_records_provenance(short_quickstart) -> N
         acc, loss, seeds = rows[row][1:]
         assert acc.endswith(" (-)") and 0.0 <= float(acc.split()[0]) <= 100.0  # one seed: no std
         assert float(loss.split()[0]) > 0 and seeds == "1"
-    report = out / "report"
+    report = out / "quickstart" / "report"
     for name in ("table.md", "table.tex", "table.csv"):
         assert (report / name).stat().st_size > 0
     assert (report / "curves_quickstart_current_cosine.png").read_bytes()[:4] == b"\x89PNG"
@@ -55,7 +55,9 @@ def test_report_turns_the_runs_into_the_same_table(short_quickstart, tmp_path: P
                           capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert _table_lines(proc.stdout) == _table_lines(stdout)
-    assert (tmp_path / "table.md").read_text() == (out / "report" / "table.md").read_text()
+    assert (tmp_path / "table.md").read_text() == (
+        out / "quickstart" / "report" / "table.md"
+    ).read_text()
 
 
 def _resolved(path: str, row: str) -> dict:
