@@ -1,0 +1,86 @@
+"""AdaHessian under DDP with two gloo processes on CPU.
+
+DDP cannot run the ``create_graph`` backward (pytorch#63812), so each rank runs it under
+``ddp.no_sync()`` and AdaHessian averages the gradient and the Hessian estimate itself, with
+rank 0's Rademacher probe. The ranks get different seeds and different data: they must end
+with identical parameters, equal to one process minimising the mean of the two shard losses
+with rank 0's seed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from optim.adahessian import AdaHessian
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+
+STEPS = 4
+KWARGS = dict(lr=0.05, weight_decay=0.01, update_each=2, average_conv_kernel=True)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(8, 1)
+    ).double()
+
+
+def _shard(rank: int) -> torch.Tensor:
+    return torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(100 + rank)).double()
+
+
+def _loss(model, x) -> torch.Tensor:
+    return model(x).pow(2).mean()  # not separable: the probe must be shared to match
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(_model())
+        opt = AdaHessian(ddp.parameters(), seed=1 + rank, **KWARGS)  # seeds differ on purpose
+        x = _shard(rank)
+        for _ in range(STEPS):
+            opt.zero_grad(set_to_none=True)
+            with ddp.no_sync():
+                _loss(ddp, x).backward(create_graph=True)
+            local = [p.grad.detach().clone() for p in ddp.parameters()]
+            opt.step()
+            assert all(torch.equal(p.grad, g) for p, g in zip(ddp.parameters(), local, strict=True))
+        torch.save([p.detach() for p in ddp.parameters()], f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_match_each_other_and_one_process(tmp_path):
+    # fork: the children inherit the imported torch instead of importing it again (seconds)
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for a, b in zip(*ranks, strict=True):
+        assert torch.equal(a, b)
+
+    model = _model()
+    opt = AdaHessian(model.parameters(), seed=1, **KWARGS)  # rank 0's probe
+    for _ in range(STEPS):
+        opt.zero_grad(set_to_none=True)
+        # mean of the shard losses: gradient and Hz are the ranks' averages
+        (0.5 * (_loss(model, _shard(0)) + _loss(model, _shard(1)))).backward(create_graph=True)
+        opt.step()
+    start = _model()
+    for p, r, s in zip(model.parameters(), ranks[0], start.parameters(), strict=True):
+        assert not torch.equal(r, s.detach())
+        # halving is exact, so the ranks' (a + b) / 2 is one process's a/2 + b/2
+        assert torch.equal(r, p.detach())
