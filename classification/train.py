@@ -65,11 +65,14 @@ def train_one_epoch(
             break
         images = images.to(ctx.device, non_blocking=True)
         target = target.to(ctx.device, non_blocking=True)
-        with amp.autocast(ctx.device, config["amp"]):
-            logits = model(images)
-            loss = F.cross_entropy(logits, target)
         optimizer.zero_grad(set_to_none=True)
-        amp.backward(loss, scaler, create_graph=create_graph)
+        # DDP cannot all-reduce a create_graph backward (pytorch#63812); second-order
+        # optimizers average gradients and Hessian estimates over ranks themselves.
+        with distributed.no_sync(model, skip_sync=create_graph):
+            with amp.autocast(ctx.device, config["amp"]):
+                logits = model(images)
+                loss = F.cross_entropy(logits, target)
+            amp.backward(loss, scaler, create_graph=create_graph)
         amp.step(optimizer, scaler)
         (c1,) = metrics.correct_topk(logits.float(), target, ks=(1,))
         n = target.numel()
@@ -142,6 +145,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         cli.print_config(config)
         return None
     ctx = distributed.setup(config["device"])
+    torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed input sizes: autotune
     try:
         return _train(config, ctx)
     finally:
@@ -191,6 +195,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
             ddp_model, train_loader, optimizer, spec.needs_create_graph, scaler, config, ctx, epoch
         )
         train_time = time.perf_counter() - tic
+        distributed.broadcast_buffers(model, ctx)  # evaluate and save rank 0's BN statistics
         eval_stats = evaluate(ddp_model, eval_loader, config["amp"], ctx)
         schedule.step()
         record = {

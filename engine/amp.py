@@ -4,7 +4,10 @@
 ``--amp fp16`` uses float16 autocast and a ``torch.amp.GradScaler``. NVIDIA apex is not used
 (its AMP is deprecated upstream). Second-order optimizers (AdaHessian) get
 ``create_graph=True`` from their registry spec, never from a name comparison; the optimizer
-itself accounts for the loss scale when it differentiates the gradient again.
+itself accounts for the loss scale when it differentiates the gradient again. Under DDP such a
+backward must run inside ``engine.distributed.no_sync(model, skip_sync=True)`` (forward
+included): DDP cannot all-reduce a ``create_graph`` backward, and the optimizer averages the
+gradient and its estimate over ranks itself.
 
 Gradient accumulation (NMT: ~65K tokens per update on fewer GPUs) is ``backward`` on each
 micro-batch inside ``engine.distributed.no_sync(model, skip_sync=not last)``, then one

@@ -94,6 +94,17 @@ def no_sync(model: torch.nn.Module, skip_sync: bool) -> Iterator[None]:
         yield
 
 
+def broadcast_buffers(model: torch.nn.Module, ctx: Context) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP does this at each forward that syncs gradients, but not after ``no_sync`` steps (a
+    second-order optimizer's): call it before evaluating and checkpointing.
+    """
+    if ctx.distributed:
+        for buffer in unwrap(model).buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def all_reduce_sums(values: Mapping[str, float], ctx: Context) -> dict[str, float]:
     """Sum each value over ranks (in float64); reduce counts and sums, then divide."""
     if not ctx.distributed:

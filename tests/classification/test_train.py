@@ -103,10 +103,15 @@ def test_imagefolder_run_and_bf16(imagenet_dir: Path, tmp_path: Path) -> None:
     assert results["finished"] and results["final"]["train_samples"] == 8  # 2 steps of 4
 
 
-def test_two_process_gloo_ddp_ranks_end_identical(cifar_dir: Path, tmp_path: Path) -> None:
+# Apollo takes DDP's gradient all-reduce; AdaHessian's create_graph backward runs under no_sync
+# and the optimizer averages gradient and Hessian estimate itself.
+@pytest.mark.parametrize("row", ["Apollo", "AdaHessian"])
+def test_two_process_gloo_ddp_ranks_end_identical(
+    row: str, cifar_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "classification.train", "--config", CIFAR, "--row", "Apollo", "--schedule",
+           "-m", "classification.train", "--config", CIFAR, "--row", row, "--schedule",
            "cosine", "--data-dir", str(cifar_dir), "--out-dir", str(out), "--epochs", "1",
            "--max-steps-per-epoch", "2", *TINY]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
