@@ -207,3 +207,10 @@ def test_two_process_gloo_ddp_matches_one_process(lmdb_dir, tmp_path):
     assert results["final"]["test_tokens"] == single["final"]["test_tokens"] == every_test_token
     for key in ("train_loss", "test_loss"):
         assert results["final"][key] == pytest.approx(single["final"][key], rel=1e-5)
+
+
+def test_bf16_autocast_run_on_cpu(lmdb_dir, tmp_path):
+    results = _run(lmdb_dir, tmp_path / "bf16", "--epochs", "1", "--amp", "bf16",
+                   "--max-steps-per-epoch", "3", *SMALL, row="Adam")  # fmt: skip
+    assert results["finished"] and math.isfinite(results["final"]["test_ppl"])
+    assert results["final"]["train_tokens"] == 3 * 4 * 5
