@@ -13,12 +13,11 @@ reused for the denominator), which keeps it near ``torch.optim.Adam(foreach=True
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+from torch.optim.optimizer import _get_value
 
 from .registry import register
 
@@ -98,8 +97,9 @@ class AdaBelief(torch.optim.Optimizer):
                 f"got {g['weight_decay_type']!r}"
             )
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list, ...]:
-        params, grads, exp_avgs, exp_avg_vars, steps = [], [], [], [], []
+    def _init_group(self, group, params, grads, exp_avgs, exp_avg_vars, steps) -> None:
+        # Fills the lists in place, like torch.optim's _init_group, which torch.compile
+        # special-cases (it runs it eagerly and guards on the state it creates).
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -116,7 +116,6 @@ class AdaBelief(torch.optim.Optimizer):
             exp_avgs.append(state["exp_avg"])
             exp_avg_vars.append(state["exp_avg_var"])
             steps.append(state["step"])
-        return params, grads, exp_avgs, exp_avg_vars, steps
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -126,7 +125,8 @@ class AdaBelief(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            tensors = self._init_group(group)
+            tensors = ([], [], [], [], [])
+            self._init_group(group, *tensors)
             if not tensors[0]:
                 continue
             foreach = group["foreach"]
@@ -151,9 +151,9 @@ def _single_tensor_adabelief(
 ) -> None:  # fmt: skip
     for p, g, m, s, step in zip(params, grads, exp_avgs, exp_avg_vars, steps, strict=True):
         step += 1
-        t = step.item()
+        t = _get_value(step)
         c1 = 1.0 - beta1**t
-        c2 = 1.0 - beta2**t
+        sqrt_c2 = (1.0 - beta2**t) ** 0.5
         if weight_decay != 0 and weight_decay_type == "L2":
             r = g.add(p, alpha=weight_decay)  # a copy: p.grad stays untouched
             m.lerp_(r, 1.0 - beta1)
@@ -162,7 +162,7 @@ def _single_tensor_adabelief(
             m.lerp_(g, 1.0 - beta1)
             r = g.sub(m)
         s.mul_(beta2).addcmul_(r, r, value=1.0 - beta2).add_(eps)
-        denom = r.copy_(s).sqrt_().div_(math.sqrt(c2)).add_(eps)  # reuses r's buffer
+        denom = r.copy_(s).sqrt_().div_(sqrt_c2).add_(eps)  # reuses r's buffer
         if weight_decay != 0 and weight_decay_type != "L2":
             if weight_decay_type == "stable":
                 # 1 - lr·λ / mean(denom), as the multi-tensor path computes it (denom > 0)
@@ -177,11 +177,14 @@ def _multi_tensor_adabelief(
     params, grads, exp_avgs, exp_avg_vars, steps, *, lr, beta1, beta2, eps, weight_decay,
     weight_decay_type,
 ) -> None:  # fmt: skip
-    grouped = _group_tensors_by_device_and_dtype([params, grads, exp_avgs, exp_avg_vars, steps])
+    tensors = [params, grads, exp_avgs, exp_avg_vars, steps]
+    grouped = torch.optim.Optimizer._group_tensors_by_device_and_dtype(tensors)
     split = weight_decay_type != "stable" or weight_decay == 0  # stable needs whole tensors
     for (ps, gs, ms, ss, ts), _ in grouped.values():
         torch._foreach_add_(ts, 1.0)
-        t = [step.item() for step in ts]
+        # Python floats in eager mode; tensors while compiling, so a compiled step neither
+        # breaks the graph on .item() nor recompiles for every new step count.
+        t = [_get_value(step) for step in ts]
         for chunk in _chunks([ps, gs, ms, ss], t, split):
             _multi_tensor_update(
                 *chunk, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
@@ -219,8 +222,8 @@ def _chunks(lists, t, split):
 def _multi_tensor_update(
     ps, gs, ms, ss, t, *, lr, beta1, beta2, eps, weight_decay, weight_decay_type
 ) -> None:
-    c1 = [1.0 - beta1**x for x in t]
-    sqrt_c2 = [math.sqrt(1.0 - beta2**x) for x in t]
+    step_size = [-lr / (1.0 - beta1**x) for x in t]
+    sqrt_c2 = [(1.0 - beta2**x) ** 0.5 for x in t]
     if weight_decay != 0 and weight_decay_type == "L2":
         rs = torch._foreach_add(gs, ps, alpha=weight_decay)
         torch._foreach_lerp_(ms, rs, 1.0 - beta1)
@@ -245,4 +248,8 @@ def _multi_tensor_update(
             torch._foreach_mul_(ps, factors)
         else:
             torch._foreach_mul_(ps, 1.0 - lr * weight_decay)
-    torch._foreach_addcdiv_(ps, ms, rs, [-lr / c for c in c1])
+    if torch.compiler.is_compiling():  # tensor step sizes: fold them into the denominator
+        torch._foreach_div_(rs, step_size)
+        torch._foreach_addcdiv_(ps, ms, rs)
+    else:
+        torch._foreach_addcdiv_(ps, ms, rs, step_size)
