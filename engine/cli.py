@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg
-from .checkpoint import CheckpointError
 
 #: Flag destination -> config key (None: flag not given, the table decides).
 FLAG_KEYS = ("seed", "epochs", "max_steps_per_epoch", "device", "amp", "data_dir", "out_dir",
@@ -142,8 +141,9 @@ def load_plugin(spec: str) -> None:
         raise UsageError(f"--plugin {spec}: {type(exc).__name__}: {exc}") from None
 
 
-#: Exceptions that mean bad user input rather than a bug.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError)
+#: Exceptions that mean bad user input rather than a bug (ConfigError, CheckpointError and
+#: DataError are ValueErrors).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def main(entry: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:

@@ -22,7 +22,6 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -30,25 +29,16 @@ from typing import Any
 
 import torch
 
+from .checkpoint import atomic_write
 from .distributed import Context
 
 _REPO = Path(__file__).resolve().parent.parent
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of a team
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``obj`` as indented JSON atomically."""
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def read_json(path: str | Path) -> Any:
@@ -115,13 +105,8 @@ def write_config(out_dir: str | Path, config: Mapping[str, Any], ctx: Context) -
 
 def write_metrics(out_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:
     """``metrics.jsonl``, one line per epoch, rewritten whole to match the checkpoint."""
-    path = Path(out_dir) / "metrics.jsonl"
-    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for record in history:
-            f.write(json.dumps(record) + "\n")
-    os.replace(tmp, path)
+    text = "".join(json.dumps(record) + "\n" for record in history)
+    atomic_write(Path(out_dir) / "metrics.jsonl", lambda f: f.write(text.encode("utf-8")))
 
 
 def best_record(

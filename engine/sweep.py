@@ -18,6 +18,7 @@ sweep resumes unfinished runs and skips finished ones. ``--gpus N`` > 1 launches
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -26,7 +27,6 @@ from pathlib import Path
 
 from . import cli
 from . import config as cfg
-from .metrics import read_json
 
 
 def _pick(given: str | None, available: list, what: str, path: str, cast: type = str) -> list:
@@ -98,7 +98,7 @@ def commands(args: argparse.Namespace) -> list[tuple[list[str], Path]]:
 
 def _finished(run_dir: Path) -> bool:
     try:
-        return bool(read_json(run_dir / "results.json").get("finished"))
+        return bool(json.loads((run_dir / "results.json").read_text()).get("finished"))
     except (OSError, ValueError):
         return False
 
