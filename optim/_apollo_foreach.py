@@ -142,43 +142,50 @@ def multi_tensor_apollo(
         torch._foreach_add_(params, us, alpha=-lr_t)  # step 14
 
 
-def traceable_apollo(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    ms: list[torch.Tensor],
-    bs: list[torch.Tensor],
-    us: list[torch.Tensor],
-    steps: list[torch.Tensor],
+def apollo_tensor(
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    b: torch.Tensor,
+    u: torch.Tensor,
+    step: torch.Tensor,
     lr: torch.Tensor,
     hp: Hyper,
 ) -> None:
-    """Spec steps 1-14 with tensor scalars (per-tensor step counts), for ``torch.compile``."""
+    """Spec steps 1-14 for one tensor with tensor scalars: no ``.item()``, so the step
+    counter never becomes a constant of a compiled graph."""
+    t = step.to(torch.float64)  # the counter may be float32; the scalars need not be
+    if hp.warmup > 0:  # step 1, t before the increment
+        warm = hp.init_lr + (hp.base_lr - hp.init_lr) * t / hp.warmup
+        lr_t = torch.where(t < hp.warmup, warm, lr)
+    else:
+        lr_t = lr
+    step.add_(1)
+    alpha = (1 - hp.beta) / (1 - torch.pow(hp.beta, t + 1))  # step 3
+    grad = -g if hp.maximize else g
+    if hp.l2:
+        grad = grad + hp.weight_decay * p  # step 2, on a copy
+    delta = grad - m  # step 4
+    x = (delta * u).sum()
+    m.add_(alpha * delta)  # step 6
+    w = u * u
+    s = (w * w).sum().sqrt().sqrt() + hp.eps_prime  # step 7
+    s2 = s * s
+    c = (x * -alpha - (b * w).sum()) / s2 / s2  # steps 8-9
+    b.add_(c * w)  # step 10
+    if hp.belief:  # step 11
+        big_d = torch.maximum(b.abs(), delta.abs().amax()) + hp.eps_prime / alpha
+    else:
+        big_d = b.abs().clamp_min(hp.sigma)
+    d = m / big_d  # step 12
+    if hp.decoupled:  # step 13
+        lam = hp.weight_decay / big_d.mean() if hp.stable else hp.weight_decay
+        d = d + lam * p
+    u.copy_(d)
+    p.sub_(lr_t * d)  # step 14
+
+
+def traceable_apollo(params, grads, ms, bs, us, steps, lr: torch.Tensor, hp: Hyper) -> None:
+    """:func:`apollo_tensor` over lists, for a user's ``torch.compile`` tracing ``step()``."""
     for p, g, m, b, u, step in zip(params, grads, ms, bs, us, steps, strict=True):
-        if hp.warmup > 0:  # step 1, t before the increment
-            warm = hp.init_lr + (hp.base_lr - hp.init_lr) * step / hp.warmup
-            lr_t = torch.where(step < hp.warmup, warm, lr)
-        else:
-            lr_t = lr
-        step.add_(1)
-        alpha = (1 - hp.beta) / (1 - torch.pow(hp.beta, step))  # step 3
-        grad = -g if hp.maximize else g
-        if hp.l2:
-            grad = grad + hp.weight_decay * p  # step 2, on a copy
-        delta = grad - m  # step 4
-        x = (delta * u).sum()
-        m.add_(alpha * delta)  # step 6
-        w = u * u
-        s = (w * w).sum().sqrt().sqrt() + hp.eps_prime  # step 7
-        s2 = s * s
-        c = (x * -alpha - (b * w).sum()) / s2 / s2  # steps 8-9
-        b.add_(c * w)  # step 10
-        if hp.belief:  # step 11
-            big_d = torch.maximum(b.abs(), delta.abs().amax()) + hp.eps_prime / alpha
-        else:
-            big_d = b.abs().clamp_min(hp.sigma)
-        d = m / big_d  # step 12
-        if hp.decoupled:  # step 13
-            lam = hp.weight_decay / big_d.mean() if hp.stable else hp.weight_decay
-            d = d + lam * p
-        u.copy_(d)
-        p.sub_(lr_t * d)  # step 14
+        apollo_tensor(p, g, m, b, u, step, lr, hp)
