@@ -183,8 +183,10 @@ class AdaHessian(torch.optim.Optimizer):
 
         probed = [(group, p, state) for group, p, state, due in entries if due]
         estimates = self._hutchinson([p for _, p, _ in probed], scale)
-        if scale is not None and not all(torch.isfinite(d).all() for d in estimates):
-            return loss  # the estimate overflowed though the gradients did not: skip
+        if scale is not None and estimates and not _all_finite(estimates):
+            # Hz overflowed though the gradients did not: skip, and let the scaler back off.
+            _report_overflow(_calling_grad_scaler(self), self)
+            return loss
         fresh = {}
         for (group, p, state), d in zip(probed, estimates, strict=True):
             if group["average_conv_kernel"] and p.dim() == 4:  # spec step 2
@@ -309,6 +311,19 @@ def _calling_grad_scaler(optimizer: torch.optim.Optimizer) -> torch.amp.GradScal
         ):
             return owner
     return None
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def _report_overflow(scaler: torch.amp.GradScaler | None, optimizer) -> None:
+    # GradScaler.update() backs off when a found_inf it recorded for this optimizer is set;
+    # the found_inf handed to step() is a copy, so set the recorded ones.
+    states = getattr(scaler, "_per_optimizer_states", None)
+    if states is not None and id(optimizer) in states:
+        for found_inf in states[id(optimizer)].get("found_inf_per_device", {}).values():
+            found_inf.fill_(1.0)
 
 
 def _world_size() -> int:

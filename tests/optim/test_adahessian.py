@@ -319,3 +319,18 @@ def test_backward_without_create_graph_is_a_clear_error():
 def test_registered_as_second_order():
     spec = optim.get("adahessian")
     assert spec.factory is AdaHessian and spec.needs_create_graph
+
+
+def test_grad_scaler_hessian_overflow_skips_the_step_and_backs_off():
+    """Finite scaled gradients, but S·Hz overflows float32: skipped, and the scale shrinks."""
+    p = torch.full((3,), 1e-36, requires_grad=True)
+    opt = AdaHessian([p], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(((1e36 * p) * p).sum()).backward(create_graph=True)
+    assert torch.isfinite(p.grad).all()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(p.detach(), torch.full((3,), 1e-36))
+    assert opt.state[p]["step"].item() == 0
+    assert scaler.get_scale() < 2.0**10
