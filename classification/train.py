@@ -172,7 +172,12 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
         restore_schedule(schedule, state["schedule"], optimizer)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"][ctx.rank])
+        if len(state["rng"]) == ctx.world_size:
+            checkpoint.set_rng_state(state["rng"][ctx.rank])
+        else:  # resumed on another number of ranks: a valid run, no longer bit-exact
+            checkpoint.seed_everything(
+                config["seed"] + ctx.rank + 1_000_003 * len(state["history"])
+            )
         history = list(state["history"])
     ddp_model = distributed.wrap(model, ctx)
 
@@ -182,6 +187,9 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
         metrics.write_metrics(out_dir, history)  # the checkpoint's epochs, even after a crash
     writer = metrics.tensorboard(out_dir, ctx)
     start = len(history)
+    if state is not None and len(state["rng"]) != ctx.world_size:
+        log.warning(f"checkpoint written by {len(state['rng'])} rank(s), resuming on "
+                    f"{ctx.world_size}: same global batch, different random draws")  # fmt: skip
     log.info(
         f"{config['row']} / {config['schedule']['name']} / seed {config['seed']}: "
         f"{'resuming after epoch ' + str(start) if start else 'starting'}, "
@@ -196,7 +204,8 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
         )
         train_time = time.perf_counter() - tic
         distributed.broadcast_buffers(model, ctx)  # evaluate and save rank 0's BN statistics
-        eval_stats = evaluate(ddp_model, eval_loader, config["amp"], ctx)
+        # the plain module: no DDP collectives, so uneven eval shards cannot hang a rank
+        eval_stats = evaluate(model, eval_loader, config["amp"], ctx)
         schedule.step()
         record = {
             "epoch": epoch + 1,
