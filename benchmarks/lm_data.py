@@ -8,7 +8,7 @@ shuffle, padding, BPTT windows of batch x bptt); only the shard source differs: 
 environment (zero-copy views into its memory map) or NumPy arrays already in memory. Without
 ``--data-dir`` a synthetic corpus with 1B-Words-like sentence lengths is written through
 ``language_model.preprocess.write_corpus`` into a temporary directory. Figures are medians
-over ``--repeats`` passes (the CPU may be shared).
+over ``--repeats`` epochs, the two sources taking turns (the CPU may be shared).
 """
 
 from __future__ import annotations
@@ -47,17 +47,30 @@ def synthetic_corpus(path: Path, shards: int, tokens_per_shard: int, vocab: int)
     return write_corpus(path, words, items, map_size=size)
 
 
-def measure(source: ShardSource, batch: int, bptt: int, repeats: int) -> tuple[float, int]:
-    """Median tokens/s over ``repeats`` epochs (different shuffles), and tokens per epoch."""
-    stream = TokenStream(source, "train", batch, bptt, seed=1)
-    rates, tokens = [], 0
+def epoch_rate(stream: TokenStream, epoch: int) -> tuple[float, int]:
+    """Tokens/s of one epoch (batch x window tokens handed out), and how many tokens."""
+    tokens = 0
+    start = time.perf_counter()
+    for b in stream.batches(epoch):
+        tokens += b.inputs.size
+    return tokens / (time.perf_counter() - start), tokens
+
+
+def measure(
+    sources: dict[str, ShardSource], batch: int, bptt: int, repeats: int
+) -> tuple[dict[str, float], int]:
+    """Median tokens/s per source over ``repeats`` epochs (different shuffles).
+
+    The sources take turns epoch by epoch, so a change in the machine's load hits both alike.
+    """
+    streams = {k: TokenStream(s, "train", batch, bptt, seed=1) for k, s in sources.items()}
+    rates: dict[str, list[float]] = {k: [] for k in sources}
+    tokens = 0
     for epoch in range(repeats):
-        tokens = 0
-        start = time.perf_counter()
-        for b in stream.batches(epoch):
-            tokens += b.inputs.size
-        rates.append(tokens / (time.perf_counter() - start))
-    return statistics.median(rates), tokens
+        for name, stream in streams.items():
+            rate, tokens = epoch_rate(stream, epoch)
+            rates[name].append(rate)
+    return {k: statistics.median(v) for k, v in rates.items()}, tokens
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vocab", type=int, default=793_471, help="synthetic vocabulary size")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--bptt", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
     args = p.parse_args(argv)
     if not args.no_pin and hasattr(os, "sched_setaffinity"):
@@ -88,8 +101,10 @@ def main(argv: list[str] | None = None) -> None:
             with corpus.shard("train", i) as (tokens, offsets):
                 arrays.append((np.array(tokens), np.array(offsets)))
         memory = InMemorySource({"train": arrays})
-        lm_rate, n = measure(corpus, args.batch_size, args.bptt, args.repeats)
-        mem_rate, _ = measure(memory, args.batch_size, args.bptt, args.repeats)
+        rates, n = measure(
+            {"lmdb": corpus, "memory": memory}, args.batch_size, args.bptt, args.repeats
+        )
+        lm_rate, mem_rate = rates["lmdb"], rates["memory"]
         corpus.close()
     print(f"batch {args.batch_size} x bptt {args.bptt}, {n:,} tokens per epoch, "
           f"median of {args.repeats} epochs")  # fmt: skip
