@@ -42,7 +42,7 @@ def plot_groups(
     for lay in layouts:
         metric = lay["metric"]
         for sched in lay["schedules"]:
-            fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4.2))
+            fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12.5, 4.2))
             colors = plt.get_cmap("tab10")
             drawn, late = False, []
             for i, row in enumerate(lay["rows"]):
@@ -75,11 +75,12 @@ def plot_groups(
             if late and max(late) > min(late):
                 pad = 0.25 * (max(late) - min(late))
                 ax_metric.set_ylim(min(late) - pad, max(late) + pad)
-            ax_metric.legend(fontsize=8, loc="best")
             for ax in (ax_loss, ax_metric):
                 ax.grid(alpha=0.3)
             fig.suptitle(f"{lay['table']} ({lay['version']}), schedule {sched}")
-            fig.tight_layout()
+            handles, labels = ax_metric.get_legend_handles_labels()
+            fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+            fig.tight_layout(rect=(0, 0, 0.86, 1))
             path = out / f"curves_{lay['table']}_{lay['version']}_{sched}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)

@@ -14,6 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.scripts.conftest import REPO
 
 DOC = REPO / "docs" / "adding_an_optimizer.md"
@@ -26,6 +28,7 @@ def blocks() -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_walkthrough_runs_as_written(short_quickstart, tmp_path: Path) -> None:
     out, _ = short_quickstart
     work = tmp_path

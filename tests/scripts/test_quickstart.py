@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ def _table_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("| ")]
 
 
+@pytest.mark.slow
 def test_quickstart_trains_reports_and_records_provenance(short_quickstart) -> None:
     out, stdout = short_quickstart
     assert "[1/2]" in stdout and "[2/2]" in stdout  # one progress line per run
@@ -48,6 +50,7 @@ def test_quickstart_trains_reports_and_records_provenance(short_quickstart) -> N
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_report_turns_the_runs_into_the_same_table(short_quickstart, tmp_path: Path) -> None:
     out, stdout = short_quickstart
     proc = subprocess.run([sys.executable, "-m", "scripts.report", str(out / "quickstart"),
@@ -58,6 +61,25 @@ def test_report_turns_the_runs_into_the_same_table(short_quickstart, tmp_path: P
     assert (tmp_path / "table.md").read_text() == (
         out / "quickstart" / "report" / "table.md"
     ).read_text()
+
+
+@pytest.mark.slow
+def test_a_quickstart_run_equals_the_training_command_alone(short_quickstart, tmp_path) -> None:
+    """The workers run the real entry point: the same numbers as the command in its own process."""
+    out, _ = short_quickstart
+    cmd = [sys.executable, "-m", "classification.train", "--config", "configs/quickstart.yaml",
+           "--row", "Apollo", "--schedule", "cosine", "--seed", "1", "--epochs", "2",
+           "--device", "cpu", "--out-dir", str(tmp_path / "alone")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the quickstart's workers use one thread
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+
+    def epochs(run: Path) -> list[dict]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if not k.endswith(("_s", "per_s"))}
+                for line in lines]  # fmt: skip
+
+    ours = out / "quickstart" / "current" / "Apollo" / "cosine" / "seed1"
+    assert epochs(tmp_path / "alone") == epochs(ours)
 
 
 def _resolved(path: str, row: str) -> dict:
