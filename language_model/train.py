@@ -154,33 +154,34 @@ def evaluate(
     ctx: distributed.Context,
     limit: int | None = None,
 ) -> dict[str, float]:
-    """Perplexity exp(Σ nll / Σ tokens) of the test split, computed on rank 0 only.
+    """Perplexity exp(Σ nll / Σ tokens) of the whole test split.
 
     As in the authors' evaluation, the test split is one stream (``eval_batch_size`` 1) read
     in windows of ``eval_bptt`` (128) with the hidden state carried through, so the number
-    does not depend on the number of GPUs; the other ranks wait and receive it.
+    does not depend on the number of GPUs. That stream cannot be split over ranks, so every
+    rank computes it whole (same weights, same number) rather than idling in a collective
+    that could time out during a long evaluation.
     """
+    model.eval()
     nll = torch.zeros((), dtype=torch.float64, device=ctx.device)
     count = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    if ctx.is_main:
-        model.eval()
-        hidden: Hidden | None = None
-        for batch in stream.batches(0):
-            if limit is not None and batch.step >= limit:
-                break
-            x = torch.from_numpy(batch.inputs).to(ctx.device)
-            y = torch.from_numpy(batch.targets).to(ctx.device)
-            if batch.new_stream or hidden is None:
-                hidden = model.init_hidden(x.shape[0], ctx.device)
-            with torch.no_grad(), amp.autocast(ctx.device, amp_mode):
-                batch_nll, batch_count, hidden = model(x, y, hidden)
-            nll += batch_nll.double()
-            count += batch_count
-    s = distributed.all_reduce_sums({"nll": float(nll), "count": float(count)}, ctx)
+    hidden: Hidden | None = None
+    for batch in stream.batches(0):
+        if limit is not None and batch.step >= limit:
+            break
+        x = torch.from_numpy(batch.inputs).to(ctx.device)
+        y = torch.from_numpy(batch.targets).to(ctx.device)
+        if batch.new_stream or hidden is None:
+            hidden = model.init_hidden(x.shape[0], ctx.device)
+        with torch.no_grad(), amp.autocast(ctx.device, amp_mode):
+            batch_nll, batch_count, hidden = model(x, y, hidden)
+        nll += batch_nll.double()
+        count += batch_count
+    total, n = float(nll), float(count)
     return {
-        "test_loss": s["nll"] / max(s["count"], 1.0),
-        "test_ppl": metrics.perplexity(s["nll"], s["count"]),
-        "test_tokens": int(s["count"]),
+        "test_loss": total / max(n, 1.0),
+        "test_ppl": metrics.perplexity(total, n),
+        "test_tokens": int(n),
     }
 
 

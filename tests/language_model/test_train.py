@@ -202,7 +202,7 @@ def test_two_process_gloo_ddp_matches_one_process(lmdb_dir, tmp_path):
     digests = results["model_sha256_by_rank"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert results["final"]["train_tokens"] == single["final"]["train_tokens"] == 4 * 4 * 5
-    # The test split is evaluated on rank 0 as one stream: independent of the world size.
+    # The test split is evaluated as one stream: independent of the world size.
     every_test_token = Corpus(lmdb_dir).shards("test")[0]["tokens"] - 1
     assert results["final"]["test_tokens"] == single["final"]["test_tokens"] == every_test_token
     for key in ("train_loss", "test_loss"):
