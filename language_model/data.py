@@ -126,11 +126,13 @@ class TokenStream:
                 continue
             m = self._row_length(self.shard_tokens[shard])
             rng = np.random.default_rng([self.seed, epoch, int(shard)]) if self.shuffle else None
-            with self.source.shard(self.split, int(shard)) as (tokens, offsets):
-                stream = shuffled_stream(tokens, offsets, rng)
             # buf[j] -> buf[j + 1] are the pairs; PAD past the stream's end.
             buf = np.full(self.world_size * b * m + 1, PAD, dtype=np.int64)
-            buf[: len(stream)] = stream
+            with self.source.shard(self.split, int(shard)) as (tokens, offsets):
+                # Copy inside: the LMDB views are valid only within their transaction.
+                stream = shuffled_stream(tokens, offsets, rng)
+                buf[: len(stream)] = stream
+                del stream
             rows = slice(self.rank * b, (self.rank + 1) * b)
             inputs = buf[:-1].reshape(-1, m)[rows]
             targets = buf[1:].reshape(-1, m)[rows]
