@@ -70,8 +70,9 @@ def flat(t: torch.Tensor) -> torch.Tensor:
 
 
 def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    # There is no _foreach_dot; a loop of BLAS dots reads each tensor once and allocates nothing.
-    return torch.stack([torch.dot(flat(x), flat(y)) for x, y in zip(a, b, strict=True)])
+    # There is no _foreach_dot; a loop of BLAS dots reads each tensor once and allocates
+    # nothing (reshape is a view except for non-contiguous layouts such as channels_last).
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)])
 
 
 def _into(out: list[torch.Tensor], op, foreach_op_, *args: list[torch.Tensor]) -> None:

@@ -41,6 +41,7 @@ from .registry import register
 
 REBOUNDS = ("constant", "belief")
 COMPILE_MIN_NUMEL = 1 << 16  # smaller tensors take the eager multi-tensor path
+FOREACH_CHUNK = 1 << 18  # elements per multi-tensor run (see Apollo._chunks)
 WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
 
 
@@ -156,21 +157,34 @@ class Apollo(torch.optim.Optimizer):
         if buf is None or buf.numel() < n:
             buf = torch.empty(n, device=device, dtype=dtype)
             self._scratch[(device, dtype)] = buf
+            self._views.clear()  # cached views would keep the old buffer alive
         return buf[:n]
 
-    def _scratch_views(self, device, dtype, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Views of one flat scratch shaped like ``params`` (cached: rebuilding 300 views
-        every step costs as much as a foreach op)."""
-        numels = [p.numel() for p in params]
-        buf = self._scratch_for(device, dtype, sum(numels))
-        key = (buf.data_ptr(), tuple(p.shape for p in params))
-        views = self._views.get(key)
-        if views is None:
+    def _chunks(self, device, dtype, params: list[torch.Tensor]) -> list[tuple]:
+        """Runs ``(lo, hi, scratch views)`` of consecutive tensors of at most FOREACH_CHUNK
+        elements in all (a larger tensor runs alone). Each run's buffers stay in cache
+        across the dozen passes of the update; the scratch views are cached, as
+        rebuilding hundreds of views every step costs as much as a foreach op."""
+        key = (device, dtype, tuple(p.shape for p in params))
+        chunks = self._views.get(key)
+        if chunks is None:
+            bounds, lo, n = [], 0, 0
+            for i, p in enumerate(params):
+                if i > lo and n + p.numel() > FOREACH_CHUNK:
+                    bounds.append((lo, i, n))
+                    lo, n = i, 0
+                n += p.numel()
+            bounds.append((lo, len(params), n))
+            buf = self._scratch_for(device, dtype, max(b[2] for b in bounds))
+            chunks = []
+            for lo, hi, n in bounds:
+                run = params[lo:hi]
+                views = buf[:n].split([p.numel() for p in run])
+                chunks.append((lo, hi, [v.view_as(p) for v, p in zip(views, run, strict=True)]))
             if len(self._views) >= 8:  # groups x step-count buckets; bounded
                 self._views.clear()
-            views = [v.view_as(p) for v, p in zip(buf.split(numels), params, strict=True)]
-            self._views[key] = views
-        return views
+            self._views[key] = chunks
+        return chunks
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -231,8 +245,8 @@ class Apollo(torch.optim.Optimizer):
             if len(buckets) > 1:
                 sel = [[lst[i] for i in idx] for lst in sel]
             if foreach:
-                scratch = self._scratch_views(device, dtype, sel[0])
-                multi_tensor_apollo(*sel, scratch, t, lr_t, hp)
+                for lo, hi, scratch in self._chunks(device, dtype, sel[0]):
+                    multi_tensor_apollo(*(x[lo:hi] for x in sel), scratch, t, lr_t, hp)
             else:
                 buf = self._scratch_for(device, dtype, max(p.numel() for p in sel[0]))
                 _single_tensor_apollo(*sel, buf, t, lr_t, hp)
