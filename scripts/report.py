@@ -415,6 +415,8 @@ def cli(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # the output piped into `head`: not an error
+        sys.stderr.close()
 
 
 if __name__ == "__main__":

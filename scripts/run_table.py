@@ -24,11 +24,11 @@ import contextlib
 import importlib
 import multiprocessing
 import shlex
+import signal
 import sys
 import time
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from engine import config as cfg
@@ -71,14 +71,18 @@ def _summary(results: dict) -> str:
 
 
 def _init_worker(threads: int | None) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles it, by terminating the
+    # workers (a run loses at most its current epoch: checkpoints are written atomically).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
 
 
-def _run(cmd: list[str], run_dir: Path) -> tuple[int, float]:
+def _run(job: tuple[list[str], Path]) -> tuple[list[str], Path, int, float]:
     """``python -m <task>.train ARGS`` as ``<task>.train.run(ARGS)`` in this worker process."""
+    cmd, run_dir = job
     assert cmd[1] == "-m", cmd
     entry = importlib.import_module(cmd[2]).run
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +97,7 @@ def _run(cmd: list[str], run_dir: Path) -> tuple[int, float]:
             except Exception:
                 traceback.print_exc(file=log)
                 code = 1
-    return code, time.perf_counter() - tic
+    return cmd, run_dir, code, time.perf_counter() - tic
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -124,16 +128,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{total} runs of {args.config} ({total - len(todo)} finished already), "
           f"{min(args.jobs, max(len(todo), 1))} at a time; each run's log: <run dir>/stdout.log",
           flush=True)  # fmt: skip
+    if not todo:
+        return
     start, failed, done = time.perf_counter(), [], total - len(todo)
     threads = 1 if args.jobs > 1 else None
     jobs = max(1, min(args.jobs, len(todo)))
     context = multiprocessing.get_context("spawn")  # fresh workers: no state forked from here
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:  # fmt: skip
-        futures = {pool.submit(_run, cmd, d): (cmd, d) for cmd, d in todo}
-        for future in as_completed(futures):
-            cmd, run_dir = futures[future]
-            code, seconds = future.result()
+    pool = context.Pool(jobs, initializer=_init_worker, initargs=(threads,))
+    try:
+        for cmd, run_dir, code, seconds in pool.imap_unordered(_run, todo):
             done += 1
             row, seed = cmd[cmd.index("--row") + 1], cmd[cmd.index("--seed") + 1]
             label = f"[{done:>{width}}/{total}] {row:<11} seed {seed:<6}"
@@ -146,6 +149,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             else:
                 print(f"{label} {_summary(results)}  [{seconds:.1f} s, "
                       f"{time.perf_counter() - start:.0f} s so far]", flush=True)  # fmt: skip
+        pool.close()
+    except BaseException:
+        pool.terminate()  # Ctrl-C or an error here: stop the workers now, not after the queue
+        raise
+    finally:
+        pool.join()
     if failed:
         raise ValueError(f"{len(failed)} of {total} runs failed: {', '.join(map(str, failed))}")
 
