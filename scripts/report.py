@@ -379,7 +379,9 @@ def report(
         md = text + (f"\nSkipped run directories:\n\n{notes}" if notes else "")
         (out / "table.md").write_text(md, encoding="utf-8")
         (out / "table.tex").write_text(latex(layouts, pick), encoding="utf-8")
-        write_csv(out / "table.csv", cells, pick)
+        ordered = [lay["cells"][(r, s)] for lay in layouts for r in lay["rows"]
+                   for s in lay["schedules"] if (r, s) in lay["cells"]]  # fmt: skip
+        write_csv(out / "table.csv", ordered, pick)
         written += [out / "table.md", out / "table.tex", out / "table.csv"]
         if plots:
             from scripts.plot_curves import plot_groups
