@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+#: The scripts call `python`: make it this interpreter, whether or not its venv is activated.
+_BIN = str(Path(sys.executable).parent)
+ENV = {**os.environ, "PYTHON": sys.executable,
+       "PATH": os.pathsep.join([_BIN, os.environ.get("PATH", "")])}  # fmt: skip
 
 
 def run_quickstart(out: Path, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     cmd = ["bash", str(REPO / "scripts" / "quickstart.sh"), "--out-dir", str(out), *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.scripts.conftest import REPO
+from tests.scripts.conftest import ENV, REPO
 
 DOC = REPO / "docs" / "adding_an_optimizer.md"
 BLOCK = re.compile(r"^```(python|yaml|bash)\n(.*?)^```", re.S | re.M)
@@ -35,10 +35,7 @@ def test_walkthrough_runs_as_written(short_quickstart, tmp_path: Path) -> None:
     (work / "scripts").symlink_to(REPO / "scripts")
     shutil.copytree(out / "quickstart", work / "runs" / "quickstart")  # the main job's runs
     shutil.rmtree(work / "runs" / "quickstart" / "report")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     outputs = []
     for kind, text in blocks():
         if kind in ("python", "yaml"):  # a file: its first line names it

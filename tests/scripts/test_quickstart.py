@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from classification.digits import TEST_SIZE, DigitsCNN, build_datasets
 from classification.train import SCHEMA
 from engine import config as cfg
-from tests.scripts.conftest import REPO
+from tests.scripts.conftest import ENV, REPO
 
 
 def _table_lines(text: str) -> list[str]:
@@ -70,7 +69,7 @@ def test_a_quickstart_run_equals_the_training_command_alone(short_quickstart, tm
     cmd = [sys.executable, "-m", "classification.train", "--config", "configs/quickstart.yaml",
            "--row", "Apollo", "--schedule", "cosine", "--seed", "1", "--epochs", "2",
            "--device", "cpu", "--out-dir", str(tmp_path / "alone")]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the quickstart's workers use one thread
+    env = {**ENV, "OMP_NUM_THREADS": "1"}  # the quickstart's workers use one thread
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
 
     def epochs(run: Path) -> list[dict]:
