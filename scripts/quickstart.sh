@@ -10,25 +10,26 @@
 #   bash scripts/quickstart.sh --config my_table.yaml --plugin my_optimizer.py --rows MyOpt
 #                                                       # your optimizer: docs/adding_an_optimizer.md
 #
-# Options: --out-dir D (default runs: the runs go to D/<table>/<version>/<row>/cosine/seed<N>, the
-# table and plots to D/<table>/report), --seeds N (the first N of the table's seed
-# list, default 3), --rows R1,R2, --epochs N, --jobs J (runs at a time, default 2),
-# --config FILE (default configs/quickstart.yaml), --plugin MODULE_OR_PATH (repeatable); after
-# "--", key=value overrides for every run. Each run is `python -m classification.train --config
-# configs/quickstart.yaml --row ROW --schedule cosine --seed N --device cpu` (see configs/
-# quickstart.yaml for the task, the schedule and how warmup is scaled); every hyperparameter comes
-# from the configs, none from this script. Re-running resumes unfinished runs and skips finished
-# ones; the report covers every run of the table under --out-dir.
-# Paths are relative to the directory you run it from (run it from the repository root as the
-# README does, and everything lands in runs/quickstart/ there).
+# Options: --out-dir D (default runs: each run in D/<table>/<version>/<row>/cosine/seed<N>, the
+# table and plots in D/<table>/report), --seeds N (the first N of the table's seed list, default
+# 3), --rows R1,R2, --epochs N, --jobs J (runs at a time, default 2), --config FILE (default
+# configs/quickstart.yaml), --plugin MODULE_OR_PATH (repeatable), --dry-run (print the training
+# commands and stop); after "--", key=value overrides for every run.
+#
+# Each run is `python -m classification.train --config configs/quickstart.yaml --row ROW
+# --schedule cosine --seed N --device cpu` (configs/quickstart.yaml states the task, the schedule
+# and how warmup is scaled); every hyperparameter comes from the configs, none from this script.
+# Re-running resumes unfinished runs and skips finished ones; the report covers every run of the
+# table under --out-dir. Paths are relative to the directory you run it from (from the
+# repository root, as in the README, everything lands in runs/quickstart/).
 set -euo pipefail
 repo="$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python}"
 
 out_dir=runs seeds=3 jobs=2 config="$repo/configs/quickstart.yaml"
-table_args=() train_args=()
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+table_args=() train_args=() dry_run=0
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out-dir) out_dir="${2:?--out-dir needs a directory}"; shift 2 ;;
@@ -38,6 +39,7 @@ while [[ $# -gt 0 ]]; do
     --config) config="${2:?--config needs a file}"; shift 2 ;;
     --plugin) table_args+=(--plugin "${2:?--plugin needs a module or path}"); shift 2 ;;
     --epochs) train_args+=(--epochs "${2:?--epochs needs a number}"); shift 2 ;;
+    --dry-run) table_args+=(--dry-run); dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; train_args+=("$@"); break ;;
     *) echo "error: unknown option $1 (see bash scripts/quickstart.sh --help)" >&2; exit 2 ;;
@@ -53,6 +55,7 @@ try: print(load_table(sys.argv[1]).get("table") or "")
 except ValueError as e: sys.exit(f"error: {e}")' "$config")" || exit 2
 "$PY" -m scripts.run_table --config "$config" --num-seeds "$seeds" --out-root "$out_dir" \
   --jobs "$jobs" "${table_args[@]}" -- "${train_args[@]}"
+[[ $dry_run == 1 ]] && exit 0
 echo
 "$PY" -m scripts.report "$out_dir/$table" --out "$out_dir/$table/report"
 echo "total: $((SECONDS - start)) s"
