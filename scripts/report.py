@@ -105,11 +105,15 @@ def find_run_dirs(patterns: Iterable[str]) -> list[Path]:
     """Run directories named by, or found under, each directory or glob (sorted, unique)."""
     found: set[Path] = set()
     for pattern in patterns:
-        paths = [Path(p) for p in sorted(glob.glob(pattern))] if glob.has_magic(pattern) else [
-            Path(pattern)]  # fmt: skip
+        if glob.has_magic(pattern):
+            paths = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
+        else:
+            paths = [Path(pattern)]
         if not paths or not any(p.exists() for p in paths):
             raise ValueError(f"no run directory matches {pattern}")
         for path in paths:
+            if path.is_file() and path.name in RUN_FILES:  # runs/**/results.json names its run
+                found.add(path.parent)
             if not path.is_dir():
                 continue
             if any((path / name).exists() for name in RUN_FILES):

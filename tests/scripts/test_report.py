@@ -117,6 +117,16 @@ def test_writes_markdown_latex_csv_in_the_papers_layout(runs: Path, tmp_path: Pa
     assert by_row["SGD"]["std"] == "" and by_row["Apollo"]["paper"] == "94.64 (0.09)"
 
 
+def test_finds_runs_by_folder_glob_or_file(runs: Path) -> None:
+    apollo = sorted((runs / "cifar10" / "current" / "Apollo" / "cosine").iterdir())
+    assert len(apollo) == 3
+    assert report.find_run_dirs([str(runs / "cifar10" / "current" / "Apollo")]) == apollo
+    assert report.find_run_dirs([str(runs / "cifar10" / "**" / "Apollo" / "*" / "seed*")]) == apollo
+    assert report.find_run_dirs([str(runs / "**" / "Apollo" / "*" / "*" / "results.json")]) == [
+        *apollo, *sorted((runs / "other").glob("*/*/Apollo/*/*")),
+        *sorted((runs / "rerun").glob("*/*/Apollo/*/*"))]  # fmt: skip
+
+
 def test_pick_final_and_plots(runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = report.report([str(runs)], out, pick="final")
