@@ -241,6 +241,8 @@ class AdaHessian(torch.optim.Optimizer):
             ]
         # A gradient without a graph is constant in θ: its Hessian rows are zero.
         outs = [(p.grad, z) for p, z in zip(params, zs, strict=True) if p.grad.requires_grad]
+        if not outs:
+            return self._average(params, [torch.zeros_like(p) for p in params])
         with torch.enable_grad():
             hzs = torch.autograd.grad(
                 [g for g, _ in outs],
@@ -283,7 +285,12 @@ class AdaHessian(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         if found_inf is None:
             return None
-        if found_inf.item() != 0:
+        overflow = found_inf.clone()
+        if _world_size() > 1:  # gradients are per rank here: all ranks must skip together
+            dist.all_reduce(overflow, op=dist.ReduceOp.MAX)
+        if overflow.item() != 0:
+            if found_inf.item() == 0:  # only another rank overflowed: keep the scales equal
+                _report_overflow(_calling_grad_scaler(self), self)
             return False
         grad_scale = getattr(self, "grad_scale", None)
         if grad_scale is not None:

@@ -66,8 +66,8 @@ def _free_port() -> int:
 
 
 def test_two_ranks_match_each_other_and_one_process(tmp_path):
-    # fork: the children inherit the imported torch instead of importing it again (seconds)
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    # spawn, not fork: a child forked from a process whose OpenMP pool is running can hang
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for a, b in zip(*ranks, strict=True):
         assert torch.equal(a, b)
