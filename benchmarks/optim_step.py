@@ -1,0 +1,252 @@
+"""Time ``optimizer.step()`` on three real parameter sets, against torch.optim.Adam.
+
+    python -m benchmarks.optim_step [--sets resnet110,lstm,transformer] [--steps N]
+                                    [--compiled] [--threads T]
+
+Every optimizer is measured in the same process on the same parameters and random
+gradients; after one untimed step each (state allocation, compilation), the rows take
+turns one step at a time and the median of ``--steps`` steps per row is reported
+with its ratio to ``torch.optim.Adam(foreach=True)`` (and, with
+``--compiled``, to ``Adam(fused=True)``). Goals (issue 2, this 2-core CPU, eager):
+Apollo <= 2.0x Adam(foreach) on ResNet-110 and LSTM; compiled Apollo <= 2.5x
+Adam(fused) on LSTM. See docs/performance.md for the figures and how to read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+try:  # the project's optimizers; AdaBelief is optional (written in parallel)
+    from optim.apollo import Apollo
+except ImportError as exc:  # pragma: no cover
+    sys.exit(f"benchmarks.optim_step: cannot import optim.apollo ({exc})")
+try:
+    from optim import AdaBelief
+except ImportError:
+    AdaBelief = None
+
+Shapes = list[tuple[int, ...]]
+
+
+def resnet110_shapes() -> Shapes:
+    """CIFAR ResNet-110 (3 stages x 18 basic blocks, 16/32/64 channels, 1x1-conv + BN
+    shortcuts where the width changes, 10 classes): 335 tensors, 1,730,714 parameters."""
+    shapes: Shapes = [(16, 3, 3, 3), (16,), (16,)]
+    cin = 16
+    for planes in (16, 32, 64):
+        for _ in range(18):
+            shapes += [(planes, cin, 3, 3), (planes,), (planes,)]
+            shapes += [(planes, planes, 3, 3), (planes,), (planes,)]
+            if cin != planes:
+                shapes += [(planes, cin, 1, 1), (planes,), (planes,)]
+            cin = planes
+    shapes += [(10, 64), (10,)]
+    assert len(shapes) == 335 and sum(map(math.prod, shapes)) == 1_730_714
+    return shapes
+
+
+def lstm_shapes() -> Shapes:
+    """The paper's 1B-Words LSTM LM at a tenth of its vocabulary: embedding 300, 2-layer
+    LSTM with 2048 cells projected to 300 (``nn.LSTM(proj_size=300)``), adaptive softmax
+    with div_value 4 over 79,347 words (793,471 / 10) with cutoffs [6000, 10000, 64000]
+    (the paper's / 10): 18 tensors, 38,059,456 parameters. (Without the projection the
+    two LSTM layers alone hold 52.8M parameters, more than the ~38M this set stands for.)"""
+    vocab, emb, hidden, cutoffs = 79_347, 300, 2048, (6000, 10000, 64000)
+    shapes: Shapes = [(vocab, emb)]
+    for _ in range(2):
+        shapes += [(4 * hidden, emb), (4 * hidden, emb), (4 * hidden,), (4 * hidden,)]
+        shapes += [(emb, hidden)]
+    shapes += [(cutoffs[0] + len(cutoffs), emb)]  # head: shortlist + one logit per cluster
+    bounds = (*cutoffs, vocab)
+    for i in range(len(cutoffs)):
+        dim = emb // 4 ** (i + 1)
+        shapes += [(dim, emb), (bounds[i + 1] - bounds[i], dim)]
+    assert len(shapes) == 18 and sum(map(math.prod, shapes)) == 38_059_456
+    return shapes
+
+
+def transformer_shapes() -> Shapes:
+    """Transformer-base: 6 encoder + 6 decoder layers, d 512, FFN 2048, 8 heads, pre-norm
+    final LayerNorms, one 32,000-token embedding tied across encoder, decoder and output."""
+    d, ff = 512, 2048
+    attn = [(3 * d, d), (3 * d,), (d, d), (d,)]
+    ffn = [(ff, d), (ff,), (d, ff), (d,)]
+    norm = [(d,), (d,)]
+    shapes: Shapes = [(32_000, d)]
+    shapes += 6 * (attn + ffn + 2 * norm)
+    shapes += 6 * (attn + attn + ffn + 3 * norm)
+    shapes += 2 * norm
+    return shapes
+
+
+SETS: dict[str, Callable[[], Shapes]] = {
+    "resnet110": resnet110_shapes,
+    "lstm": lstm_shapes,
+    "transformer": transformer_shapes,
+}
+
+
+class NaiveApollo(torch.optim.Optimizer):
+    """Apollo written the way the authors' loop is (per tensor, ``norm(p=4)``, fresh
+    temporaries), from the spec, for reference timings only (constant rebound, no decay)."""
+
+    def __init__(self, params, lr: float, beta: float = 0.9, eps: float = 1e-4, sigma=0.01):
+        super().__init__(params, dict(lr=lr, beta=beta, eps=eps, sigma=sigma))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            beta, sigma = group["beta"], group["sigma"]
+            eps = group["eps"] / sigma
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg_grad"] = torch.zeros_like(p)
+                    state["approx_hessian"] = torch.zeros_like(p)
+                    state["update"] = torch.zeros_like(p)
+                state["step"] += 1
+                alpha = (1 - beta) / (1 - beta ** state["step"])
+                m, b, d = state["exp_avg_grad"], state["approx_hessian"], state["update"]
+                delta_grad = p.grad - m
+                m.add_(delta_grad, alpha=alpha)
+                denom = d.norm(p=4).add(eps)
+                d.div_(denom)
+                v_sq = d.mul(d)
+                delta = delta_grad.div_(denom).mul_(d).sum().mul(-alpha) - b.mul(v_sq).sum()
+                b.addcmul_(v_sq, delta)
+                d.copy_(m.div(b.abs().clamp_(min=sigma)))
+                p.add_(d, alpha=-group["lr"])
+
+
+def _sgd(params, grads):
+    """SGD(foreach, nesterov) writes into p.grad: it gets private parameters and gradients,
+    restored (untimed) before every step so that repeated steps stay finite."""
+    own = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = torch.optim.SGD(own, lr=1e-6, momentum=0.9, nesterov=True, foreach=True)
+
+    def before_step() -> None:
+        for p, g in zip(own, grads, strict=True):
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+
+    return opt, before_step
+
+
+def rows(compiled: bool) -> dict[str, Callable]:
+    """Row name -> factory(params, grads) returning (optimizer, untimed before_step or None)."""
+    lr = 1e-6  # tiny: parameters stay in range over many steps (denormals would skew timings)
+    r: dict[str, Callable] = {
+        "Adam (foreach)": lambda ps, gs: (torch.optim.Adam(ps, lr=lr, foreach=True), None),
+        "Adam (fused)": lambda ps, gs: (torch.optim.Adam(ps, lr=lr, fused=True), None),
+        "Apollo (foreach)": lambda ps, gs: (Apollo(ps, lr=lr, warmup=0, foreach=True), None),
+        "Apollo (per-tensor loop)": lambda ps, gs: (
+            Apollo(ps, lr=lr, warmup=0, foreach=False),
+            None,
+        ),
+        "naive per-tensor (authors' style)": lambda ps, gs: (NaiveApollo(ps, lr=lr), None),
+    }
+    if AdaBelief is not None:
+        r["AdaBelief (foreach)"] = lambda ps, gs: (AdaBelief(ps, lr=lr, foreach=True), None)
+        r["AdaBelief (per-tensor loop)"] = lambda ps, gs: (
+            AdaBelief(ps, lr=lr, foreach=False),
+            None,
+        )
+    r["SGD (foreach, nesterov)"] = _sgd
+    if compiled:
+        r["Apollo (compiled)"] = lambda ps, gs: (
+            Apollo(ps, lr=lr, warmup=0, compiled=True),
+            None,
+        )
+    return r
+
+
+def _timed_step(opt, before: Callable | None) -> float:
+    if before is not None:
+        before()
+    t0 = time.perf_counter()
+    opt.step()
+    return time.perf_counter() - t0
+
+
+def bench_set(name: str, steps: int, compiled: bool) -> None:
+    shapes = SETS[name]()
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.1) for s in shapes]
+    grads = [torch.randn(s, generator=gen) * 0.01 for s in shapes]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    n = sum(p.numel() for p in params)
+    print(f"\n== {name}: {len(params)} tensors, {n:,} parameters (float32) ==", flush=True)
+    opts: dict[str, tuple] = {}
+    first: dict[str, float] = {}
+    for row, factory in rows(compiled).items():
+        opts[row] = factory(params, grads)
+        first[row] = _timed_step(*opts[row])  # state allocation (and compilation)
+    # Round robin, one step per row per round, the order rotating every round: a burst
+    # of load from other processes then hits every row alike instead of one row's run.
+    samples: dict[str, list[float]] = {row: [] for row in opts}
+    names = list(opts)
+    for k in range(steps):
+        for row in names[k % len(names) :] + names[: k % len(names)]:
+            samples[row].append(_timed_step(*opts[row]))
+    adam = statistics.median(samples["Adam (foreach)"])
+    fused = statistics.median(samples["Adam (fused)"])
+    print(f"{'optimizer':36s} {'ms/step':>9s} {'x Adam(foreach)':>16s} {'x Adam(fused)':>14s}")
+    for row, ts in samples.items():
+        med = statistics.median(ts)
+        extra = f"   (first step, incl. compile: {first[row]:.1f} s)" if "compiled" in row else ""
+        print(f"{row:36s} {med * 1e3:9.2f} {med / adam:16.2f} {med / fused:14.2f}{extra}")
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", default="resnet110,lstm,transformer")
+    ap.add_argument("--steps", type=int, default=9, help="timed steps per row (median)")
+    ap.add_argument("--compiled", action="store_true", help="add torch.compile'd Apollo")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    bad = [s for s in sets if s not in SETS]
+    if bad or args.steps < 1:
+        ap.error(f"unknown set(s) {bad}; choose from {sorted(SETS)}" if bad else "need >= 1")
+    print("machine:", machine())
+    print(f"median of {args.steps} timed steps per row, rows interleaved step by step")
+    if args.compiled:  # report a cold compile, not one served from the on-disk cache
+        from torch._inductor import config as inductor_config
+
+        inductor_config.force_disable_caches = True
+    if AdaBelief is None:
+        print("(optim.AdaBelief not importable: its rows are skipped)")
+    for s in sets:
+        bench_set(s, args.steps, args.compiled)
+
+
+if __name__ == "__main__":
+    main()
