@@ -20,6 +20,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+# Devices where a loop of out= calls beats a foreach copy + in-place op (see _into).
+OUT_LOOP_DEVICES = ("cpu",)
+
 
 class Hyper(NamedTuple):
     """One group's hyperparameters, resolved for the update functions."""
@@ -79,7 +82,7 @@ def _into(out: list[torch.Tensor], op, foreach_op_, *args: list[torch.Tensor]) -
     """``out[i] = op(args[0][i], ...)``. On CPU ``_foreach_*`` ops are per-tensor loops, so a
     loop of ``out=`` calls costs no more and saves the copy's pass over memory; elsewhere
     the foreach kernels win (copy, then the in-place op). Both give identical values."""
-    if out[0].device.type == "cpu":
+    if out[0].device.type in OUT_LOOP_DEVICES:
         for o, *a in zip(out, *args, strict=True):
             op(*a, out=o)
     else:

@@ -203,6 +203,11 @@ class Apollo(torch.optim.Optimizer):
                     raise ValueError(
                         "Apollo does not support sparse gradients (e.g. nn.Embedding(sparse=True))"
                     )
+                if p.dtype == torch.float16:  # d⊙d overflows float16 once |d| > 256
+                    raise ValueError(
+                        "Apollo does not support float16 parameters; keep float32 parameters "
+                        "(torch.amp autocast does) or use bfloat16"
+                    )
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())

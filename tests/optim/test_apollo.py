@@ -80,6 +80,19 @@ def test_parity_with_reference_and_foreach_equals_loop(cfg):
         assert torch.equal(a, b)  # the multi-tensor path is the loop, bit for bit
 
 
+@pytest.mark.parametrize("cfg", CONFIGS[::5], ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_foreach_in_chunks_and_without_out_loops_equals_loop(cfg, monkeypatch):
+    # small runs (some tensors larger than a run), and the copy + in-place op form that
+    # non-CPU devices use: still the loop, bit for bit
+    monkeypatch.setattr(optim.apollo, "FOREACH_CHUNK", 10)
+    monkeypatch.setattr(optim._apollo_foreach, "OUT_LOOP_DEVICES", ())
+    fast, ref = _run_pair(cfg, foreach=True)
+    loop, _ = _run_pair(cfg, foreach=False)
+    _assert_close(fast, ref)
+    for a, b in zip(fast, loop, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("foreach", [True, False])
 def test_grad_every_other_step_gets_its_own_bias_correction(foreach):
     # params 1 and 3 see a gradient only every other step, so one group holds two step counts
@@ -206,6 +219,13 @@ def test_empty_and_channels_last_parameters():
         ref.param_groups[0]["params"][0].grad = torch.randn(2, 3, 4, 4, generator=gen)
         ref.step()
     torch.testing.assert_close(conv.detach(), ref.param_groups[0]["params"][0].detach())
+
+
+def test_float16_parameters_are_a_clear_error():
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
+    p.grad = torch.ones(3, dtype=torch.float16)
+    with pytest.raises(ValueError, match="float16"):
+        optim.Apollo([p], lr=0.01).step()
 
 
 def test_sparse_gradient_is_a_clear_error():
