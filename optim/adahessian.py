@@ -141,6 +141,20 @@ class AdaHessian(torch.optim.Optimizer):
         for device, s in rng.items():
             self._generator(torch.device(device)).set_state(s)
 
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy / pickle keep the probe stream
+        state = super().__getstate__()
+        state["_seed"] = self._seed
+        state["_rng_states"] = {d: g.get_state() for d, g in self._generators.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        rng = state.pop("_rng_states", {})
+        super().__setstate__(state)
+        self.__dict__.setdefault("_seed", 0)
+        self._generators = {}
+        for device, s in rng.items():
+            self._generator(torch.device(device)).set_state(s)
+
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
         if key not in self._generators:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -274,6 +275,25 @@ def test_state_dict_round_trip_restores_the_probe_generator():
     opt2 = AdaHessian([w2], lr=0.05, update_each=2, seed=123)  # another seed, then restored
     opt2.load_state_dict(ckpt["opt"])
     run(opt2, w2, 4)
+    assert torch.equal(w, w2)
+
+
+def test_deepcopy_continues_the_same_probe_stream():
+    w = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64, requires_grad=True)
+    opt = AdaHessian([w], lr=0.05)
+
+    def step(opt, w):
+        opt.zero_grad(set_to_none=True)
+        (w.sum() ** 2 + (w**3).sum()).backward(create_graph=True)
+        opt.step()
+
+    step(opt, w)
+    opt.zero_grad(set_to_none=True)  # a gradient with a graph cannot be deep-copied
+    opt2 = copy.deepcopy(opt)  # copies the parameters with the state
+    (w2,) = opt2.param_groups[0]["params"]
+    for _ in range(3):
+        step(opt, w)
+        step(opt2, w2)
     assert torch.equal(w, w2)
 
 
