@@ -24,15 +24,21 @@ from .registry import register
 WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
 
 
-def _check_args(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
-    if not 0.0 <= lr:
-        raise ValueError(f"AdaBelief: lr must be >= 0, got {lr}")
+def _validate(g: dict[str, Any]) -> None:
+    lr, betas, eps, weight_decay = g["lr"], tuple(g["betas"]), g["eps"], g["weight_decay"]
+    if not (isinstance(lr, (int, float)) and lr >= 0):
+        raise ValueError(f"AdaBelief: lr must be a number >= 0, got {lr!r}")
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"AdaBelief: betas must be two values in [0, 1), got {betas}")
-    if not 0.0 < eps:
+    if not eps > 0:
         raise ValueError(f"AdaBelief: eps must be > 0, got {eps}")
-    if not 0.0 <= weight_decay:
+    if not weight_decay >= 0:
         raise ValueError(f"AdaBelief: weight_decay must be >= 0, got {weight_decay}")
+    if g["weight_decay_type"] not in WEIGHT_DECAY_TYPES:
+        raise ValueError(
+            f"AdaBelief: weight_decay_type must be one of {WEIGHT_DECAY_TYPES}, "
+            f"got {g['weight_decay_type']!r}"
+        )
 
 
 @register("adabelief", summary="AdaBelief (Zhuang et al., 2020): Adam with belief (g-m)² variance")
@@ -71,12 +77,6 @@ class AdaBelief(torch.optim.Optimizer):
         *,
         foreach: bool | None = None,
     ) -> None:
-        _check_args(lr, tuple(betas), eps, weight_decay)
-        if weight_decay_type not in WEIGHT_DECAY_TYPES:
-            raise ValueError(
-                f"AdaBelief: weight_decay_type must be one of {WEIGHT_DECAY_TYPES}, "
-                f"got {weight_decay_type!r}"
-            )
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -85,17 +85,12 @@ class AdaBelief(torch.optim.Optimizer):
             weight_decay_type=weight_decay_type,
             foreach=foreach,
         )
+        _validate(defaults)  # before any group exists, so the message names the argument
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        _validate({**self.defaults, **param_group})  # before the group joins
         super().add_param_group(param_group)
-        g = self.param_groups[-1]
-        _check_args(g["lr"], tuple(g["betas"]), g["eps"], g["weight_decay"])
-        if g["weight_decay_type"] not in WEIGHT_DECAY_TYPES:
-            raise ValueError(
-                f"AdaBelief: weight_decay_type must be one of {WEIGHT_DECAY_TYPES}, "
-                f"got {g['weight_decay_type']!r}"
-            )
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_vars, steps) -> None:
         # Fills the lists in place, like torch.optim's _init_group, which torch.compile

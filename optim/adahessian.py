@@ -121,9 +121,9 @@ class AdaHessian(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its ``base_lr`` (the warmup's target) is its lr now."""
+        _validate({**self.defaults, **param_group})  # before the group joins
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _validate(group)
         group.setdefault("base_lr", group["lr"])
 
     # ------------------------------------------------------------------ state dict

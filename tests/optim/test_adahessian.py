@@ -320,6 +320,13 @@ def test_bad_arguments(kwargs, name):
         AdaHessian([torch.zeros(1, requires_grad=True)], **kwargs)
 
 
+def test_rejected_param_group_is_not_added():
+    opt = AdaHessian([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match="eps"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "eps": -1.0})
+    assert len(opt.param_groups) == 1
+
+
 def test_sparse_gradient_is_a_clear_error():
     emb = torch.nn.Embedding(5, 2, sparse=True)
     opt = AdaHessian(emb.parameters())
