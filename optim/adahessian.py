@@ -174,48 +174,66 @@ class AdaHessian(torch.optim.Optimizer):
         if scale is False:  # GradScaler found inf/nan in the gradients: skip, as it would
             return loss
 
-        entries = []  # (group, p, state, probe now?)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise ValueError("AdaHessian does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_hessian_diag_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                due = int(state["step"].item()) % group["update_each"] == 0
-                entries.append((group, p, state, due))
+        entries = []  # (group, p, gradient, state, probe now?)
+        for group, p, g in self._gradients():
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_hessian_diag_sq"] = torch.zeros_like(
+                    p, memory_format=torch.preserve_format
+                )
+            due = int(state["step"].item()) % group["update_each"] == 0
+            entries.append((group, p, g, state, due))
         if not entries:
             return loss
-        if not any(p.grad.requires_grad for _, p, _, _ in entries):
+        if not any(g.requires_grad for _, _, g, _, _ in entries):
             raise RuntimeError(_CREATE_GRAPH_HELP)
 
-        probed = [(group, p, state) for group, p, state, due in entries if due]
-        estimates = self._hutchinson([p for _, p, _ in probed], scale)
+        probed = [(group, p, g, state) for group, p, g, state, due in entries if due]
+        estimates = self._hutchinson(
+            [p for _, p, _, _ in probed],
+            [g for _, _, g, _ in probed],
+            None if scale is None else scale["hessian"],
+        )
         if scale is not None and estimates and not _all_finite(estimates):
-            # Hz overflowed though the gradients did not: skip, and let the scaler back off.
+            # Hz overflowed though the gradients did not: skip, and make the scaler back off.
             _report_overflow(_calling_grad_scaler(self), self)
             return loss
         fresh = {}
-        for (group, p, state), d in zip(probed, estimates, strict=True):
+        for (group, p, _, state), d in zip(probed, estimates, strict=True):
             if group["average_conv_kernel"] and p.dim() == 4:  # spec step 2
                 d = d.abs().mean(dim=[2, 3], keepdim=True).expand_as(d).clone()
             if group["update_each"] > 1:  # kept for the steps that reuse it
                 state["hessian"] = d
             fresh[id(p)] = d
-        grads = [p.grad.detach() for _, p, _, _ in entries]
+        grads = [g.detach() for _, _, g, _, _ in entries]
         if scale is not None and scale["grad"] is not None:
             grads = [g / scale["grad"] for g in grads]
-        grads = self._average([p for _, p, _, _ in entries], grads)
-        for (group, p, state, _), g in zip(entries, grads, strict=True):
+        grads = self._average([p for _, p, _, _, _ in entries], grads)
+        for (group, p, _, state, _), g in zip(entries, grads, strict=True):
             d = fresh[id(p)] if id(p) in fresh else state["hessian"]
             self._update(group, p, g, d, state)
         return loss
+
+    def _gradients(self) -> list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+        """(group, p, g) for the parameters with a gradient; across ranks, their union (a
+        parameter with a gradient only elsewhere gets zeros, as with DDP's
+        find_unused_parameters), so every rank runs the same collectives."""
+        pairs = [(group, p) for group in self.param_groups for p in group["params"]]
+        has = [p.grad is not None for _, p in pairs]
+        if _world_size() > 1 and pairs:
+            flags = torch.tensor(has, dtype=torch.float32, device=pairs[0][1].device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            has = flags.bool().tolist()
+        out = []
+        for (group, p), h in zip(pairs, has, strict=True):
+            if not h:
+                continue
+            if p.grad is not None and p.grad.is_sparse:
+                raise ValueError("AdaHessian does not support sparse gradients")
+            out.append((group, p, torch.zeros_like(p) if p.grad is None else p.grad))
+        return out
 
     def _update(self, group, p, g, d, state) -> None:
         beta1, beta2 = group["betas"]
@@ -239,8 +257,9 @@ class AdaHessian(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ Hutchinson
 
-    def _hutchinson(self, params: list[torch.Tensor], scale) -> list[torch.Tensor]:
-        """D̂ = z ⊙ Hz for ``params`` (spec step 1), unscaled and averaged over ranks."""
+    def _hutchinson(self, params: list, grads: list, scale: torch.Tensor | None) -> list:
+        """D̂ = z ⊙ Hz for ``params`` (spec step 1), divided by the loss ``scale`` still in
+        the graph of ``grads``, averaged over ranks."""
         if not params:
             return []
         zs = []
@@ -254,7 +273,7 @@ class AdaHessian(torch.optim.Optimizer):
                 f.view_as(z) for f, z in zip(flat.split([z.numel() for z in zs]), zs, strict=True)
             ]
         # A gradient without a graph is constant in θ: its Hessian rows are zero.
-        outs = [(p.grad, z) for p, z in zip(params, zs, strict=True) if p.grad.requires_grad]
+        outs = [(g, z) for g, z in zip(grads, zs, strict=True) if g.requires_grad]
         if not outs:
             return self._average(params, [torch.zeros_like(p) for p in params])
         with torch.enable_grad():
@@ -268,7 +287,7 @@ class AdaHessian(torch.optim.Optimizer):
             )
         estimates = [hz.detach().mul_(z) for hz, z in zip(hzs, zs, strict=True)]
         if scale is not None:
-            estimates = [d.div_(scale["hessian"]) for d in estimates]
+            estimates = [d.div_(scale) for d in estimates]
         return self._average(params, estimates)
 
     @staticmethod
