@@ -180,7 +180,13 @@ def _multi_tensor_adabelief(
         # Python floats in eager mode; tensors while compiling, so a compiled step neither
         # breaks the graph on .item() nor recompiles for every new step count.
         t = [_get_value(step) for step in ts]
-        for chunk in _chunks([ps, gs, ms, ss], t, split):
+        # Chunking buys cache locality on CPU; on GPUs it would only add kernel launches.
+        chunks = (
+            _chunks([ps, gs, ms, ss], t, split)
+            if ps[0].device.type == "cpu"
+            else [[ps, gs, ms, ss, t]]
+        )
+        for chunk in chunks:
             _multi_tensor_update(
                 *chunk, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                 weight_decay_type=weight_decay_type,
