@@ -25,20 +25,20 @@ WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
 
 
 def _validate(g: dict[str, Any]) -> None:
-    lr, betas, eps, weight_decay = g["lr"], tuple(g["betas"]), g["eps"], g["weight_decay"]
-    if not (isinstance(lr, (int, float)) and lr >= 0):
-        raise ValueError(f"AdaBelief: lr must be a number >= 0, got {lr!r}")
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"AdaBelief: betas must be two values in [0, 1), got {betas}")
-    if not eps > 0:
-        raise ValueError(f"AdaBelief: eps must be > 0, got {eps}")
-    if not weight_decay >= 0:
-        raise ValueError(f"AdaBelief: weight_decay must be >= 0, got {weight_decay}")
-    if g["weight_decay_type"] not in WEIGHT_DECAY_TYPES:
-        raise ValueError(
-            f"AdaBelief: weight_decay_type must be one of {WEIGHT_DECAY_TYPES}, "
-            f"got {g['weight_decay_type']!r}"
-        )
+    rules = [
+        ("lr", lambda v: isinstance(v, (int, float)) and v >= 0, "must be a number >= 0"),
+        ("betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "each must be in [0, 1)"),
+        ("eps", lambda v: v > 0, "must be > 0"),
+        ("weight_decay", lambda v: v >= 0, "must be >= 0"),
+        ("weight_decay_type", lambda v: v in WEIGHT_DECAY_TYPES, f"one of {WEIGHT_DECAY_TYPES}"),
+    ]
+    for name, ok, why in rules:
+        try:
+            valid = bool(ok(g[name]))
+        except (TypeError, ValueError):  # e.g. a string or None where a number belongs
+            valid = False
+        if not valid:
+            raise ValueError(f"AdaBelief: invalid {name}={g[name]!r} ({why})")
 
 
 @register("adabelief", summary="AdaBelief (Zhuang et al., 2020): Adam with belief (g-m)² variance")
@@ -79,13 +79,14 @@ class AdaBelief(torch.optim.Optimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=betas,
             eps=eps,
             weight_decay=weight_decay,
             weight_decay_type=weight_decay_type,
             foreach=foreach,
         )
         _validate(defaults)  # before any group exists, so the message names the argument
+        defaults["betas"] = tuple(betas)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -35,22 +35,24 @@ _CREATE_GRAPH_HELP = (
 
 
 def _validate(g: dict[str, Any]) -> None:
-    def check(ok: bool, name: str, why: str) -> None:
-        if not ok:
-            raise ValueError(f"AdaHessian: invalid {name}={g[name]!r} ({why})")
-
     lr = g["lr"]
-    check(isinstance(lr, (int, float)) and lr >= 0, "lr", "must be a number >= 0")
-    b = tuple(g["betas"])
-    check(len(b) == 2 and all(0.0 <= x < 1.0 for x in b), "betas", "each must be in [0, 1)")
-    check(g["eps"] > 0, "eps", "must be > 0")
-    check(g["weight_decay"] >= 0, "weight_decay", "must be >= 0")
-    w = g["warmup"]
-    check(w >= 0 and float(w).is_integer(), "warmup", "must be an integer >= 0")
-    check(0 <= g["init_lr"] <= lr, "init_lr", f"must be in [0, lr={lr}]")
-    check(0 < g["hessian_power"] <= 1, "hessian_power", "must be in (0, 1]")
-    u = g["update_each"]
-    check(isinstance(u, int) and u >= 1, "update_each", "must be an integer >= 1")
+    rules = [
+        ("lr", lambda v: isinstance(v, (int, float)) and v >= 0, "must be a number >= 0"),
+        ("betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "each must be in [0, 1)"),
+        ("eps", lambda v: v > 0, "must be > 0"),
+        ("weight_decay", lambda v: v >= 0, "must be >= 0"),
+        ("warmup", lambda v: v >= 0 and float(v).is_integer(), "must be an integer >= 0"),
+        ("init_lr", lambda v: 0 <= v <= lr, f"must be in [0, lr={lr!r}]"),
+        ("hessian_power", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        ("update_each", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
+    ]
+    for name, ok, why in rules:
+        try:
+            valid = bool(ok(g[name]))
+        except (TypeError, ValueError):  # e.g. a string or None where a number belongs
+            valid = False
+        if not valid:
+            raise ValueError(f"AdaHessian: invalid {name}={g[name]!r} ({why})")
 
 
 @register("adahessian", summary="AdaHessian (Yao et al., 2021): Hutchinson Hessian diagonal")
@@ -103,7 +105,7 @@ class AdaHessian(torch.optim.Optimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=betas,
             eps=eps,
             weight_decay=weight_decay,
             warmup=warmup,
@@ -113,8 +115,13 @@ class AdaHessian(torch.optim.Optimizer):
             average_conv_kernel=average_conv_kernel,
         )
         _validate(defaults)  # before any group exists, so the message names the argument
+        defaults["betas"] = tuple(betas)
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
+        if not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(
+                f"AdaHessian: invalid seed={seed!r} (must be an integer in [0, 2**64))"
+            )
         self._seed = seed
         self._generators: dict[str, torch.Generator] = {}
         super().__init__(params, defaults)

@@ -195,6 +195,8 @@ def test_state_dict_weights_only_round_trip():
         (dict(betas=(1.0, 0.999)), "betas"),
         (dict(betas=(0.9, -0.1)), "betas"),
         (dict(eps=0.0), "eps"),
+        (dict(eps="1e-8"), "eps"),
+        (dict(betas=0.9), "betas"),
         (dict(weight_decay=-0.1), "weight_decay"),
         (dict(weight_decay_type="l1"), "weight_decay_type"),
     ],

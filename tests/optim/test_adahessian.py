@@ -304,6 +304,8 @@ def test_deepcopy_continues_the_same_probe_stream():
         (dict(betas=(1.0, 0.999)), "betas"),
         (dict(betas=(0.9, -0.5)), "betas"),
         (dict(eps=0.0), "eps"),
+        (dict(eps="1e-8"), "eps"),
+        (dict(betas=0.9), "betas"),
         (dict(weight_decay=-1.0), "weight_decay"),
         (dict(warmup=-1), "warmup"),
         (dict(warmup=2.5), "warmup"),
@@ -313,6 +315,7 @@ def test_deepcopy_continues_the_same_probe_stream():
         (dict(hessian_power=1.5), "hessian_power"),
         (dict(update_each=0), "update_each"),
         (dict(update_each=1.5), "update_each"),
+        (dict(seed="x"), "seed"),
     ],
 )
 def test_bad_arguments(kwargs, name):
