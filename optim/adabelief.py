@@ -125,9 +125,7 @@ class AdaBelief(torch.optim.Optimizer):
             self._init_group(group, *tensors)
             if not tensors[0]:
                 continue
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = not torch.jit.is_scripting()
+            foreach = group["foreach"] is not False  # None (the default) means the fast path
             fn = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
             fn(
                 *tensors,
