@@ -274,11 +274,7 @@ class AdaHessian(torch.optim.Optimizer):
             z = torch.randint(0, 2, p.shape, generator=self._generator(p.device), device=p.device)
             zs.append(z.to(p.dtype).mul_(2).sub_(1))
         if _world_size() > 1:  # one probe for all ranks
-            flat = torch.cat([z.reshape(-1) for z in zs])
-            dist.broadcast(flat, src=0)
-            zs = [
-                f.view_as(z) for f, z in zip(flat.split([z.numel() for z in zs]), zs, strict=True)
-            ]
+            zs = _flat_collective(zs, lambda flat: dist.broadcast(flat, src=0))
         # A gradient without a graph is constant in θ: its Hessian rows are zero.
         outs = [(g, z) for g, z in zip(grads, zs, strict=True) if g.requires_grad]
         if not outs:
@@ -303,13 +299,12 @@ class AdaHessian(torch.optim.Optimizer):
         world = _world_size()
         if world == 1 or not tensors:
             return tensors
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat)
-        flat.div_(world)
-        return [
-            f.view_as(p)
-            for f, p in zip(flat.split([t.numel() for t in tensors]), params, strict=True)
-        ]
+
+        def mean(flat: torch.Tensor) -> None:
+            dist.all_reduce(flat)
+            flat.div_(world)
+
+        return _flat_collective(tensors, mean)
 
     # ------------------------------------------------------------------ GradScaler
 
@@ -371,6 +366,21 @@ def _report_overflow(scaler: torch.amp.GradScaler | None, optimizer) -> None:
     if states is not None and id(optimizer) in states:
         for found_inf in states[id(optimizer)].get("found_inf_per_device", {}).values():
             found_inf.fill_(1.0)
+
+
+def _flat_collective(tensors: list[torch.Tensor], op) -> list[torch.Tensor]:
+    """Apply the in-place collective ``op`` once per (device, dtype) to the concatenation of
+    ``tensors`` (one call instead of one per tensor); the results, shaped like the inputs."""
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    buckets: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        buckets.setdefault((t.device, t.dtype), []).append(i)
+    for idx in buckets.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in idx])
+        op(flat)
+        for i, f in zip(idx, flat.split([tensors[i].numel() for i in idx]), strict=True):
+            out[i] = f.view_as(tensors[i])
+    return out
 
 
 def _world_size() -> int:

@@ -33,15 +33,18 @@ class _Model(torch.nn.Module):
             torch.nn.Conv2d(1, 2, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(8, 1)
         )
         self.extra = torch.nn.Parameter(torch.tensor([0.3, -0.4]))  # used by shard 0 only
+        self.scale = torch.nn.Parameter(torch.tensor(1.5))  # stays float32: mixed dtypes
 
     def forward(self, x: torch.Tensor, shard: int) -> torch.Tensor:
-        out = self.body(x)
+        out = self.body(x) * self.scale.double()
         return out * (self.extra**2).sum() if shard == 0 else out
 
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return _Model().double()
+    model = _Model().double()
+    model.scale.data = model.scale.data.float()
+    return model
 
 
 def _shard(rank: int) -> torch.Tensor:
