@@ -13,10 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["optim", "optim.*", "engine", "engine.*", "classification",
-                                    "classification.*", "language_model", "language_model.*",
-                                    "nmt", "nmt.*", "benchmarks", "benchmarks.*", "scripts",
-                                    "scripts.*"]),
+    packages=find_packages(exclude=["tests", "tests.*"]),
     install_requires=[
         "torch>=2.4",
         "torchvision",

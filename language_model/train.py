@@ -116,9 +116,12 @@ def train_one_epoch(
             hidden = model.init_hidden(x.shape[0], ctx.device)
         else:
             hidden = _detach(hidden)  # truncated BPTT: no gradient into earlier windows
-        with amp.autocast(ctx.device, config["amp"]):
-            batch_nll, batch_count, hidden = ddp_model(x, y, hidden)
-        amp.backward(batch_nll / batch_count.clamp(min=1), scaler, create_graph=create_graph)
+        # DDP cannot all-reduce a create_graph backward (pytorch#63812); second-order
+        # optimizers average gradients and Hessian estimates over ranks themselves.
+        with distributed.no_sync(ddp_model, skip_sync=create_graph):
+            with amp.autocast(ctx.device, config["amp"]):
+                batch_nll, batch_count, hidden = ddp_model(x, y, hidden)
+            amp.backward(batch_nll / batch_count.clamp(min=1), scaler, create_graph=create_graph)
         amp.step(optimizer, scaler, clip_norm=config["clip"], parameters=model.parameters())
         optimizer.zero_grad(set_to_none=True)
         nll += batch_nll.detach().double()
