@@ -146,18 +146,17 @@ def multi_tensor_apollo(
         torch._foreach_add_(params, us, alpha=-lr_t)  # step 14
 
 
-def apollo_tensor(
-    p: torch.Tensor,
-    g: torch.Tensor,
-    m: torch.Tensor,
-    b: torch.Tensor,
-    u: torch.Tensor,
-    step: torch.Tensor,
-    lr: torch.Tensor,
-    hp: Hyper,
-) -> None:
-    """Spec steps 1-14 for one tensor with tensor scalars: no ``.item()``, so the step
-    counter never becomes a constant of a compiled graph."""
+def _grad_delta(p, g, m, hp: Hyper) -> torch.Tensor:
+    grad = -g if hp.maximize else g
+    if hp.l2:
+        grad = grad + hp.weight_decay * p  # step 2, on a copy
+    return grad - m  # step 4
+
+
+def apollo_scalars(p, g, m, b, u, step: torch.Tensor, lr: torch.Tensor, hp: Hyper):
+    """Spec steps 1-9 for one tensor with tensor scalars (no ``.item()``, so the step
+    counter never becomes a constant of a compiled graph): ``(lr_t, α, δ/s², ‖Δ‖∞)``.
+    Increments the counter; leaves the other state to :func:`apollo_apply`."""
     t = step.to(torch.float64)  # the counter may be float32; the scalars need not be
     if hp.warmup > 0:  # step 1, t before the increment
         warm = hp.init_lr + (hp.base_lr - hp.init_lr) * t / hp.warmup
@@ -166,19 +165,27 @@ def apollo_tensor(
         lr_t = lr
     step.add_(1)
     alpha = (1 - hp.beta) / (1 - torch.pow(hp.beta, t + 1))  # step 3
-    grad = -g if hp.maximize else g
-    if hp.l2:
-        grad = grad + hp.weight_decay * p  # step 2, on a copy
-    delta = grad - m  # step 4
+    delta = _grad_delta(p, g, m, hp)
     x = (delta * u).sum()
-    m.add_(alpha * delta)  # step 6
     w = u * u
     s = (w * w).sum().sqrt().sqrt() + hp.eps_prime  # step 7
     s2 = s * s
     c = (x * -alpha - (b * w).sum()) / s2 / s2  # steps 8-9
-    b.add_(c * w)  # step 10
+    r = delta.abs().amax() if hp.belief else None  # step 5
+    return lr_t, alpha, c, r
+
+
+def apollo_apply(p, g, m, b, u, lr_t, alpha, c, r, hp: Hyper) -> None:
+    """Spec steps 6 and 10-14 for one tensor, given :func:`apollo_scalars`' results.
+
+    A separate function so that, compiled, the scalar arithmetic (a pow, two square
+    roots) runs once instead of inside the elementwise loop, where Inductor puts it
+    when the two halves are compiled as one graph."""
+    delta = _grad_delta(p, g, m, hp)
+    m.add_(alpha * delta)  # step 6
+    b.add_(c * (u * u))  # step 10
     if hp.belief:  # step 11
-        big_d = torch.maximum(b.abs(), delta.abs().amax()) + hp.eps_prime / alpha
+        big_d = torch.maximum(b.abs(), r) + hp.eps_prime / alpha
     else:
         big_d = b.abs().clamp_min(hp.sigma)
     d = m / big_d  # step 12
@@ -190,6 +197,6 @@ def apollo_tensor(
 
 
 def traceable_apollo(params, grads, ms, bs, us, steps, lr: torch.Tensor, hp: Hyper) -> None:
-    """:func:`apollo_tensor` over lists, for a user's ``torch.compile`` tracing ``step()``."""
+    """The tensor-scalar update over lists, for a user's ``torch.compile`` tracing ``step()``."""
     for p, g, m, b, u, step in zip(params, grads, ms, bs, us, steps, strict=True):
-        apollo_tensor(p, g, m, b, u, step, lr, hp)
+        apollo_apply(p, g, m, b, u, *apollo_scalars(p, g, m, b, u, step, lr, hp), hp)

@@ -9,10 +9,10 @@ Three implementations of the same rule live here and in ``_apollo_foreach.py``:
 * ``foreach=False``: a plain per-tensor loop (:func:`_single_tensor_apollo`);
 * ``foreach=True`` (default): the multi-tensor path, ``torch._foreach_*`` over runs
   of tensors sharing device, dtype and step count, bit-identical to the loop;
-* tensor scalars, no ``.item()`` (:func:`apollo_tensor`): used when a user's
-  ``torch.compile`` traces ``step()``, and with ``compiled=True``, which compiles it
-  once (one dynamic-shape graph) for every tensor of at least 64k elements; equal to
-  the eager paths up to float rounding.
+* tensor scalars, no ``.item()`` (``apollo_scalars`` then ``apollo_apply``): used when
+  a user's ``torch.compile`` traces ``step()``, and with ``compiled=True``, which
+  compiles both once (dynamic shapes) for every tensor of at least 64k elements; equal
+  to the eager paths up to float rounding.
 
 The eager paths keep one scratch buffer per device and dtype on the optimizer (not
 in the state dict), the size of one run of tensors (at most 256k elements, or the
@@ -31,7 +31,8 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from ._apollo_foreach import (
     Hyper,
-    apollo_tensor,
+    apollo_apply,
+    apollo_scalars,
     flat,
     lr_at_step,
     multi_tensor_apollo,
@@ -107,7 +108,7 @@ class Apollo(torch.optim.Optimizer):
         self._validate(defaults)  # before any group exists, so the message names the argument
         self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._views: dict[tuple, list[torch.Tensor]] = {}
-        self._compiled_fn: Callable | None = None
+        self._compiled_fn: tuple[Callable, Callable] | None = None
         super().__init__(params, defaults)
 
     @staticmethod
@@ -261,18 +262,24 @@ class Apollo(torch.optim.Optimizer):
     def _compiled_update(self, group, hp, *lists):
         """Update the large tensors with one compiled kernel each; return the rest.
 
-        One graph serves every tensor (flattened to 1-D, symbolic length). A call costs
+        Two graphs (scalars, then the elementwise update) serve every tensor, flattened
+        to 1-D with a symbolic length. A call costs
         ~0.1 ms of guards and dispatch, more than the eager multi-tensor path spends on a
         small tensor, so tensors under COMPILE_MIN_NUMEL elements stay eager."""
         if self._compiled_fn is None:
-            self._compiled_fn = torch.compile(apollo_tensor, dynamic=True)
+            self._compiled_fn = (
+                torch.compile(apollo_scalars, dynamic=True),
+                torch.compile(apollo_apply, dynamic=True),
+            )
+        scalars, apply = self._compiled_fn
         # a tensor lr keeps an LR scheduler from forcing a recompile
         lr = torch.tensor(float(group["lr"]), dtype=torch.float64)
         rest = [[] for _ in lists]
         for p, g, m, b, u, s in zip(*lists, strict=True):
             tensors = (p, g, m, b, u)
             if p.numel() >= COMPILE_MIN_NUMEL and all(x.is_contiguous() for x in tensors):
-                self._compiled_fn(*(x.view(-1) for x in tensors), s, lr, hp)
+                flat_tensors = [x.view(-1) for x in tensors]
+                apply(*flat_tensors, *scalars(*flat_tensors, s, lr, hp), hp)
             else:
                 for lst, x in zip(rest, (*tensors, s), strict=True):
                     lst.append(x)
