@@ -260,12 +260,12 @@ class Apollo(torch.optim.Optimizer):
             torch._foreach_add_(steps if len(buckets) == 1 else [steps[i] for i in idx], 1.0)
 
     def _compiled_update(self, group, hp, *lists):
-        """Update the large tensors with one compiled kernel each; return the rest.
+        """Update the large tensors with the compiled kernels; return the rest.
 
         Two graphs (scalars, then the elementwise update) serve every tensor, flattened
-        to 1-D with a symbolic length. A call costs
-        ~0.1 ms of guards and dispatch, more than the eager multi-tensor path spends on a
-        small tensor, so tensors under COMPILE_MIN_NUMEL elements stay eager."""
+        to 1-D with a symbolic length. A call costs ~0.1 ms of guards and dispatch, more
+        than the eager multi-tensor path spends on a small tensor, so tensors under
+        COMPILE_MIN_NUMEL elements stay eager."""
         if self._compiled_fn is None:
             self._compiled_fn = (
                 torch.compile(apollo_scalars, dynamic=True),
