@@ -53,10 +53,10 @@ class Hyper(NamedTuple):
             l2=wd != 0 and wdt == "L2",
             decoupled=wd != 0 and wdt != "L2",
             stable=wdt == "stable",
-            maximize=bool(group["maximize"]),
+            maximize=bool(group.get("maximize", False)),
             warmup=int(group["warmup"]),
             init_lr=float(group["init_lr"]),
-            base_lr=float(group["base_lr"]),
+            base_lr=float(group.get("base_lr", group["lr"])),  # absent in foreign checkpoints
         )
 
 

@@ -234,7 +234,7 @@ class Apollo(torch.optim.Optimizer):
             lr = torch.tensor(float(group["lr"]), dtype=torch.float64)
             traceable_apollo(params, grads, ms, bs, us, steps, lr, hp)
             return
-        if group["compiled"]:
+        if group.get("compiled", False):
             params, grads, ms, bs, us, steps = self._compiled_update(
                 group, hp, params, grads, ms, bs, us, steps
             )
@@ -245,7 +245,7 @@ class Apollo(torch.optim.Optimizer):
         buckets: dict[tuple, list[int]] = {}
         for i, (p, s) in enumerate(zip(params, steps, strict=True)):
             buckets.setdefault((p.device, p.dtype, int(s.item())), []).append(i)
-        foreach = group["foreach"] is None or group["foreach"]
+        foreach = group.get("foreach") is None or group["foreach"]
         for (device, dtype, t), idx in buckets.items():
             lr_t = lr_at_step(t, group["lr"], hp)
             sel = [params, grads, ms, bs, us]
