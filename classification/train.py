@@ -39,9 +39,6 @@ SCHEMA = {
     "augmentation": dict,
 }
 METRIC = "test_acc1"
-#: Keys that may change when a run resumes (how long, where, on what); all else must match.
-RESUMABLE_CHANGES = ("config", "epochs", "max_steps_per_epoch", "device", "workers", "data_dir",
-                     "out_dir", "plugins")  # fmt: skip
 
 
 def train_one_epoch(
@@ -113,34 +110,11 @@ def evaluate(
     }
 
 
-def check_resumable(saved: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> None:
-    """Refuse to resume a run directory that holds a different experiment."""
-    diffs = [
-        f"{k}: {saved.get(k)!r} -> {config.get(k)!r}"
-        for k in sorted(set(saved) | set(config))
-        if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k)
-    ]
-    if diffs:
-        raise ValueError(
-            f"{path} holds a run with another config ({'; '.join(diffs)}); "
-            "pick another --out-dir or move it away"
-        )
-
-
-def parse(argv: Sequence[str] | None) -> tuple[dict[str, Any], bool]:
-    """The resolved run config and whether ``--print-config`` was given."""
-    args = cli.build_parser("python -m classification.train", __doc__.split("\n")[0]).parse_args(
-        argv
-    )
-    config = cli.resolve_args(args, SCHEMA)
-    if config["out_dir"] is None:
-        config["out_dir"] = cli.default_out_dir(config)
-    return config, args.print_config
-
-
 def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The entry point; returns ``results.json``'s content on rank 0."""
-    config, print_only = parse(argv)
+    config, print_only = cli.parse_run_args(
+        "python -m classification.train", __doc__.split("\n")[0], SCHEMA, argv
+    )
     if print_only:
         cli.print_config(config)
         return None
@@ -157,7 +131,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
     ckpt_path = out_dir / "checkpoint.pt"
     state = checkpoint.load(ckpt_path) if ckpt_path.exists() else None
     if state is not None:
-        check_resumable(state["config"], config, ckpt_path)
+        checkpoint.check_resumable(state["config"], config, ckpt_path)
     checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
     model = build_model(config["model"], config["num_classes"]).to(ctx.device)
     optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])

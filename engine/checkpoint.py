@@ -22,7 +22,7 @@ import hashlib
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -121,3 +121,30 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
         flat = t.detach().cpu().contiguous().reshape(-1)
         h.update(flat.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+#: Config keys a resumed run may change (how long, where, on what); all else must match.
+RESUMABLE_CHANGES = (
+    "config", "epochs", "max_steps_per_epoch", "device", "workers", "data_dir", "out_dir",
+    "plugins",
+)  # fmt: skip
+
+
+def check_resumable(
+    saved: Mapping[str, Any],
+    config: Mapping[str, Any],
+    path: str | Path,
+    also_allowed: Iterable[str] = (),
+) -> None:
+    """Refuse to resume a run directory that holds a different experiment."""
+    allowed = set(RESUMABLE_CHANGES) | set(also_allowed)
+    diffs = [
+        f"{k}: {saved.get(k)!r} -> {config.get(k)!r}"
+        for k in sorted(set(saved) | set(config))
+        if k not in allowed and saved.get(k) != config.get(k)
+    ]
+    if diffs:
+        raise ValueError(
+            f"{path} holds a run with another config ({'; '.join(diffs)}); "
+            "pick another --out-dir or move it away"
+        )

@@ -99,6 +99,18 @@ def resolve_args(args: argparse.Namespace, schema: cfg.Schema) -> dict[str, Any]
     return config
 
 
+def parse_run_args(
+    prog: str, description: str, schema: cfg.Schema, argv: Sequence[str] | None
+) -> tuple[dict[str, Any], bool]:
+    """A ``train.py``'s resolved run config (with its default ``out_dir``) and whether
+    ``--print-config`` was given."""
+    args = build_parser(prog, description).parse_args(argv)
+    config = resolve_args(args, schema)
+    if config["out_dir"] is None:
+        config["out_dir"] = default_out_dir(config)
+    return config, args.print_config
+
+
 def default_device() -> str:
     import torch
 

@@ -48,19 +48,8 @@ SCHEMA = {
 }
 MODEL_KEYS = ("embed_dim", "hidden_size", "num_layers", "dropout", "cutoffs", "div_value")
 METRIC = "test_ppl"
-#: Keys that may change when a run resumes (how long, where, on what); all else must match.
-RESUMABLE_CHANGES = (
-    "config",
-    "epochs",
-    "max_steps_per_epoch",
-    "device",
-    "workers",
-    "data_dir",
-    "out_dir",
-    "plugins",
-    "checkpoint_every",
-    "log_every",
-)
+#: Keys a resumed run may change besides engine.checkpoint.RESUMABLE_CHANGES.
+RESUMABLE_CHANGES = ("checkpoint_every", "log_every")
 
 
 def build_model(config: Mapping[str, Any], vocab_size: int) -> LSTMLanguageModel:
@@ -188,33 +177,11 @@ def evaluate(
     }
 
 
-def check_resumable(saved: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> None:
-    """Refuse to resume a run directory that holds a different experiment."""
-    diffs = [
-        f"{k}: {saved.get(k)!r} -> {config.get(k)!r}"
-        for k in sorted(set(saved) | set(config))
-        if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k)
-    ]
-    if diffs:
-        raise ValueError(
-            f"{path} holds a run with another config ({'; '.join(diffs)}); "
-            "pick another --out-dir or move it away"
-        )
-
-
-def parse(argv: Sequence[str] | None) -> tuple[dict[str, Any], bool]:
-    """The resolved run config and whether ``--print-config`` was given."""
-    parser = cli.build_parser("python -m language_model.train", __doc__.split("\n")[0])
-    args = parser.parse_args(argv)
-    config = cli.resolve_args(args, SCHEMA)
-    if config["out_dir"] is None:
-        config["out_dir"] = cli.default_out_dir(config)
-    return config, args.print_config
-
-
 def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The entry point; returns ``results.json``'s content on rank 0."""
-    config, print_only = parse(argv)
+    config, print_only = cli.parse_run_args(
+        "python -m language_model.train", __doc__.split("\n")[0], SCHEMA, argv
+    )
     if print_only:
         cli.print_config(config)
         return None
@@ -234,7 +201,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context, corpus: Corpus) -> 
     ckpt_path = out_dir / "checkpoint.pt"
     state = checkpoint.load(ckpt_path) if ckpt_path.exists() else None
     if state is not None:
-        check_resumable(state["config"], config, ckpt_path)
+        checkpoint.check_resumable(state["config"], config, ckpt_path, RESUMABLE_CHANGES)
         if state["vocab_size"] != corpus.vocab_size:
             raise ValueError(
                 f"{ckpt_path}: trained with {state['vocab_size']} words, but "
