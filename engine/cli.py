@@ -169,5 +169,8 @@ def main(entry: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | Non
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
+        print("interrupted; re-run the same command to resume from the last checkpoint",
+              file=sys.stderr)  # fmt: skip
         sys.exit(130)
+    except BrokenPipeError:  # output piped into `head`: not an error
+        sys.stderr.close()

@@ -29,13 +29,13 @@ import csv
 import glob
 import json
 import statistics
-import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import cli
 from scripts import paper_results
 
 #: Config keys that may differ between the seeds of one cell (where and on what it ran).
@@ -414,16 +414,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\nwrote " + ", ".join(str(p) for p in result["written"]))
 
 
-def cli(argv: Sequence[str] | None = None) -> None:
-    """:func:`main` with bad input as one ``error:`` line and exit status 2 (no torch import)."""
-    try:
-        main(argv)
-    except ValueError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        sys.exit(2)
-    except BrokenPipeError:  # the output piped into `head`: not an error
-        sys.stderr.close()
-
-
 if __name__ == "__main__":
-    cli()
+    cli.main(main)

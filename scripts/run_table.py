@@ -31,8 +31,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine import cli, sweep
 from engine import config as cfg
-from engine import sweep
 from engine.metrics import read_json
 
 
@@ -159,17 +159,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ValueError(f"{len(failed)} of {total} runs failed: {', '.join(map(str, failed))}")
 
 
-def cli(argv: Sequence[str] | None = None) -> None:
-    """:func:`main` with bad input as one ``error:`` line and exit status 2."""
-    try:
-        main(argv)
-    except ValueError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        sys.exit(130)
-
-
 if __name__ == "__main__":
-    cli()
+    cli.main(main)
