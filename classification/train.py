@@ -118,12 +118,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if print_only:
         cli.print_config(config)
         return None
-    ctx = distributed.setup(config["device"])
-    torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed input sizes: autotune
-    try:
+    with distributed.process_group(config["device"]) as ctx:
+        torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed input sizes: autotune
         return _train(config, ctx)
-    finally:
-        distributed.cleanup()
 
 
 def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] | None:

@@ -188,12 +188,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if config["data_dir"] is None:
         raise ValueError("--data-dir: required (the LMDB written by language_model.preprocess)")
     corpus = Corpus(config["data_dir"])  # bad data fails before the run directory is touched
-    ctx = distributed.setup(config["device"])
     try:
-        return _train(config, ctx, corpus)
+        with distributed.process_group(config["device"]) as ctx:
+            return _train(config, ctx, corpus)
     finally:
         corpus.close()
-        distributed.cleanup()
 
 
 def _train(config: dict[str, Any], ctx: distributed.Context, corpus: Corpus) -> dict | None:
