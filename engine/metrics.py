@@ -15,6 +15,7 @@ Every JSON file is written atomically, so a reader (``scripts/report.py``) never
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -49,6 +50,7 @@ def provenance(ctx: Context) -> dict[str, Any]:
     """Everything a citation needs besides the config: code version, libraries, hardware."""
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for dist_name, key in (("torchvision", "torchvision"), ("numpy", "numpy"),
+                           ("scikit-learn", "scikit_learn"), ("lmdb", "lmdb"),
                            ("apollo-optim", "apollo_optim")):  # fmt: skip
         try:
             versions[key] = metadata.version(dist_name)
@@ -62,8 +64,9 @@ def provenance(ctx: Context) -> dict[str, Any]:
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if ctx.device.type == "cuda"
         else [],
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),  # CPU results depend on it
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
     }
@@ -76,6 +79,17 @@ def provenance(ctx: Context) -> dict[str, Any]:
     }
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (``platform.processor()`` is often just the architecture)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _git_info() -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
@@ -86,7 +100,7 @@ def _git_info() -> dict[str, Any]:
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain")  # untracked files (a plugin, a config) count too
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
@@ -100,7 +114,14 @@ def write_config(out_dir: str | Path, config: Mapping[str, Any], ctx: Context) -
             history = [*old.get("earlier_starts", []), old.get("provenance")]
         except (OSError, ValueError):
             history = []
-    write_json(path, {**config, "provenance": provenance(ctx), "earlier_starts": history})
+    record = provenance(ctx)
+    # a plugin file is code outside the repository: record what exactly ran
+    record["plugin_sha256"] = {
+        spec: hashlib.sha256(Path(spec).read_bytes()).hexdigest()
+        for spec in config.get("plugins", [])
+        if Path(spec).is_file()
+    }
+    write_json(path, {**config, "provenance": record, "earlier_starts": history})
 
 
 def write_metrics(out_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -39,6 +40,18 @@ def test_config_json_has_provenance_and_keeps_earlier_starts(tmp_path: Path) -> 
     p = c["provenance"]
     assert set(p) >= {"git", "versions", "hardware", "argv", "started_at"}
     assert p["versions"]["torch"] == torch.__version__ and p["hardware"]["device"] == "cpu"
+
+
+def test_config_json_records_what_a_citation_needs(tmp_path: Path) -> None:
+    plugin = tmp_path / "my_optimizer.py"
+    plugin.write_text("X = 1\n")
+    metrics.write_config(tmp_path / "run", {"row": "A", "plugins": [str(plugin)]}, CTX)
+    p = json.loads((tmp_path / "run" / "config.json").read_text())["provenance"]
+    assert p["versions"]["scikit_learn"] and p["versions"]["numpy"]
+    assert p["hardware"]["torch_threads"] == torch.get_num_threads()
+    assert p["hardware"]["cpu"] and "commit" in p["git"]
+    digest = hashlib.sha256(b"X = 1\n").hexdigest()
+    assert p["plugin_sha256"] == {str(plugin): digest}
 
 
 def test_correct_topk() -> None:
