@@ -207,17 +207,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
         )
         distributed.barrier(ctx)
     writer.close()
-    digests = distributed.gather_objects(checkpoint.state_digest(model.state_dict()), ctx)
-    if not ctx.is_main:
-        return None
-    results = metrics.write_results(out_dir, config, history, metric=METRIC,
-                                    finished=len(history) >= config["epochs"],
-                                    extra={"model_sha256_by_rank": digests})  # fmt: skip
-    best = results["best"] or {}
-    log.info(
-        f"done: best {METRIC} {best.get(METRIC, float('nan')):.2f} at epoch {best.get('epoch')}"
-    )
-    return results
+    return metrics.finish(out_dir, config, history, model, ctx, log, metric=METRIC)
 
 
 if __name__ == "__main__":

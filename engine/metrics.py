@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write
-from .distributed import Context
+from .checkpoint import atomic_write, state_digest
+from .distributed import Context, gather_objects
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -170,6 +170,31 @@ def write_results(
         **(extra or {}),
     }
     write_json(Path(out_dir) / "results.json", results)
+    return results
+
+
+def finish(
+    out_dir: str | Path,
+    config: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    model: torch.nn.Module,
+    ctx: Context,
+    log: Any,
+    *,
+    metric: str,
+    mode: str = "max",
+) -> dict[str, Any] | None:
+    """The end of a run, on every rank: gather each rank's model digest (DDP ranks must end
+    bit-identical), then rank 0 writes the final ``results.json`` and logs the best epoch."""
+    digests = gather_objects(state_digest(model.state_dict()), ctx)
+    if not ctx.is_main:
+        return None
+    results = write_results(out_dir, config, history, metric=metric, mode=mode,
+                            finished=len(history) >= config["epochs"],
+                            extra={"model_sha256_by_rank": digests})  # fmt: skip
+    best = results["best"] or {}
+    log.info(f"done: best {metric} {best.get(metric, float('nan')):.2f} at epoch "
+             f"{best.get('epoch')}")  # fmt: skip
     return results
 
 
