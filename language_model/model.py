@@ -103,7 +103,13 @@ class LSTMLanguageModel(nn.Module):
 
     def features(self, inputs: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         """LSTM outputs (batch, time, hidden) after dropout, and the new hidden state."""
-        out, hidden = self.lstm(self.drop(self.embedding(inputs)), hidden)
+        x = self.drop(self.embedding(inputs))
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # CPU autocast casts the LSTM's weights but not its input, and oneDNN (CPUs
+            # without native bf16) has no LSTM for a float32 input with bf16 weights.
+            x = x.to(torch.get_autocast_dtype(device))
+        out, hidden = self.lstm(x, hidden)
         return self.drop(out), hidden
 
     def forward(
@@ -111,5 +117,9 @@ class LSTMLanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, Hidden]:
         out, hidden = self.features(inputs, hidden)
         mask = targets >= 0
-        logp = self.softmax(out[mask], targets[mask])[0]
+        # The adaptive softmax runs in float32 outside autocast: it fills a buffer of its
+        # input's dtype with log-probabilities whose dtype depends on the device's autocast
+        # lists (float32 on CUDA, bf16 on CPU), and index_copy_ fails on any mismatch.
+        with torch.autocast(out.device.type, enabled=False):
+            logp = self.softmax(out[mask].float(), targets[mask])[0]
         return -logp.float().sum(), mask.sum(), hidden

@@ -89,3 +89,21 @@ def test_gradients_reach_every_used_parameter(cutoffs):
     nll, count, _ = m(x, y, m.init_hidden(4))
     (nll / count).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+def test_bf16_autocast_forward_backward_with_adaptive_softmax():
+    """Under bf16 autocast the LSTM and the adaptive softmax (head and tail clusters) run, and
+    the loss stays float32 and close to the float32 loss."""
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(
+        50, embed_dim=8, hidden_size=16, num_layers=2, dropout=0.0, cutoffs=[10, 20], div_value=2.0
+    )
+    inputs = torch.randint(0, 50, (4, 5))
+    hidden = model.init_hidden(4)
+    nll32, count, _ = model(inputs, inputs, hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll16, count16, _ = model(inputs, inputs, hidden)
+    nll16.backward()
+    assert nll16.dtype == torch.float32 and int(count16) == int(count) == 20
+    assert torch.isclose(nll16, nll32, rtol=0.05)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
