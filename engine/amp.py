@@ -4,7 +4,10 @@
 ``--amp fp16`` uses float16 autocast and a ``torch.amp.GradScaler``. NVIDIA apex is not used
 (its AMP is deprecated upstream). Second-order optimizers (AdaHessian) get
 ``create_graph=True`` from their registry spec, never from a name comparison; the optimizer
-itself accounts for the loss scale when it differentiates the gradient again. Under DDP such a
+itself accounts for the loss scale when it differentiates the gradient again: ``step`` hands
+such an optimizer the scale (``optimizer.step(loss_scale=...)``) and backs the scaler off when
+the optimizer reports an overflow of its Hessian estimate (``optimizer.hessian_overflow``),
+which GradScaler, checking only the gradients, cannot see. Under DDP such a
 backward must run inside ``engine.distributed.no_sync(model, skip_sync=True)`` (forward
 included): DDP cannot all-reduce a ``create_graph`` backward, and the optimizer averages the
 gradient and its estimate over ranks itself.
@@ -66,8 +69,13 @@ def step(
             params = [p for g in optimizer.param_groups for p in g["params"]]
         norm = float(torch.nn.utils.clip_grad_norm_(params, clip_norm))
     if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
+        if getattr(optimizer, "needs_create_graph", False):  # Hz carries the loss scale too
+            scaler.step(optimizer, loss_scale=scaler.get_scale())
+            overflow = getattr(optimizer, "hessian_overflow", False)
+            scaler.update(scaler.get_scale() * scaler.get_backoff_factor() if overflow else None)
+        else:
+            scaler.step(optimizer)
+            scaler.update()
     else:
         optimizer.step()
     return norm

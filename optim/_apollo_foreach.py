@@ -16,9 +16,12 @@ is not recompiled as the counter grows.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
+
+from ._sharding import Shards, to_local
 
 # Devices where a loop of out= calls beats a foreach copy + in-place op (see _into).
 OUT_LOOP_DEVICES = ("cpu",)
@@ -61,8 +64,14 @@ class Hyper(NamedTuple):
 
 
 def lr_at_step(t: int, lr: float, hp: Hyper) -> float:
-    """Spec step 1: warmup from η₀ to the group's base lr over W updates, then ``lr``."""
+    """Spec step 1: warmup from η₀ to the group's base lr over W updates, then ``lr``.
+
+    A group whose current lr is 0 does not move, in warmup too ("a group with lr 0 must
+    not move"): this is what an LR scheduler at 0 and torch.distributed.checkpoint's
+    state initialisation (a step with zero gradients and lr 0) expect."""
     if t < hp.warmup:
+        if float(lr) == 0:
+            return 0.0
         return hp.init_lr + (hp.base_lr - hp.init_lr) * t / hp.warmup
     return float(lr)
 
@@ -153,34 +162,52 @@ def _grad_delta(p, g, m, hp: Hyper) -> torch.Tensor:
     return grad - m  # step 4
 
 
-def apollo_scalars(p, g, m, b, u, step: torch.Tensor, lr: torch.Tensor, hp: Hyper):
-    """Spec steps 1-9 for one tensor with tensor scalars (no ``.item()``, so the step
-    counter never becomes a constant of a compiled graph): ``(lr_t, α, δ/s², ‖Δ‖∞)``.
-    Increments the counter; leaves the other state to :func:`apollo_apply`."""
+def _local_stats(p, g, m, b, u, hp: Hyper) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reductions of spec steps 5-9 over one tensor, or over one shard of it:
+    ``([Σ Δ⊙d, Σ (d⊙d)⊙(d⊙d), Σ B⊙d⊙d], ‖Δ‖∞)`` with d the previous update. Sums and
+    maxima of shards combine into the whole tensor's (see ``_sharding.Shards``)."""
+    delta = _grad_delta(p, g, m, hp)
+    w = u * u
+    sums = torch.stack(((delta * u).sum(), (w * w).sum(), (b * w).sum()))
+    r = None
+    if hp.belief:  # an empty shard contributes 0 (‖Δ‖∞ >= 0)
+        r = delta.abs().amax() if delta.numel() else delta.new_zeros(())
+    return sums, r
+
+
+def _scalars(sums: torch.Tensor, r, step: torch.Tensor, lr: torch.Tensor, hp: Hyper):
+    """Spec steps 1, 3 and 7-9 from a tensor's reductions: ``(lr_t, α, δ/s², ‖Δ‖∞)``;
+    increments the step counter."""
     t = step.to(torch.float64)  # the counter may be float32; the scalars need not be
     if hp.warmup > 0:  # step 1, t before the increment
         warm = hp.init_lr + (hp.base_lr - hp.init_lr) * t / hp.warmup
-        lr_t = torch.where(t < hp.warmup, warm, lr)
+        # a group whose lr is 0 does not move, in warmup too (see lr_at_step)
+        lr_t = torch.where(t < hp.warmup, torch.where(lr == 0, 0.0, warm), lr)
     else:
         lr_t = lr
     step.add_(1)
     alpha = (1 - hp.beta) / (1 - torch.pow(hp.beta, t + 1))  # step 3
-    delta = _grad_delta(p, g, m, hp)
-    x = (delta * u).sum()
-    w = u * u
-    s = (w * w).sum().sqrt().sqrt() + hp.eps_prime  # step 7
+    x, w4, bw = sums.unbind()
+    s = w4.sqrt().sqrt() + hp.eps_prime  # step 7: ‖d‖₄ + ε'
     s2 = s * s
-    c = (x * -alpha - (b * w).sum()) / s2 / s2  # steps 8-9
-    r = delta.abs().amax() if hp.belief else None  # step 5
+    c = (x * -alpha - bw) / s2 / s2  # steps 8-9
     return lr_t, alpha, c, r
 
 
-def apollo_apply(p, g, m, b, u, lr_t, alpha, c, r, hp: Hyper) -> None:
+def apollo_scalars(p, g, m, b, u, step: torch.Tensor, lr: torch.Tensor, hp: Hyper):
+    """Spec steps 1-9 for one tensor with tensor scalars (no ``.item()``, so the step
+    counter never becomes a constant of a compiled graph): ``(lr_t, α, δ/s², ‖Δ‖∞)``.
+    Increments the counter; leaves the other state to :func:`apollo_apply`."""
+    return _scalars(*_local_stats(p, g, m, b, u, hp), step, lr, hp)
+
+
+def apollo_apply(p, g, m, b, u, lr_t, alpha, c, r, hp: Hyper, mean=torch.mean) -> None:
     """Spec steps 6 and 10-14 for one tensor, given :func:`apollo_scalars`' results.
 
     A separate function so that, compiled, the scalar arithmetic (a pow, two square
     roots) runs once instead of inside the elementwise loop, where Inductor puts it
-    when the two halves are compiled as one graph."""
+    when the two halves are compiled as one graph. ``mean`` takes mean(D) for the
+    stable decay (over the whole tensor when ``p`` is one shard of it)."""
     delta = _grad_delta(p, g, m, hp)
     m.add_(alpha * delta)  # step 6
     b.add_(c * (u * u))  # step 10
@@ -190,7 +217,7 @@ def apollo_apply(p, g, m, b, u, lr_t, alpha, c, r, hp: Hyper) -> None:
         big_d = b.abs().clamp_min(hp.sigma)
     d = m / big_d  # step 12
     if hp.decoupled:  # step 13
-        lam = hp.weight_decay / big_d.mean() if hp.stable else hp.weight_decay
+        lam = hp.weight_decay / mean(big_d) if hp.stable else hp.weight_decay
         d = d + lam * p
     u.copy_(d)
     p.sub_(lr_t * d)  # step 14
@@ -200,3 +227,16 @@ def traceable_apollo(params, grads, ms, bs, us, steps, lr: torch.Tensor, hp: Hyp
     """The tensor-scalar update over lists, for a user's ``torch.compile`` tracing ``step()``."""
     for p, g, m, b, u, step in zip(params, grads, ms, bs, us, steps, strict=True):
         apollo_apply(p, g, m, b, u, *apollo_scalars(p, g, m, b, u, step, lr, hp), hp)
+
+
+def sharded_apollo(params, grads, ms, bs, us, steps, lr: torch.Tensor, hp: Hyper) -> None:
+    """The tensor-scalar update for DTensor parameters (FSDP2): elementwise work on each
+    rank's shard, every per-tensor reduction all-reduced over the whole tensor."""
+    shards = Shards(params)
+    local = [[to_local(x) for x in lst] for lst in (params, grads, ms, bs, us)]
+    stats = [_local_stats(*ts, hp) for ts in zip(*local, strict=True)]
+    sums = shards.sum_(torch.stack([s.to(torch.float64) for s, _ in stats]))
+    rs = shards.max_(torch.stack([r.to(torch.float64) for _, r in stats])) if hp.belief else None
+    for i, (ts, step) in enumerate(zip(zip(*local, strict=True), steps, strict=True)):
+        lr_t, alpha, c, r = _scalars(sums[i], None if rs is None else rs[i], step, lr, hp)
+        apollo_apply(*ts, lr_t, alpha, c, r, hp, mean=partial(shards.mean, i))

@@ -19,14 +19,16 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_value
 
+from ._sharding import Shards, check_params, is_dtensor, to_local
+from ._warmup import check_lr
 from .registry import register
 
 WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
 
 
 def _validate(g: dict[str, Any]) -> None:
+    check_lr("AdaBelief", g["lr"])
     rules = [
-        ("lr", lambda v: isinstance(v, (int, float)) and v >= 0, "must be a number >= 0"),
         ("betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "each must be in [0, 1)"),
         ("eps", lambda v: v > 0, "must be > 0"),
         ("weight_decay", lambda v: v >= 0, "must be >= 0"),
@@ -92,6 +94,10 @@ class AdaBelief(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         _validate({**self.defaults, **param_group})  # before the group joins
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        # only the stable decay reduces over a tensor (its mean denominator)
+        elementwise = group["weight_decay_type"] != "stable" or group["weight_decay"] == 0
+        check_params("AdaBelief", group["params"], elementwise=elementwise)
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_vars, steps) -> None:
         # Fills the lists in place, like torch.optim's _init_group, which torch.compile
@@ -125,11 +131,16 @@ class AdaBelief(torch.optim.Optimizer):
             self._init_group(group, *tensors)
             if not tensors[0]:
                 continue
+            lr = group["lr"]
+            if isinstance(lr, torch.Tensor) and not torch.compiler.is_compiling():
+                lr = lr.item()  # eager: a Python number; compiled: read in the graph
             foreach = group["foreach"] is not False  # None (the default) means the fast path
             fn = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
+            if any(is_dtensor(p) for p in tensors[0]):
+                fn = _sharded_adabelief  # FSDP2: the stable decay's mean over whole tensors
             fn(
                 *tensors,
-                lr=group["lr"],
+                lr=lr,
                 beta1=group["betas"][0],
                 beta2=group["betas"][1],
                 eps=group["eps"],
@@ -192,6 +203,14 @@ def _multi_tensor_adabelief(
             )  # fmt: skip
 
 
+def _sharded_adabelief(params, grads, exp_avgs, exp_avg_vars, steps, **hyper) -> None:
+    """The multi-tensor update on each rank's shards of DTensor parameters."""
+    torch._foreach_add_(steps, 1.0)
+    local = [[to_local(x) for x in lst] for lst in (params, grads, exp_avgs, exp_avg_vars)]
+    t = [_get_value(step) for step in steps]
+    _multi_tensor_update(*local, t, **hyper, shards=Shards(params))
+
+
 CHUNK_NUMEL = 1 << 18
 
 
@@ -220,7 +239,7 @@ def _chunks(lists, t, split):
 
 
 def _multi_tensor_update(
-    ps, gs, ms, ss, t, *, lr, beta1, beta2, eps, weight_decay, weight_decay_type
+    ps, gs, ms, ss, t, *, lr, beta1, beta2, eps, weight_decay, weight_decay_type, shards=None
 ) -> None:
     step_size = [-lr / (1.0 - beta1**x) for x in t]
     sqrt_c2 = [(1.0 - beta2**x) ** 0.5 for x in t]
@@ -242,8 +261,11 @@ def _multi_tensor_update(
     if weight_decay != 0 and weight_decay_type != "L2":
         if weight_decay_type == "stable":
             factors = torch._foreach_norm(rs, 1)
+            numels = [r.numel() for r in rs]
+            if shards is not None:  # rs are shards: sum their norms, divide by whole sizes
+                factors, numels = list(shards.sum_(torch.stack(factors)).unbind()), shards.numel
             torch._foreach_reciprocal_(factors)
-            torch._foreach_mul_(factors, [-lr * weight_decay * r.numel() for r in rs])
+            torch._foreach_mul_(factors, [-lr * weight_decay * n for n in numels])
             torch._foreach_add_(factors, 1.0)
             torch._foreach_mul_(ps, factors)
         else:

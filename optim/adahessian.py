@@ -13,19 +13,27 @@ Beyond the reference code:
   D̂ and the gradient are averaged over ranks. DDP cannot run a ``create_graph`` backward
   (it raises, pytorch#63812), so run that backward under ``ddp_model.no_sync()``; the
   optimizer does the averaging DDP would have done (into copies: ``p.grad`` stays local).
-* The probe comes from the optimizer's own generator (``seed``), saved in the state dict,
-  so a resumed run draws the same probes as an uninterrupted one.
+* The probe of a parameter at its step t is drawn from a generator seeded by (``seed``,
+  t, the parameter's position), so it follows from the state dict alone (``seed`` is in
+  every param group, t in the state): a resumed run draws the same probes as an
+  uninterrupted one, also through torch.distributed.checkpoint, which keeps only
+  ``state`` and ``param_groups``.
+* Where the rule cannot hold, a clear error instead of a different update: DTensor
+  (FSDP2) and FSDP1 parameters, and ZeroRedundancyOptimizer (each rank would hold a
+  different part of the parameters, but the probe and Hz need them all).
 """
 
 from __future__ import annotations
 
-import inspect
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from ._sharding import check_params, is_dtensor
+from ._warmup import check_lr, warn_if_scheduled_in_warmup
 from .registry import register
 
 _CREATE_GRAPH_HELP = (
@@ -35,9 +43,8 @@ _CREATE_GRAPH_HELP = (
 
 
 def _validate(g: dict[str, Any]) -> None:
-    lr = g["lr"]
+    lr = float(check_lr("AdaHessian", g["lr"]))
     rules = [
-        ("lr", lambda v: isinstance(v, (int, float)) and v >= 0, "must be a number >= 0"),
         ("betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "each must be in [0, 1)"),
         ("eps", lambda v: v > 0, "must be > 0"),
         ("weight_decay", lambda v: v >= 0, "must be >= 0"),
@@ -79,8 +86,21 @@ class AdaHessian(torch.optim.Optimizer):
         hessian_power: k in (0, 1].
         update_each: draw a new probe every this many steps and reuse the estimate between.
         average_conv_kernel: average |D̂| over the spatial dims of 4-D (conv2d) weights.
-        seed: seed of the optimizer's Rademacher generator; default drawn from torch's
-            global generator, so ``torch.manual_seed`` before construction fixes it.
+        seed: seed of the Rademacher probes (kept in every param group, so in the state
+            dict); default drawn from torch's global generator, so ``torch.manual_seed``
+            before construction fixes it.
+
+    Mixed precision: :meth:`step` takes ``loss_scale``, the factor the loss was multiplied
+    by before ``backward`` (``torch.amp.GradScaler.get_scale()``). With a GradScaler,
+    ``scaler.step(opt, loss_scale=scaler.get_scale())`` is always right; it is required
+    after ``scaler.unscale_(opt)`` (gradient clipping), when GradScaler no longer hands the
+    scale over. A step skipped because the Hessian estimate overflowed (GradScaler checks
+    only the gradients) sets :attr:`hessian_overflow`; back the scaler off then::
+
+        scaler.update(scaler.get_scale() * scaler.get_backoff_factor()
+                      if opt.hessian_overflow else None)
+
+    ``engine.amp.step`` does both.
     """
 
     needs_create_graph = True
@@ -103,6 +123,7 @@ class AdaHessian(torch.optim.Optimizer):
         *,
         seed: int | None = None,
     ) -> None:
+        _refuse_zero_redundancy(sys._getframe(1))
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -122,8 +143,11 @@ class AdaHessian(torch.optim.Optimizer):
             raise ValueError(
                 f"AdaHessian: invalid seed={seed!r} (must be an integer in [0, 2**64))"
             )
-        self._seed = seed
+        defaults["seed"] = seed
         self._generators: dict[str, torch.Generator] = {}
+        self._warmup_checked = False
+        self._ranks_checked = False
+        self.hessian_overflow = False
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -131,53 +155,67 @@ class AdaHessian(torch.optim.Optimizer):
         _validate({**self.defaults, **param_group})  # before the group joins
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group.setdefault("base_lr", group["lr"])
+        check_params("AdaHessian", group["params"], elementwise=False)
+        if any(is_dtensor(p) for p in group["params"]):
+            raise ValueError(
+                "AdaHessian does not support DTensor (FSDP2) parameters: FSDP2 reduce-scatters "
+                "the gradients outside autograd, so the Hessian-vector product through them "
+                "cannot be taken; use DDP and run the create_graph backward under no_sync()"
+            )
+        group.setdefault("base_lr", float(group["lr"]))
 
     # ------------------------------------------------------------------ state dict
 
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["rademacher"] = {d: g.get_state() for d, g in self._generators.items()}
-        return sd
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        rng = state_dict.pop("rademacher", {})
+        # "rademacher": generator states of checkpoints from before the probes were derived
+        # from (seed, step, position); they no longer matter.
+        state_dict = {k: v for k, v in state_dict.items() if k != "rademacher"}
+        seed = self.defaults["seed"]
         super().load_state_dict(state_dict)
-        self._generators = {}
-        for device, s in rng.items():
-            self._generator(torch.device(device)).set_state(s)
-
-    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy / pickle keep the probe stream
-        state = super().__getstate__()
-        state["_seed"] = self._seed
-        state["_rng_states"] = {d: g.get_state() for d, g in self._generators.items()}
-        return state
+        for group in self.param_groups:
+            group.setdefault("seed", seed)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        rng = state.pop("_rng_states", {})
+        state.pop("_rng_states", None)  # pickles from before the derived probes
+        seed = state.pop("_seed", 0)
         super().__setstate__(state)
-        self.__dict__.setdefault("_seed", 0)
+        for group in self.param_groups:
+            group.setdefault("seed", seed)
+        self.defaults.setdefault("seed", seed)
         self._generators = {}
-        for device, s in rng.items():
-            self._generator(torch.device(device)).set_state(s)
+        self.__dict__.setdefault("_warmup_checked", False)
+        self.__dict__.setdefault("_ranks_checked", False)
+        self.__dict__.setdefault("hessian_overflow", False)
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
+    def _probe(self, p: torch.Tensor, seed: int, t: int, index: int) -> torch.Tensor:
+        """The Rademacher probe of the ``index``-th parameter at its step ``t``."""
+        key = str(p.device)
         if key not in self._generators:
-            self._generators[key] = torch.Generator(device).manual_seed(self._seed)
-        return self._generators[key]
+            self._generators[key] = torch.Generator(p.device)
+        gen = self._generators[key].manual_seed(_mix(seed, t, index))
+        z = torch.randint(0, 2, p.shape, generator=gen, device=p.device)
+        return z.to(p.dtype).mul_(2).sub_(1)
 
     # ------------------------------------------------------------------ the step
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One AdaHessian update (spec steps 1-7); ``closure`` re-evaluates the loss."""
+    def step(
+        self,
+        closure: Callable[[], Any] | None = None,
+        *,
+        loss_scale: float | torch.Tensor | None = None,
+    ) -> Any:
+        """One AdaHessian update (spec steps 1-7); ``closure`` re-evaluates the loss.
+
+        ``loss_scale``: the factor the loss was multiplied by before ``backward`` (see the
+        class docstring); without a GradScaler the gradients are divided by it too.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        scale = self._loss_scale()
+        self.hessian_overflow = False
+        scale = self._loss_scale(loss_scale)
         if scale is False:  # GradScaler found inf/nan in the gradients: skip, as it would
             return loss
 
@@ -194,18 +232,21 @@ class AdaHessian(torch.optim.Optimizer):
             entries.append((group, p, g, state, due))
         if not entries:
             return loss
-        if not any(g.requires_grad for _, _, g, _, _ in entries):
+        if not any(g.requires_grad for _, _, g, _, _ in entries) and any(
+            bool(g.any()) for _, _, g, _, _ in entries
+        ):  # (all-zero gradients without a graph have a zero Hessian: DCP's state init)
             raise RuntimeError(_CREATE_GRAPH_HELP)
+        if not self._warmup_checked:
+            self._warmup_checked = all(
+                warn_if_scheduled_in_warmup("AdaHessian", group, int(state["step"]))
+                for group, _, _, state, _ in entries[:1]
+            )
 
         probed = [(group, p, g, state) for group, p, g, state, due in entries if due]
-        estimates = self._hutchinson(
-            [p for _, p, _, _ in probed],
-            [g for _, _, g, _ in probed],
-            None if scale is None else scale["hessian"],
-        )
+        estimates = self._hutchinson(probed, None if scale is None else scale["hessian"])
         if scale is not None and estimates and not _all_finite(estimates):
-            # Hz overflowed though the gradients did not: skip, and make the scaler back off.
-            _report_overflow(_calling_grad_scaler(self), self)
+            # Hz overflowed though the gradients did not: GradScaler did not see it.
+            self.hessian_overflow = True
             return loss
         fresh = {}
         for (group, p, _, state), d in zip(probed, estimates, strict=True):
@@ -230,7 +271,11 @@ class AdaHessian(torch.optim.Optimizer):
         pairs = [(group, p) for group in self.param_groups for p in group["params"]]
         has = [p.grad is not None for _, p in pairs]
         if _world_size() > 1 and pairs:
-            flags = torch.tensor(has, dtype=torch.float32, device=pairs[0][1].device)
+            device = pairs[0][1].device
+            if not self._ranks_checked:  # before any collective whose size depends on it
+                _check_same_parameters_on_all_ranks(pairs, device)
+                self._ranks_checked = True
+            flags = torch.tensor(has, dtype=torch.float32, device=device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             has = flags.bool().tolist()
         out = []
@@ -246,10 +291,9 @@ class AdaHessian(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         step = state["step"]
         t = step.item()  # before this step (spec step 3)
-        if t < group["warmup"]:
+        lr = float(group["lr"])
+        if t < group["warmup"] and lr != 0:  # a group with lr 0 does not move, in warmup too
             lr = group["init_lr"] + (group["base_lr"] - group["init_lr"]) * t / group["warmup"]
-        else:
-            lr = group["lr"]
         if group["weight_decay"] != 0:
             p.mul_(1.0 - lr * group["weight_decay"])
         step += 1
@@ -264,15 +308,18 @@ class AdaHessian(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ Hutchinson
 
-    def _hutchinson(self, params: list, grads: list, scale: torch.Tensor | None) -> list:
-        """D̂ = z ⊙ Hz for ``params`` (spec step 1), divided by the loss ``scale`` still in
-        the graph of ``grads``, averaged over ranks."""
-        if not params:
+    def _hutchinson(self, probed: list, scale: torch.Tensor | None) -> list:
+        """D̂ = z ⊙ Hz for the ``(group, p, g, state)`` in ``probed`` (spec step 1), divided
+        by the loss ``scale`` still in the graph of the gradients, averaged over ranks."""
+        if not probed:
             return []
-        zs = []
-        for p in params:
-            z = torch.randint(0, 2, p.shape, generator=self._generator(p.device), device=p.device)
-            zs.append(z.to(p.dtype).mul_(2).sub_(1))
+        index = {id(p): i for i, p in enumerate(q for g in self.param_groups for q in g["params"])}
+        params = [p for _, p, _, _ in probed]
+        grads = [g for _, _, g, _ in probed]
+        zs = [
+            self._probe(p, group["seed"], int(state["step"]), index[id(p)])
+            for group, p, _, state in probed
+        ]
         if _world_size() > 1:  # one probe for all ranks
             zs = _flat_collective(zs, lambda flat: dist.broadcast(flat, src=0))
         # A gradient without a graph is constant in θ: its Hessian rows are zero.
@@ -306,66 +353,72 @@ class AdaHessian(torch.optim.Optimizer):
 
         return _flat_collective(tensors, mean)
 
-    # ------------------------------------------------------------------ GradScaler
+    # ------------------------------------------------------------------ loss scale
 
-    def _loss_scale(self) -> dict[str, torch.Tensor] | bool | None:
-        """What ``torch.amp.GradScaler.step`` handed over: None without a scaler, False if
-        the gradients overflowed, else the factors still in the gradients and in Hz.
+    def _loss_scale(self, loss_scale) -> dict[str, Any] | bool | None:
+        """The factors still in the gradients (``"grad"``) and in Hz (``"hessian"``): None
+        without loss scaling, False if GradScaler found inf/nan in the gradients.
 
-        GradScaler (torch 2.14) sets ``self.grad_scale`` to its scale when it has not
-        unscaled the gradients, or to None after a user's ``scaler.unscale_(optimizer)``
-        (gradient clipping). The graph of the gradients still carries the scale in both
-        cases, so Hz always needs it; in the second case it is read from the scaler.
+        ``torch.amp.GradScaler.step`` (the contract of ``_step_supports_amp_scaling``)
+        sets ``self.found_inf`` and ``self.grad_scale``: its scale while it has not
+        unscaled the gradients, None after ``scaler.unscale_(optimizer)``. The graph of
+        the gradients carries the loss scale in both cases, so Hz needs ``loss_scale``
+        in the second one.
         """
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is None:
-            return None
+        if found_inf is None:  # no GradScaler: a loop that scaled the loss itself, or none
+            return None if loss_scale is None else {"grad": loss_scale, "hessian": loss_scale}
         overflow = found_inf.clone()
         if _world_size() > 1:  # gradients are per rank here: all ranks must skip together
             dist.all_reduce(overflow, op=dist.ReduceOp.MAX)
         if overflow.item() != 0:
-            if found_inf.item() == 0:  # only another rank overflowed: keep the scales equal
-                _report_overflow(_calling_grad_scaler(self), self)
+            # only another rank overflowed: this rank's scaler must back off all the same
+            self.hessian_overflow = found_inf.item() == 0
             return False
         grad_scale = getattr(self, "grad_scale", None)
-        if grad_scale is not None:
-            return {"grad": grad_scale, "hessian": grad_scale}
-        scaler = _calling_grad_scaler(self)
-        if scaler is None:
+        hessian = grad_scale if loss_scale is None else loss_scale
+        if hessian is None:
             raise RuntimeError(
-                "AdaHessian: gradients were unscaled but the loss scale is unknown; "
-                "call scaler.step(optimizer) directly after scaler.unscale_(optimizer)"
+                "AdaHessian: the gradients were unscaled (scaler.unscale_) and the loss scale "
+                "is unknown; pass it: scaler.step(optimizer, loss_scale=scaler.get_scale())"
             )
-        return {"grad": None, "hessian": scaler._scale}
+        return {"grad": grad_scale, "hessian": hessian}
 
 
-def _calling_grad_scaler(optimizer: torch.optim.Optimizer) -> torch.amp.GradScaler | None:
-    # After scaler.unscale_(optimizer) GradScaler no longer passes its scale, and the public
-    # grad_scaler= keyword is deprecated, so find the GradScaler.step frame that called us.
-    frame = inspect.currentframe()
-    for _ in range(12):
-        frame = frame.f_back if frame is not None else None
-        if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, torch.amp.GradScaler) and frame.f_locals.get("optimizer") is (
-            optimizer
-        ):
-            return owner
-    return None
+def _mix(seed: int, t: int, index: int) -> int:
+    """A 63-bit generator seed from (seed, step, position): splitmix64's finaliser, so
+    nearby inputs give unrelated streams."""
+    x = (seed + 0x9E3779B97F4A7C15 * (index + 1) + 0xD1B54A32D192ED03 * t) % 2**64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (x ^ (x >> 31)) >> 1
+
+
+def _refuse_zero_redundancy(caller) -> None:
+    # ZeroRedundancyOptimizer builds its per-rank optimizer itself, from inside its own
+    # method, with that rank's part of the parameters; the probe z and Hz need all of them.
+    owner = caller.f_locals.get("self") if caller is not None else None
+    if type(owner).__name__ == "ZeroRedundancyOptimizer":
+        raise ValueError(
+            "AdaHessian cannot run under ZeroRedundancyOptimizer: each rank would hold a "
+            "different part of the parameters, but the Hutchinson probe and the Hessian-vector "
+            "product need all of them on every rank; use AdaHessian directly under DDP"
+        )
+
+
+def _check_same_parameters_on_all_ranks(pairs, device: torch.device) -> None:
+    n = torch.tensor([len(pairs), -len(pairs)], dtype=torch.float64, device=device)
+    dist.all_reduce(n, op=dist.ReduceOp.MAX)
+    if n[0] != -n[1]:
+        raise RuntimeError(
+            f"AdaHessian: the ranks hold different numbers of parameters ({int(-n[1])} to "
+            f"{int(n[0])}); it needs every rank to hold every parameter, as under DDP "
+            "(ZeroRedundancyOptimizer and FSDP split them)"
+        )
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-
-
-def _report_overflow(scaler: torch.amp.GradScaler | None, optimizer) -> None:
-    # GradScaler.update() backs off when a found_inf it recorded for this optimizer is set;
-    # the found_inf handed to step() is a copy, so set the recorded ones.
-    states = getattr(scaler, "_per_optimizer_states", None)
-    if states is not None and id(optimizer) in states:
-        for found_inf in states[id(optimizer)].get("found_inf_per_device", {}).values():
-            found_inf.fill_(1.0)
 
 
 def _flat_collective(tensors: list[torch.Tensor], op) -> list[torch.Tensor]:

@@ -36,8 +36,11 @@ from ._apollo_foreach import (
     flat,
     lr_at_step,
     multi_tensor_apollo,
+    sharded_apollo,
     traceable_apollo,
 )
+from ._sharding import check_params, is_dtensor
+from ._warmup import check_lr, warn_if_scheduled_in_warmup
 from .registry import register
 
 REBOUNDS = ("constant", "belief")
@@ -109,12 +112,12 @@ class Apollo(torch.optim.Optimizer):
         self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._views: dict[tuple, list[torch.Tensor]] = {}
         self._compiled_fn: tuple[Callable, Callable] | None = None
+        self._warmup_checked = False
         super().__init__(params, defaults)
 
     @staticmethod
     def _validate(g: dict[str, Any]) -> None:
-        lr = g["lr"]
-        _check(isinstance(lr, (int, float)) and lr >= 0, "lr", lr, "must be a number >= 0")
+        lr = check_lr("Apollo", g["lr"])
         _check(0.0 <= g["beta"] < 1.0, "beta", g["beta"], "must be in [0, 1)")
         _check(g["eps"] > 0, "eps", g["eps"], "must be > 0")
         _check(g["rebound"] in REBOUNDS, "rebound", g["rebound"], f"expected one of {REBOUNDS}")
@@ -137,9 +140,11 @@ class Apollo(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         self._validate(group)
-        group.setdefault("base_lr", group["lr"])
+        check_params("Apollo", group["params"], elementwise=False)
+        # Python numbers even when lr is a tensor: a compiled step treats them as constants
+        group.setdefault("base_lr", float(group["lr"]))
         if group["init_lr"] is None:
-            group["init_lr"] = group["lr"] / 1000
+            group["init_lr"] = float(group["lr"]) / 1000
         if group["weight_decay_type"] is None:
             group["weight_decay_type"] = "L2" if group["rebound"] == "constant" else "decoupled"
 
@@ -148,6 +153,7 @@ class Apollo(torch.optim.Optimizer):
         self._scratch = {}
         self._views = {}
         self._compiled_fn = None
+        self._warmup_checked = False
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
@@ -231,8 +237,15 @@ class Apollo(torch.optim.Optimizer):
     def _update_group(self, group, params, grads, ms, bs, us, steps) -> None:
         hp = Hyper.from_group(group)
         if torch.compiler.is_compiling():  # a user's torch.compile is tracing this step
-            lr = torch.tensor(float(group["lr"]), dtype=torch.float64)
-            traceable_apollo(params, grads, ms, bs, us, steps, lr, hp)
+            # A tensor lr (as torch.optim documents for compiled steps) is read in the
+            # graph, so an LR scheduler's in-place updates do not recompile it.
+            traceable_apollo(params, grads, ms, bs, us, steps, _lr_tensor(group), hp)
+            return
+        if not self._warmup_checked and hp.warmup > 0:
+            # one read of one counter per step, and none once the warmup is over
+            self._warmup_checked = warn_if_scheduled_in_warmup("Apollo", group, int(steps[0]))
+        if any(is_dtensor(p) for p in params):  # FSDP2: reductions over whole tensors
+            sharded_apollo(params, grads, ms, bs, us, steps, _lr_tensor(group), hp)
             return
         if group.get("compiled", False):
             params, grads, ms, bs, us, steps = self._compiled_update(
@@ -272,8 +285,7 @@ class Apollo(torch.optim.Optimizer):
                 torch.compile(apollo_apply, dynamic=True),
             )
         scalars, apply = self._compiled_fn
-        # a tensor lr keeps an LR scheduler from forcing a recompile
-        lr = torch.tensor(float(group["lr"]), dtype=torch.float64)
+        lr = _lr_tensor(group)  # a tensor lr keeps an LR scheduler from forcing a recompile
         rest = [[] for _ in lists]
         for p, g, m, b, u, s in zip(*lists, strict=True):
             tensors = (p, g, m, b, u)
@@ -284,6 +296,11 @@ class Apollo(torch.optim.Optimizer):
                 for lst, x in zip(rest, (*tensors, s), strict=True):
                     lst.append(x)
         return rest
+
+
+def _lr_tensor(group: dict[str, Any]) -> torch.Tensor:
+    lr = group["lr"]
+    return lr if isinstance(lr, torch.Tensor) else torch.tensor(float(lr), dtype=torch.float64)
 
 
 def _single_tensor_apollo(

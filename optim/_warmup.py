@@ -1,0 +1,53 @@
+"""Learning rates given as tensors, and the in-optimizer warmup's interplay with schedulers.
+
+Apollo and AdaHessian warm up *inside* the optimizer (spec step 1): for the first
+``warmup`` steps the learning rate goes linearly from ``init_lr`` to the group's
+``base_lr`` (its lr at construction) and the group's current ``lr`` is not read. That is
+the paper's rule and stays; but an LR scheduler that changes ``lr`` in those steps is
+silently ignored and its value then takes over with a jump, so the first time it happens
+the optimizer says so, once, with the two ways out.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+
+class WarmupLRWarning(UserWarning):
+    """A scheduler changed a group's lr while the optimizer's own warmup ignores it."""
+
+
+def check_lr(name: str, lr: Any) -> float | torch.Tensor:
+    """A learning rate is a number >= 0 or a one-element tensor holding one (torch.optim
+    accepts tensor learning rates; a compiled step reads them without recompiling)."""
+    value = lr.item() if isinstance(lr, torch.Tensor) and lr.numel() == 1 else lr
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(
+            f"{name}: invalid lr={lr!r} (must be a number >= 0 or a one-element tensor)"
+        )
+    return lr
+
+
+def warn_if_scheduled_in_warmup(name: str, group: dict[str, Any], t: int) -> bool:
+    """Warn (once: the caller keeps the returned flag) when step ``t`` is inside the
+    group's warmup and its lr differs from its ``base_lr``. Returns True when nothing is
+    left to check: a warning was given, or the warmup is over."""
+    warmup = int(group["warmup"])
+    if t >= warmup:
+        return True
+    lr = float(group["lr"])
+    if lr == group["base_lr"]:
+        return False
+    warnings.warn(
+        f"{name}: the group's lr was changed to {lr:g} (base_lr {group['base_lr']:g}) during "
+        f"{name}'s own warmup (step {t} of warmup={warmup}), which ignores the lr until it "
+        f"ends: at step {warmup} the scheduler's lr takes over at once. Either pass warmup=0 "
+        f"and let the scheduler warm up, or leave the lr alone for the first {warmup} steps "
+        "(start the schedule after the warmup).",
+        WarmupLRWarning,
+        stacklevel=4,
+    )
+    return True
