@@ -132,6 +132,8 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
     checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
     model = build_model(config["model"], config["num_classes"]).to(ctx.device)
     optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
+    if config["amp"] == "fp16" and spec.needs_create_graph:
+        amp.batchnorm_in_float32(model)  # else every Hessian estimate is NaN (see engine.amp)
     schedule = build_schedule(optimizer, config["schedule"], config["epochs"])
     scaler = amp.grad_scaler(ctx.device, config["amp"])
     checkpoint.seed_everything(config["seed"] + ctx.rank)  # but different augmentation draws

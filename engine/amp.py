@@ -42,6 +42,29 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
 
+def batchnorm_in_float32(model: torch.nn.Module) -> int:
+    """Run every BatchNorm layer of ``model`` in float32 under autocast; returns how many.
+
+    For second-order optimizers under fp16 autocast: differentiating BatchNorm's backward
+    pass (``create_graph=True``, then Hz) in float16 overflows its sums over the batch, and
+    every Hessian estimate comes out NaN (a step skipped each time, a model that never
+    learns). A float32 input makes that pass float32; the next layer casts back to float16.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.register_forward_pre_hook(_float32_input)
+            count += 1
+    return count
+
+
+def _float32_input(module: torch.nn.Module, args: tuple) -> tuple | None:
+    x = args[0]
+    if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+        return (x.float(), *args[1:])
+    return None
+
+
 def backward(
     loss: torch.Tensor, scaler: torch.amp.GradScaler | None, create_graph: bool = False
 ) -> None:

@@ -39,7 +39,7 @@ def warn_if_scheduled_in_warmup(name: str, group: dict[str, Any], t: int) -> boo
     if t >= warmup:
         return True
     lr = float(group["lr"])
-    if lr == group["base_lr"]:
+    if lr in (group["base_lr"], 0.0):  # a group at lr 0 stays put (the warmup honours that)
         return False
     warnings.warn(
         f"{name}: the group's lr was changed to {lr:g} (base_lr {group['base_lr']:g}) during "
