@@ -14,19 +14,22 @@ those parameters are refused (see :func:`check_params`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
 
-try:  # torch builds without distributed support have no DTensor
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-except ImportError:  # pragma: no cover
-    DTensor = Replicate = Shard = None  # type: ignore[assignment, misc]
+
+def _dtensor_module():
+    # DTensor parameters exist only once torch.distributed.tensor is imported, and importing
+    # it costs seconds: look it up instead of importing it with optim.
+    return sys.modules.get("torch.distributed.tensor")
 
 
 def is_dtensor(t: torch.Tensor) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    mod = _dtensor_module()
+    return mod is not None and isinstance(t, mod.DTensor)
 
 
 def check_params(name: str, params: Iterable[torch.Tensor], *, elementwise: bool) -> None:
@@ -43,10 +46,11 @@ def check_params(name: str, params: Iterable[torch.Tensor], *, elementwise: bool
                 "wrong elements; use FSDP2 (torch.distributed.fsdp.fully_shard) or DDP"
             )
         if is_dtensor(p):
+            mod = _dtensor_module()
             for placement in p.placements:
                 # exact types: Shard's subclasses (strided shards of FSDP2 + TP) cut a
                 # dimension in pieces that the reductions below do not know about
-                if type(placement) not in (Shard, Replicate):
+                if type(placement) not in (mod.Shard, mod.Replicate):
                     raise ValueError(
                         f"{name} supports DTensor parameters that are sharded (Shard) or "
                         f"replicated (Replicate) on each mesh dimension, not {placement}"
@@ -71,7 +75,7 @@ class Shards:
         groups: dict[tuple, tuple] = {}  # (mesh, sharded mesh dims) -> rows
         for i, p in enumerate(params):
             if is_dtensor(p):
-                dims = tuple(d for d, pl in enumerate(p.placements) if isinstance(pl, Shard))
+                dims = tuple(d for d, pl in enumerate(p.placements) if pl.is_shard())
                 if dims:
                     key = (id(p.device_mesh), dims)
                     groups.setdefault(key, (p.device_mesh, dims, []))[2].append(i)

@@ -4,8 +4,8 @@ FSDP2 (``fully_shard``) gives the optimizer DTensor parameters sharded on dim 0,
 here (7 and 3 rows over 2 ranks). Apollo's reductions (Σ, ‖·‖∞, ‖·‖₄, the stable decay's
 mean) must be over the whole tensor, so the ranks' parameters must equal one process
 minimising the mean of the two ranks' losses. What cannot be exact is refused with a
-clear error. Every scenario runs in one spawned pair of processes (each spawn costs
-seconds).
+clear error. Every scenario, and docs/integrations.md's DDP, FSDP2 and ZeRO snippets, run
+in one spawned pair of processes (each spawn costs seconds).
 
 FSDP1 cannot be built on a CPU (it needs an accelerator), so its refusal is tested on
 parameters carrying the mark FSDP1 puts on its flat parameters and on the original
@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from optim import AdaBelief, AdaHessian, Apollo
+from tests.optim.docs_snippets import run_snippet
 
 STEPS = 4
 CASES = {  # name -> (class, kwargs); rebound='belief' so the ‖Δ‖∞ reduction matters
@@ -99,7 +100,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.distributed.device_mesh.init_device_mesh("cpu", (2,))
-        results = {}
+        results = {"snippets": []}
+        for name in ("ddp", "fsdp2", "zero"):  # docs/integrations.md, as written
+            run_snippet(name)
+            results["snippets"].append(name)
         for name, (cls, kwargs) in CASES.items():
             model = _model()
             for layer in (model[0], model[2]):
@@ -126,6 +130,11 @@ def ranks(tmp_path_factory):
     # spawn, not fork: a child forked from a process whose OpenMP pool is running can hang
     mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_docs_distributed_snippets_run_on_two_ranks(ranks):
+    for rank in ranks:
+        assert rank["snippets"] == ["ddp", "fsdp2", "zero"]
 
 
 @pytest.mark.parametrize("name", list(CASES))
