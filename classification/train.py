@@ -15,16 +15,17 @@ epoch-based schedule, then write ``metrics.jsonl``, ``results.json`` and the che
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from engine import amp, checkpoint, cli, distributed, metrics
-from engine.optimization import build_optimizer, build_schedule, restore_schedule
+from engine import run as runs
+from engine.optimization import build_optimizer, build_schedule
 
 from .data import build_loaders
 from .models import build_model
@@ -39,43 +40,59 @@ SCHEMA = {
     "augmentation": dict,
 }
 METRIC = "test_acc1"
+#: Distributions whose versions config.json records (torch and numpy always are).
+PACKAGES = ("torchvision", "scikit-learn")
+
+
+@torch.no_grad()
+def correct_topk(logits: torch.Tensor, target: torch.Tensor, ks: Iterable[int]) -> torch.Tensor:
+    """How many rows have the target among their top-k logits, for each k (capped at the
+    number of classes), as a tensor on the logits' device: counting never waits for it."""
+    ks = list(ks)
+    kmax = min(max(ks), logits.shape[1])
+    hit = logits.topk(kmax, dim=1).indices.eq(target.unsqueeze(1))
+    return torch.stack([hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks])
 
 
 def train_one_epoch(
-    model: torch.nn.Module,
+    ddp_model: torch.nn.Module,
     loader: torch.utils.data.DataLoader,
-    optimizer: torch.optim.Optimizer,
     create_graph: bool,
-    scaler: torch.amp.GradScaler | None,
-    config: Mapping[str, Any],
-    ctx: distributed.Context,
-    epoch: int,
+    run: runs.Run,
 ) -> dict[str, float]:
-    """One pass over the training set (or ``max_steps_per_epoch`` batches of it)."""
-    model.train()
-    meter = metrics.Meter()
-    limit = config["max_steps_per_epoch"]
-    total = min(len(loader), limit) if limit else len(loader)
-    bar = metrics.progress(loader, ctx, total=total, desc=f"epoch {epoch + 1}")
-    for i, (images, target) in enumerate(bar):
-        if limit is not None and i >= limit:
+    """One pass over the training set (or its first ``run.epoch_updates`` updates), each
+    update ``update_freq`` micro-batches; the metrics stay on the device until the end."""
+    ctx, config = run.ctx, run.config
+    ddp_model.train()
+    meter = metrics.Meter(ctx.device)
+    n = run.epoch_updates(math.ceil(len(loader) / config["update_freq"]))
+    groups = runs.micro_batches(loader, config["update_freq"])
+    for i, group in enumerate(
+        metrics.progress(groups, ctx, total=n, desc=f"epoch {run.epoch + 1}")
+    ):
+        if i >= n:
             break
-        images = images.to(ctx.device, non_blocking=True)
-        target = target.to(ctx.device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        # DDP cannot all-reduce a create_graph backward (pytorch#63812); second-order
-        # optimizers average gradients and Hessian estimates over ranks themselves.
-        with distributed.no_sync(model, skip_sync=create_graph):
-            with amp.autocast(ctx.device, config["amp"]):
-                logits = model(images)
-                loss = F.cross_entropy(logits, target)
-            amp.backward(loss, scaler, create_graph=create_graph)
-        amp.step(optimizer, scaler)
-        (c1,) = metrics.correct_topk(logits.float(), target, ks=(1,))
-        n = target.numel()
-        meter.add(loss=loss.item() * n, correct1=c1, count=n)
-    optimizer.zero_grad(set_to_none=True)  # frees the graph create_graph kept alive
-    sums = distributed.all_reduce_sums(meter.sums, ctx)
+        run.optimizer.zero_grad(set_to_none=True)
+        samples = sum(target.numel() for _, target in group)
+        for j, (images, target) in enumerate(group):
+            images = images.to(ctx.device, non_blocking=True)
+            target = target.to(ctx.device, non_blocking=True)
+            # DDP all-reduces after the last micro-batch only, and never a create_graph
+            # backward (pytorch#63812): second-order optimizers average over ranks themselves.
+            last = j == len(group) - 1
+            with distributed.no_sync(ddp_model, skip_sync=create_graph or not last):
+                with amp.autocast(ctx.device, config["amp"]):
+                    logits = ddp_model(images)
+                    loss = F.cross_entropy(logits, target)
+                weighted = loss if len(group) == 1 else loss * (target.numel() / samples)
+                amp.backward(weighted, run.scaler, create_graph=create_graph)
+            (c1,) = correct_topk(logits.float(), target, ks=(1,))
+            meter.add(loss=loss.detach().double() * target.numel(), correct1=c1,
+                      count=target.numel())  # fmt: skip
+        amp.step(run.optimizer, run.scaler)
+        run.update_done()
+    run.optimizer.zero_grad(set_to_none=True)  # frees the graph create_graph kept alive
+    sums = meter.read(ctx)
     n = max(sums.get("count", 0.0), 1.0)
     return {
         "train_loss": sums.get("loss", 0.0) / n,
@@ -91,17 +108,15 @@ def evaluate(
 ) -> dict[str, float]:  # fmt: skip
     """Loss and top-1/top-5 accuracy (%) over every rank's slice of the eval set."""
     model.eval()
-    meter = metrics.Meter()
+    meter = metrics.Meter(ctx.device)
     for images, target in loader:
         images, target = images.to(ctx.device), target.to(ctx.device)
         with amp.autocast(ctx.device, amp_mode):
             logits = model(images).float()
-        c1, c5 = metrics.correct_topk(logits, target, ks=(1, 5))
-        n = target.numel()
-        meter.add(
-            loss=F.cross_entropy(logits, target, reduction="sum").item(), c1=c1, c5=c5, count=n
-        )
-    sums = distributed.all_reduce_sums(meter.sums, ctx)
+        c1, c5 = correct_topk(logits, target, ks=(1, 5))
+        loss = F.cross_entropy(logits, target, reduction="sum")
+        meter.add(loss=loss, c1=c1, c5=c5, count=target.numel())
+    sums = meter.read(ctx)
     n = max(sums.get("count", 0.0), 1.0)
     return {
         "test_loss": sums.get("loss", 0.0) / n,
@@ -112,104 +127,60 @@ def evaluate(
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The entry point; returns ``results.json``'s content on rank 0."""
-    config, print_only = cli.parse_run_args(
-        "python -m classification.train", __doc__.split("\n")[0], SCHEMA, argv
-    )
+    config, print_only = cli.parse_run_args("python -m classification.train", __doc__, SCHEMA, argv)
     if print_only:
         cli.print_config(config)
         return None
+    if config["checkpoint_every"]:
+        raise ValueError(
+            f"{config['config']}: checkpoint_every must be 0 for classification "
+            "(it checkpoints at epoch ends; its data loader cannot resume mid-epoch)"
+        )
+    if config["batch_size"] % config["update_freq"]:
+        raise ValueError(f"{config['config']}: batch_size {config['batch_size']} does not split "
+                         f"into update_freq={config['update_freq']} micro-batches")  # fmt: skip
     with distributed.process_group(config["device"]) as ctx:
         torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed input sizes: autotune
         return _train(config, ctx)
 
 
 def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] | None:
-    out_dir = Path(config["out_dir"])
-    ckpt_path = out_dir / "checkpoint.pt"
-    state = checkpoint.load(ckpt_path) if ckpt_path.exists() else None
-    if state is not None:
-        checkpoint.check_resumable(state["config"], config, ckpt_path)
     checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
     model = build_model(config["model"], config["num_classes"]).to(ctx.device)
     optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
     if config["amp"] == "fp16" and spec.needs_create_graph:
         amp.batchnorm_in_float32(model)  # else every Hessian estimate is NaN (see engine.amp)
-    schedule = build_schedule(optimizer, config["schedule"], config["epochs"])
+    schedule = build_schedule(optimizer, config)
     scaler = amp.grad_scaler(ctx.device, config["amp"])
     checkpoint.seed_everything(config["seed"] + ctx.rank)  # but different augmentation draws
-    train_loader, eval_loader, sampler = build_loaders(config, ctx)  # all before writing a file
-    history: list[dict[str, Any]] = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_schedule(schedule, state["schedule"], optimizer)
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if len(state["rng"]) == ctx.world_size:
-            checkpoint.set_rng_state(state["rng"][ctx.rank])
-        else:  # resumed on another number of ranks: a valid run, no longer bit-exact
-            checkpoint.seed_everything(
-                config["seed"] + ctx.rank + 1_000_003 * len(state["history"])
-            )
-        history = list(state["history"])
-    ddp_model = distributed.wrap(model, ctx)
-
-    log = distributed.get_logger(ctx, out_dir)
-    if ctx.is_main:
-        metrics.write_config(out_dir, config, ctx)
-        metrics.write_metrics(out_dir, history)  # the checkpoint's epochs, even after a crash
-    writer = metrics.tensorboard(out_dir, ctx)
-    start = len(history)
-    if state is not None and len(state["rng"]) != ctx.world_size:
-        log.warning(f"checkpoint written by {len(state['rng'])} rank(s), resuming on "
-                    f"{ctx.world_size}: same global batch, different random draws")  # fmt: skip
-    log.info(
-        f"{config['row']} / {config['schedule']['name']} / seed {config['seed']}: "
-        f"{'resuming after epoch ' + str(start) if start else 'starting'}, "
-        f"{config['epochs']} epochs, {ctx.world_size} rank(s) on {ctx.device.type} -> {out_dir}"
-    )
-    for epoch in range(start, config["epochs"]):
-        sampler.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        tic = time.perf_counter()
-        train_stats = train_one_epoch(
-            ddp_model, train_loader, optimizer, spec.needs_create_graph, scaler, config, ctx, epoch
-        )
-        train_time = time.perf_counter() - tic
-        distributed.broadcast_buffers(model, ctx)  # evaluate and save rank 0's BN statistics
-        # the plain module: no DDP collectives, so uneven eval shards cannot hang a rank
-        eval_stats = evaluate(model, eval_loader, config["amp"], ctx)
-        schedule.step()
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            **train_stats,
-            **eval_stats,
-            "images_per_s": train_stats["train_samples"] / max(train_time, 1e-9),
-            "epoch_time_s": time.perf_counter() - tic,
-        }
-        history.append(record)
-        rng = distributed.gather_objects(checkpoint.rng_state(), ctx)
-        if ctx.is_main:
-            checkpoint.save(ckpt_path, {
-                "epoch": epoch + 1, "config": config, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng, "history": history,
+    micro = {**config, "batch_size": config["batch_size"] // config["update_freq"]}
+    train_loader, eval_loader, sampler = build_loaders(micro, ctx)  # all before writing a file
+    with runs.start(config, ctx, metric=METRIC, mode="max", packages=PACKAGES) as run:
+        run.restore(model, optimizer, schedule, scaler)
+        ddp_model = distributed.wrap(model, ctx)
+        run.log_start()
+        while not run.finished:
+            sampler.set_epoch(run.epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            tic = time.perf_counter()
+            train_stats = train_one_epoch(ddp_model, train_loader, spec.needs_create_graph, run)
+            train_time = time.perf_counter() - tic
+            distributed.broadcast_buffers(model, ctx)  # evaluate and save rank 0's BN statistics
+            # the plain module: no DDP collectives, so uneven eval shards cannot hang a rank
+            eval_stats = evaluate(model, eval_loader, config["amp"], ctx)
+            record = run.epoch_done({
+                "lr": lr, **train_stats, **eval_stats,
+                "images_per_s": train_stats["train_samples"] / max(train_time, 1e-9),
+                "epoch_time_s": time.perf_counter() - tic,
             })  # fmt: skip
-            metrics.write_metrics(out_dir, history)
-            metrics.write_results(out_dir, config, history, metric=METRIC,
-                                  finished=epoch + 1 == config["epochs"])  # fmt: skip
-            metrics.log_scalars(writer, record, epoch + 1, skip=("epoch",))
-        log.info(
-            f"epoch {epoch + 1}/{config['epochs']} lr {lr:.3g} | train loss "
-            f"{record['train_loss']:.4f} acc {record['train_acc1']:.2f} | test loss "
-            f"{record['test_loss']:.4f} acc1 {record['test_acc1']:.2f} acc5 "
-            f"{record['test_acc5']:.2f} | {record['images_per_s']:.0f} img/s"
-        )
-        distributed.barrier(ctx)
-    writer.close()
-    return metrics.finish(out_dir, config, history, model, ctx, log, metric=METRIC)
+            run.snapshot()
+            run.record(
+                f"{run.progress_label()} lr {lr:.3g} | train loss {record['train_loss']:.4f} acc "
+                f"{record['train_acc1']:.2f} | test loss {record['test_loss']:.4f} acc1 "
+                f"{record['test_acc1']:.2f} acc5 {record['test_acc5']:.2f} | "
+                f"{record['images_per_s']:.0f} img/s"
+            )
+        return run.finish(model)
 
 
 if __name__ == "__main__":

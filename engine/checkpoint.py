@@ -1,66 +1,136 @@
-"""Atomic checkpoints that ``torch.load(weights_only=True)`` can read, and RNG capture.
+"""Checksummed, atomic checkpoints that ``torch.load(weights_only=True)`` reads; keep-last; average.
 
-A checkpoint is a dict of tensors and plain Python values. :func:`save` writes a temporary
-file in the same directory, fsyncs it and renames it over the target, so a crash leaves the
-previous checkpoint intact. :func:`load` turns an unreadable file into one
-:class:`CheckpointError` line naming the path.
+:func:`save` writes a temporary file in the same directory, fsyncs it and renames it over the
+target (then fsyncs the directory), so a crash leaves the previous checkpoint intact; a failed
+write (full or read-only disk) is one :class:`WriteError` line naming the path. Every checkpoint
+carries ``format`` (:data:`FORMAT`) and ``sha256``, a digest of its whole payload (every tensor's
+bytes, every plain value); :func:`load` recomputes it, so a flipped byte is a
+:class:`CheckpointError` naming the file instead of a silently damaged resume, and a dict that
+this project did not write is refused by name.
 
-What a resumable run stores (the task decides the keys; these are the conventions)::
-
-    {"epoch": completed epochs, "step": optimizer updates so far,
-     "model": ..., "optimizer": ..., "schedule": ..., "scaler": ... or None,
-     "rng": rng_state() (one per rank, see engine.distributed.gather_objects),
-     "sampler": sampler.state_dict(), "best": {...}}
-
-The data order needs no state beyond ``epoch`` when the sampler is seeded per epoch
-(:class:`engine.distributed.EpochSampler`); a mid-epoch position is its ``start`` offset.
+The layout of a run's checkpoint is :mod:`engine.run`'s (one for every task tree). Beside
+``checkpoint.pt`` (the resume point), a run with ``keep_last`` N > 0 keeps its last N epoch
+checkpoints ``checkpoint_epoch<E>.pt`` (:func:`epoch_path`, :func:`prune`), which
+:func:`average` turns into one model as fairseq's ``scripts/average_checkpoints.py`` does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
+import re
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 
+#: Written into every checkpoint; :func:`load` refuses dicts without it.
+FORMAT = "apollo-optim run checkpoint v1"
+_EPOCH_FILE = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
+
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message names the path."""
+    """A checkpoint that cannot be used (missing, unreadable, damaged, foreign); names the path."""
+
+
+class WriteError(ValueError):
+    """A run file that could not be written (disk full, read-only, permissions); names the path."""
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, rename it over ``path``.
 
-    A crash at any point leaves either the old file or the new one, never half of one.
+    A crash at any point leaves either the old file or the new one, never half of one; a
+    temp file orphaned by a kill is named ``.<name>.<random>.tmp`` (see :func:`clean_temp_files`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of a team
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of a team
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc} (nothing replaced)") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable before anything that relies on it (deleting older checkpoints)."""
+    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def clean_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files :func:`atomic_write` left behind when killed; call it only while
+    holding the folder's run lock (another writer's temp file is not an orphan)."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def payload_digest(obj: Any) -> str:
+    """SHA-256 of a nested structure of dicts, lists, tuples, tensors and plain values.
+
+    Types are part of the digest (``1``, ``1.0``, ``True`` and ``"1"`` differ); a tensor
+    contributes its dtype, shape and bytes. Equal iff :func:`load` got back what was saved.
+    """
+    h = hashlib.sha256()
+    _digest_into(h, obj)
+    return h.hexdigest()
+
+
+def _digest_into(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k, v in obj.items():
+            _digest_into(h, k)
+            _digest_into(h, v)
+    elif isinstance(obj, list | tuple):
+        h.update(f"{type(obj).__name__}{len(obj)}:".encode())
+        for v in obj:
+            _digest_into(h, v)
+    elif isinstance(obj, bytes):
+        h.update(f"b{len(obj)}:".encode() + obj)
+    else:  # None, bool, int, float (repr round-trips), str, torch.dtype, ...
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (see :func:`atomic_write`)."""
+    """Write ``state`` (plus ``format`` and ``sha256``) to ``path`` atomically."""
+    state = {k: v for k, v in state.items() if k not in ("format", "sha256")}
+    state = {"format": FORMAT, **state}
+    state["sha256"] = payload_digest(state)
     atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; :class:`CheckpointError` if unreadable."""
+    """Read and verify a checkpoint; :class:`CheckpointError` (one line naming it) otherwise."""
     path = Path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -71,9 +141,96 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             f"corrupt or unreadable checkpoint {path} ({type(exc).__name__}); "
             "move it away to start over"
         ) from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"corrupt checkpoint {path}: expected a dict, got {type(state)}")
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        what = f"a {type(state).__name__}" if not isinstance(state, dict) else (
+            f"format {state['format']!r}" if "format" in state else "no 'format' key")  # fmt: skip
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project ({what}; expected {FORMAT!r}); "
+            "move it away to start over"
+        )
+    recorded = state.pop("sha256", None)
+    if recorded != payload_digest(state):
+        raise CheckpointError(
+            f"damaged checkpoint {path}: its payload does not match the checksum written with "
+            "it; move it away to start over (an epoch checkpoint beside it may be intact)"
+        )
     return state
+
+
+def epoch_path(folder: str | Path, epoch: int) -> Path:
+    """``<folder>/checkpoint_epoch<epoch>.pt``: the checkpoint kept for a completed epoch."""
+    return Path(folder) / f"checkpoint_epoch{epoch}.pt"
+
+
+def epoch_paths(folder: str | Path) -> list[Path]:
+    """The folder's epoch checkpoints, oldest first."""
+    found = [(int(m.group(1)), p) for p in Path(folder).iterdir()
+             if (m := _EPOCH_FILE.match(p.name))]  # fmt: skip
+    return [p for _, p in sorted(found)]
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold ``src``'s bytes, atomically: a hard link (no second write of a large
+    file), else a copy; ``dst`` is replaced by rename either way."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"cannot write {dst}: {exc.strerror or exc} (nothing replaced)") from None
+
+
+def prune(folder: str | Path, keep: int, newest: Path) -> list[Path]:
+    """Delete epoch checkpoints beyond the ``keep`` most recent; ``newest`` (just written, and
+    therefore the run's only sure-valid one) is never deleted. Call it only after ``newest``
+    is safely on disk. Returns the deleted paths."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    old = [p for p in epoch_paths(folder) if p != Path(newest)]
+    doomed = old[: max(len(old) - (keep - 1), 0)]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
+
+
+def average(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """The parameter average of checkpoints, as fairseq's ``average_checkpoints.py`` computes it.
+
+    Every ``model`` tensor is summed over the checkpoints (float16/bfloat16 in float32, other
+    floating types in their own dtype) and divided by N; integer tensors (BatchNorm's
+    ``num_batches_tracked``) are floor-divided. Everything else (optimizer, schedule, history)
+    comes from the newest checkpoint (the most updates, then the most epochs). Each file is
+    loaded and verified by :func:`load`; the models must have the same keys.
+    """
+    if not paths:
+        raise ValueError("average: no checkpoints given")
+    total: dict[str, torch.Tensor] = {}
+    newest: tuple[tuple[int, int], dict[str, Any]] | None = None
+    keys: list[str] | None = None
+    for path in paths:
+        state = load(path)
+        model = state["model"]
+        if keys is None:
+            keys = list(model)
+        elif sorted(model) != sorted(keys):
+            raise CheckpointError(f"{path}: its model's keys differ from {paths[0]}'s")
+        for k, v in model.items():
+            v = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+            total[k] = v.clone() if k not in total else total[k].add_(v)
+        progress = (int(state.get("update", 0)), int(state.get("epoch", 0)))
+        if newest is None or progress > newest[0]:
+            newest = (progress, state)
+    n = len(paths)
+    averaged = {k: v.div_(n) if v.is_floating_point() else v.floor_divide_(n)
+                for k, v in total.items()}  # fmt: skip
+    assert newest is not None
+    return {**newest[1], "model": averaged, "averaged_from": [str(p) for p in paths]}
 
 
 def rng_state() -> dict[str, Any]:
@@ -119,32 +276,5 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     for name, t in state.items():
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         flat = t.detach().cpu().contiguous().reshape(-1)
-        h.update(flat.view(torch.uint8).numpy().tobytes())
+        h.update(memoryview(flat.view(torch.uint8).numpy()))
     return h.hexdigest()
-
-
-#: Config keys a resumed run may change (how long, where, on what); all else must match.
-RESUMABLE_CHANGES = (
-    "config", "epochs", "max_steps_per_epoch", "device", "workers", "data_dir", "out_dir",
-    "plugins",
-)  # fmt: skip
-
-
-def check_resumable(
-    saved: Mapping[str, Any],
-    config: Mapping[str, Any],
-    path: str | Path,
-    also_allowed: Iterable[str] = (),
-) -> None:
-    """Refuse to resume a run directory that holds a different experiment."""
-    allowed = set(RESUMABLE_CHANGES) | set(also_allowed)
-    diffs = [
-        f"{k}: {saved.get(k)!r} -> {config.get(k)!r}"
-        for k in sorted(set(saved) | set(config))
-        if k not in allowed and saved.get(k) != config.get(k)
-    ]
-    if diffs:
-        raise ValueError(
-            f"{path} holds a run with another config ({'; '.join(diffs)}); "
-            "pick another --out-dir or move it away"
-        )

@@ -49,17 +49,20 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
-    """The common flags; ``key=value`` overrides are collected as ``args.overrides``."""
-    p = Parser(prog=prog, description=description)
-    p.add_argument("--config", required=True, help="a table file, e.g. configs/cifar10.yaml")
-    p.add_argument("--row", required=True, help="a row of the table, e.g. Apollo")
-    p.add_argument(
-        "--schedule", help="a schedule of the table, e.g. cosine (default: its only one)"
-    )
+    """The common flags; ``key=value`` overrides are collected as ``args.overrides``.
+
+    ``description`` is printed verbatim by ``--help``: a task passes its module docstring,
+    whose examples are its own.
+    """
+    p = Parser(prog=prog, description=description,
+               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--config", required=True, help="the table file (configs/<table>.yaml)")
+    p.add_argument("--row", required=True, help="a row of that table (its 'rows' section)")
+    p.add_argument("--schedule", help="a schedule of that table (default: its only one)")
     p.add_argument("--data-dir", help="data location (default: the table's data_dir)")
     p.add_argument("--out-dir", help="run directory; re-running with it resumes")
     p.add_argument("--seed", type=int, help="default: the table's first seed")
-    p.add_argument("--epochs", type=int, help="schedule length in epochs (default: the table's)")
+    p.add_argument("--epochs", type=int, help="the run's length in epochs (default: the table's)")
     p.add_argument("--max-steps-per-epoch", type=int, help="cut each epoch short (smoke tests)")
     p.add_argument("--device", choices=cfg.DEVICES, help="default: cuda when available")
     p.add_argument("--amp", choices=cfg.AMP_MODES, help="mixed precision (default: the table's)")

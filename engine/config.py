@@ -45,11 +45,18 @@ Schema = Mapping[str, TypeSpec]
 TABLE_KEYS = ("table", "task", "paper_version", "seeds", "defaults", "schedules", "rows", "extends")
 _REPO = Path(__file__).resolve().parent.parent
 
-#: Keys every run config has, whatever the task.
+_OPTIONAL_INT = (int, type(None))
+
+#: Keys every run config has, whatever the task (see engine.run for how a run uses them).
 COMMON_SCHEMA: dict[str, TypeSpec] = {
     "seed": int,
-    "epochs": int,
-    "max_steps_per_epoch": (int, type(None)),
+    "epochs": _OPTIONAL_INT,  # the run's length in epochs, or
+    "max_updates": _OPTIONAL_INT,  # in optimizer updates (at least one is set)
+    "max_steps_per_epoch": _OPTIONAL_INT,  # cut each epoch short (smoke tests)
+    "update_freq": int,  # micro-batches per update (gradient accumulation)
+    "checkpoint_every": int,  # updates between mid-epoch checkpoints (0: epoch ends only)
+    "keep_last": int,  # epoch checkpoints kept beside checkpoint.pt (0: none)
+    "log_every": int,  # updates between progress log lines (0: none)
     "device": str,
     "amp": str,
     "data_dir": (str, type(None)),
@@ -58,6 +65,11 @@ COMMON_SCHEMA: dict[str, TypeSpec] = {
     "optimizer": dict,
     "schedule": dict,
 }
+#: Values of the common keys a table may leave out.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "epochs": None, "max_updates": None, "max_steps_per_epoch": None, "update_freq": 1,
+    "checkpoint_every": 0, "keep_last": 0, "log_every": 0, "data_dir": None, "out_dir": None,
+}  # fmt: skip
 
 #: Keys of the ``schedule`` section; all but ``name`` and ``unit`` go to ``optim.Schedule``.
 SCHEDULE_SCHEMA: dict[str, TypeSpec] = {
@@ -128,17 +140,18 @@ def _extend(child: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[s
         raise ConfigError(f"{path}: 'extends' loops back to {base_path}")
     base = load_table(base_path, (*seen, path.resolve()))
     del base["_path"]
-    _overlay(base, child)
+    merge(base, child, none_deletes=True)
     return base
 
 
-def _overlay(base: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """Merge ``update`` onto ``base`` key by key; ``None`` deletes (for ``extends``)."""
+def merge(base: dict[str, Any], update: Mapping[str, Any], *, none_deletes: bool = False) -> None:
+    """Merge a copy of ``update`` onto ``base`` in place, mappings key by key; with
+    ``none_deletes`` a ``None`` value removes the key (how ``extends`` drops inherited keys)."""
     for key, value in update.items():
-        if value is None:
+        if value is None and none_deletes:
             base.pop(key, None)
         elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            _overlay(base[key], value)
+            merge(base[key], value, none_deletes=none_deletes)
         else:
             base[key] = copy.deepcopy(value)
 
@@ -190,7 +203,7 @@ def resolve(
                 raise ConfigError(
                     f"{path}: unknown key '{where}.{key}'; keys: {', '.join(full_schema)}"
                 )
-        _merge(config, copy.deepcopy(part))
+        merge(config, part)
     config.setdefault("schedule", {})["name"] = schedule
     if "seed" not in config and table.get("seeds"):
         config["seed"] = table["seeds"][0]
@@ -199,14 +212,15 @@ def resolve(
             config[key] = value
     for item in overrides:
         apply_override(config, item, full_schema)
-    for key in ("max_steps_per_epoch", "data_dir", "out_dir"):
-        config.setdefault(key, None)
+    for key, value in COMMON_DEFAULTS.items():
+        config.setdefault(key, value)
     missing = [k for k in full_schema if k not in config]
     if missing:
         raise ConfigError(f"{path}: row {row!r} / schedule {schedule!r} lacks keys {missing}")
     for key, spec in full_schema.items():
         _check_type(config[key], spec, key, path)
     check_schedule(config, path)
+    check_run_keys(config, path)
     config["schedule"] = {
         k: config["schedule"][k] for k in SCHEDULE_SCHEMA if k in config["schedule"]
     }
@@ -246,6 +260,26 @@ def check_schedule(config: Mapping[str, Any], path: str = "<config>") -> None:
         raise ConfigError(f"{path}: amp must be one of {', '.join(AMP_MODES)}")
     if config.get("device", "cpu") not in DEVICES:
         raise ConfigError(f"{path}: device must be one of {', '.join(DEVICES)}")
+
+
+def check_run_keys(config: Mapping[str, Any], path: str = "<config>") -> None:
+    """The run's length and loop counts: positive where a count, one bound at least."""
+    if config.get("epochs") is None and config.get("max_updates") is None:
+        raise ConfigError(f"{path}: set epochs or max_updates (the run's length)")
+    positive = ("epochs", "max_updates", "max_steps_per_epoch", "update_freq")
+    for key in positive:
+        if config.get(key) is not None and config[key] < 1:
+            raise ConfigError(f"{path}: {key} must be a positive integer, got {config[key]}")
+    for key in ("checkpoint_every", "keep_last", "log_every", "workers"):
+        if config.get(key, 0) < 0:
+            raise ConfigError(f"{path}: {key} must be >= 0, got {config[key]}")
+    sched = config["schedule"]
+    length = "max_updates" if sched["unit"] == "update" else "epochs"
+    if sched["kind"] == "cosine" and sched.get("total_steps") is None and config[length] is None:
+        raise ConfigError(
+            f"{path}: a cosine schedule stepped per {sched['unit']} needs {length} or "
+            "schedule.total_steps (its length)"
+        )
 
 
 def schedule_kwargs(schedule: Mapping[str, Any], steps: int) -> dict[str, Any]:
@@ -341,14 +375,6 @@ def _matches(value: Any, types: tuple[type, ...]) -> bool:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
 
 
 def _reject_numeric_strings(node: Any, path: str, where: str = "") -> None:

@@ -1,4 +1,4 @@
-"""``torch.distributed`` under torchrun: setup, DDP wrapping, rank-0 logging, all-reduce.
+"""``torch.distributed`` under torchrun: setup, DDP wrapping, rank-0 logging, gathering.
 
 The same command runs on one process or under ``torchrun --nproc_per_node=N -m <task>.train``;
 :func:`setup` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and picks
@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,16 +116,6 @@ def broadcast_buffers(model: torch.nn.Module, ctx: Context) -> None:
     if ctx.distributed:
         for buffer in unwrap(model).buffers():
             dist.broadcast(buffer, src=0)
-
-
-def all_reduce_sums(values: Mapping[str, float], ctx: Context) -> dict[str, float]:
-    """Sum each value over ranks (in float64); reduce counts and sums, then divide."""
-    if not ctx.distributed:
-        return {k: float(v) for k, v in values.items()}
-    device = ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
-    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(values, t.tolist(), strict=True))
 
 
 def gather_objects(obj: Any, ctx: Context) -> list[Any]:

@@ -1,15 +1,18 @@
-"""The run directory's files, accuracy counting, TensorBoard and tqdm.
+"""The run directory's files, metrics kept on the device, TensorBoard and tqdm.
 
-A run directory holds (written by rank 0 only)::
+A run directory holds (written by rank 0 only; :mod:`engine.run` decides when)::
 
     config.json     the resolved run config + "provenance" (git commit, versions, hardware, argv)
     metrics.jsonl   one JSON object per completed epoch (rewritten from the checkpoint on resume)
-    results.json    {"finished", "epochs_completed", "epochs", "metric", "mode", "final", "best",
-                     plus the run's identity: table, paper_version, row, schedule, seed, optimizer}
-    checkpoint.pt   see engine.checkpoint
+    results.json    {"finished", "epochs", "epochs_completed", "max_updates",
+                     "updates_completed", "metric", "mode", "final", "best", plus the run's
+                     identity: table, paper_version, row, schedule, seed, optimizer}
+    checkpoint.pt   see engine.run (layout) and engine.checkpoint (format)
     train.log       the log lines; tb/ TensorBoard events
 
-Every JSON file is written atomically, so a reader (``scripts/report.py``) never sees half a file.
+Every JSON file is written atomically, so a reader (``scripts/report.py``) never sees half a
+file, and is strict JSON: a non-finite number (a diverged loss, an overflowed perplexity) is
+written as ``null``.
 """
 
 from __future__ import annotations
@@ -37,25 +40,40 @@ _REPO = Path(__file__).resolve().parent.parent
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    text = json.dumps(obj, indent=2) + "\n"
+    """Write ``obj`` as indented JSON atomically (non-finite floats as ``null``)."""
+    text = json.dumps(finite(obj), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (strict JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def read_json(path: str | Path) -> Any:
+    """Parse a JSON file (OSError / ValueError for a missing or malformed one)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def provenance(ctx: Context) -> dict[str, Any]:
-    """Everything a citation needs besides the config: code version, libraries, hardware."""
+def provenance(ctx: Context, packages: Iterable[str] = ()) -> dict[str, Any]:
+    """Everything a citation needs besides the config: code version, libraries, hardware.
+
+    ``packages`` are the distributions the task depends on besides torch and numpy (the
+    classification task: torchvision and scikit-learn); their versions are recorded under
+    their names with ``-`` spelt ``_``.
+    """
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for dist_name, key in (("torchvision", "torchvision"), ("numpy", "numpy"),
-                           ("scikit-learn", "scikit_learn"), ("lmdb", "lmdb"),
-                           ("apollo-optim", "apollo_optim")):  # fmt: skip
+    for dist_name in ("numpy", *packages, "apollo-optim"):
         try:
-            versions[key] = metadata.version(dist_name)
+            versions[dist_name.replace("-", "_")] = metadata.version(dist_name)
         except metadata.PackageNotFoundError:
-            versions[key] = None
+            versions[dist_name.replace("-", "_")] = None
     versions["cuda"] = torch.version.cuda
     versions["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
     hardware = {
@@ -104,8 +122,11 @@ def _git_info() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def write_config(out_dir: str | Path, config: Mapping[str, Any], ctx: Context) -> None:
-    """``config.json``: the resolved config plus ``provenance``; earlier starts are kept."""
+def write_config(
+    out_dir: str | Path, config: Mapping[str, Any], ctx: Context, packages: Iterable[str] = ()
+) -> None:
+    """``config.json``: the resolved config plus ``provenance`` (see :func:`provenance` for
+    ``packages``); the provenance of earlier starts is kept."""
     path = Path(out_dir) / "config.json"
     history: list[Any] = []
     if path.exists():
@@ -114,7 +135,7 @@ def write_config(out_dir: str | Path, config: Mapping[str, Any], ctx: Context) -
             history = [*old.get("earlier_starts", []), old.get("provenance")]
         except (OSError, ValueError):
             history = []
-    record = provenance(ctx)
+    record = provenance(ctx, packages)
     # a plugin file is code outside the repository: record what exactly ran
     record["plugin_sha256"] = {
         spec: hashlib.sha256(Path(spec).read_bytes()).hexdigest()
@@ -126,15 +147,16 @@ def write_config(out_dir: str | Path, config: Mapping[str, Any], ctx: Context) -
 
 def write_metrics(out_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:
     """``metrics.jsonl``, one line per epoch, rewritten whole to match the checkpoint."""
-    text = "".join(json.dumps(record) + "\n" for record in history)
+    text = "".join(json.dumps(finite(record), allow_nan=False) + "\n" for record in history)
     atomic_write(Path(out_dir) / "metrics.jsonl", lambda f: f.write(text.encode("utf-8")))
 
 
 def best_record(
     history: Sequence[Mapping[str, Any]], metric: str, mode: str = "max"
 ) -> dict[str, Any] | None:
-    """The epoch record with the best ``metric`` (the earliest on ties)."""
-    scored = [r for r in history if r.get(metric) is not None]
+    """The epoch record with the best finite ``metric`` (the earliest on ties)."""
+    scored = [r for r in history
+              if isinstance(r.get(metric), int | float) and math.isfinite(r[metric])]  # fmt: skip
     if not scored:
         return None
     pick = max if mode == "max" else min
@@ -164,6 +186,8 @@ def write_results(
         "mode": mode,
         "epochs": config["epochs"],
         "epochs_completed": len(history),
+        "max_updates": config.get("max_updates"),
+        "updates_completed": history[-1].get("update") if history else 0,
         "finished": finished,
         "final": dict(history[-1]) if history else None,
         "best": best_record(history, metric, mode),
@@ -183,6 +207,7 @@ def finish(
     *,
     metric: str,
     mode: str = "max",
+    finished: bool,
 ) -> dict[str, Any] | None:
     """The end of a run, on every rank: gather each rank's model digest (DDP ranks must end
     bit-identical), then rank 0 writes the final ``results.json`` and logs the best epoch."""
@@ -190,49 +215,48 @@ def finish(
     if not ctx.is_main:
         return None
     results = write_results(out_dir, config, history, metric=metric, mode=mode,
-                            finished=len(history) >= config["epochs"],
+                            finished=finished,
                             extra={"model_sha256_by_rank": digests})  # fmt: skip
-    best = results["best"] or {}
-    log.info(f"done: best {metric} {best.get(metric, float('nan')):.2f} at epoch "
-             f"{best.get('epoch')}")  # fmt: skip
+    best = results["best"]
+    if best is None:
+        log.info(f"done: no epoch has a finite {metric}")
+    else:
+        log.info(f"done: best {metric} {best[metric]:.2f} at epoch {best.get('epoch')}")
     return results
 
 
-def perplexity(nll_sum: float, count: float) -> float:
-    """exp(mean negative log-likelihood per predicted token); inf when it overflows a float."""
-    if count <= 0:
-        return float("nan")
-    try:
-        return math.exp(nll_sum / count)
-    except OverflowError:
-        return float("inf")
-
-
 class Meter:
-    """Running sums of named values and a count (sum-then-divide, so ranks all-reduce exactly)."""
+    """Running sums of named values kept on the device: adding never waits for the device;
+    :meth:`read` is the one host transfer (and all-reduce over ranks), for log points and
+    epoch ends. Sums are float64, so counts stay exact and ranks add up exactly."""
 
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+    def __init__(self, device: torch.device, initial: Mapping[str, float] | None = None) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        for k, v in (initial or {}).items():
+            self.sums[k] = torch.tensor(float(v), dtype=torch.float64, device=device)
 
-    def add(self, **values: float) -> None:
+    def add(self, **values: torch.Tensor | float) -> None:
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            if isinstance(v, torch.Tensor):
+                v = v.detach().to(torch.float64)
+            if k not in self.sums:
+                self.sums[k] = torch.zeros((), dtype=torch.float64, device=self.device)
+            self.sums[k] += v
 
-    def means(self, count_key: str = "count") -> dict[str, float]:
-        n = self.sums.get(count_key, 0.0) or 1.0
-        return {k: v / n for k, v in self.sums.items() if k != count_key}
+    def read(self, ctx: Context) -> dict[str, float]:
+        """The sums over every rank, as Python floats (one device-to-host copy)."""
+        if not self.sums:
+            return {}
+        stacked = torch.stack(list(self.sums.values()))
+        if ctx.distributed:
+            stacked = stacked.to(ctx.device if ctx.device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(stacked)
+        return dict(zip(self.sums, stacked.tolist(), strict=True))
 
-
-@torch.no_grad()
-def correct_topk(
-    logits: torch.Tensor, target: torch.Tensor, ks: Iterable[int] = (1, 5)
-) -> list[int]:
-    """How many rows have the target among their top-k logits, for each k (capped at #classes)."""
-    ks = list(ks)
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices
-    hit = top.eq(target.unsqueeze(1))
-    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+    def local(self) -> dict[str, float]:
+        """This rank's sums as Python floats (what a mid-epoch checkpoint stores)."""
+        return {k: float(v) for k, v in self.sums.items()}
 
 
 class NullWriter:

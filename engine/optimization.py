@@ -7,6 +7,8 @@ lives in the optimizer's kwargs, never in the schedule (``engine.config`` reject
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,24 +35,26 @@ def build_optimizer(
         raise ValueError(f"optimizer {spec.name!r}: {exc}") from None
 
 
-def build_schedule(
-    optimizer: torch.optim.Optimizer, section: Mapping[str, Any], steps: int
-) -> optim.Schedule:
-    """``optim.Schedule`` for a ``schedule`` section; ``steps`` is its length in its unit."""
+def build_schedule(optimizer: torch.optim.Optimizer, config: Mapping[str, Any]) -> optim.Schedule:
+    """``optim.Schedule`` for the run config's ``schedule`` section.
+
+    Its length (cosine's ``total_steps`` unless the section sets it) is the run's length in the
+    schedule's unit: ``epochs`` for ``unit: epoch``, ``max_updates`` for ``unit: update``.
+    """
+    section = config["schedule"]
+    steps = config["max_updates"] if section["unit"] == "update" else config["epochs"]
     return optim.Schedule(optimizer, section["kind"], **schedule_kwargs(section, steps))
 
 
-def restore_schedule(
-    schedule: optim.Schedule, state: Mapping[str, Any], optimizer: torch.optim.Optimizer
-) -> None:
+def restore_schedule(schedule: optim.Schedule, state: Mapping[str, Any]) -> None:
     """Resume ``schedule`` at the checkpoint's position with the *current* config's options.
 
-    Only the position (``last_epoch``) comes from the checkpoint, so a resume with a longer
-    ``--epochs`` stretches a cosine schedule instead of keeping the old length; each group's
-    lr is then recomputed from the closed form (identical when nothing changed).
+    Only the position (``last_epoch``) comes from the checkpoint, so a resume that changes
+    nothing the schedule depends on continues it exactly; the lrs come from the closed form.
+    The schedule is put one step before the position and stepped (public API only); the
+    optimizer has not stepped in this process yet, which torch would warn about.
     """
-    schedule.last_epoch = int(state["last_epoch"])
-    lrs = schedule.get_lr()
-    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-        group["lr"] = lr
-    schedule._last_lr = list(lrs)
+    schedule.load_state_dict({"last_epoch": int(state["last_epoch"]) - 1})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
+        schedule.step()

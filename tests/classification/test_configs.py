@@ -27,7 +27,7 @@ def test_every_row_builds_its_optimizer_and_schedule(table: str, row: str, sched
     model = torch.nn.Linear(3, 2)
     opt, spec = build_optimizer(model.parameters(), c["optimizer"])
     assert spec.needs_create_graph == (c["optimizer"]["name"] == "adahessian")
-    sched = build_schedule(opt, c["schedule"], c["epochs"])
+    sched = build_schedule(opt, c)
     assert isinstance(sched, optim.Schedule)
     # never two warmups: the schedule's warmup is 0 in every image table
     assert c["schedule"]["warmup"] == 0

@@ -242,3 +242,9 @@ def test_plugin_registers_an_optimizer(cifar_dir: Path, tmp_path: Path) -> None:
     finally:
         optim.unregister("plain_sgd_test")
     assert results["optimizer"] == "plain_sgd_test" and results["finished"]
+
+
+def test_correct_topk_counts_on_the_device() -> None:
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
+    counts = train.correct_topk(logits, torch.tensor([1, 1, 0]), ks=(1, 2, 5))
+    assert isinstance(counts, torch.Tensor) and counts.tolist() == [1, 2, 3]

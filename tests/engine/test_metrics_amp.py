@@ -45,18 +45,41 @@ def test_config_json_has_provenance_and_keeps_earlier_starts(tmp_path: Path) -> 
 def test_config_json_records_what_a_citation_needs(tmp_path: Path) -> None:
     plugin = tmp_path / "my_optimizer.py"
     plugin.write_text("X = 1\n")
-    metrics.write_config(tmp_path / "run", {"row": "A", "plugins": [str(plugin)]}, CTX)
+    metrics.write_config(tmp_path / "run", {"row": "A", "plugins": [str(plugin)]}, CTX,
+                         packages=("scikit-learn", "no-such-distribution"))  # fmt: skip
     p = json.loads((tmp_path / "run" / "config.json").read_text())["provenance"]
     assert p["versions"]["scikit_learn"] and p["versions"]["numpy"]
+    assert p["versions"]["no_such_distribution"] is None and "lmdb" not in p["versions"]
     assert p["hardware"]["torch_threads"] == torch.get_num_threads()
     assert p["hardware"]["cpu"] and "commit" in p["git"]
     digest = hashlib.sha256(b"X = 1\n").hexdigest()
     assert p["plugin_sha256"] == {str(plugin): digest}
 
 
-def test_correct_topk() -> None:
-    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
-    assert metrics.correct_topk(logits, torch.tensor([1, 1, 0]), ks=(1, 2, 5)) == [1, 2, 3]
+def test_json_files_are_strict_json(tmp_path: Path) -> None:
+    """A diverged run's NaN / inf are written as null, never as the non-JSON NaN."""
+    history = [{"epoch": 1, "acc": float("nan"), "loss": float("inf")}, {"epoch": 2, "acc": 5.0}]
+    metrics.write_metrics(tmp_path, history)
+    r = metrics.write_results(tmp_path, CONFIG, history, metric="acc", finished=False)
+    strict = json.loads((tmp_path / "results.json").read_text(), parse_constant=_reject)
+    assert strict["final"] == {"epoch": 2, "acc": 5.0} and r["best"]["epoch"] == 2
+    first = json.loads(
+        (tmp_path / "metrics.jsonl").read_text().splitlines()[0], parse_constant=_reject
+    )
+    assert first == {"epoch": 1, "acc": None, "loss": None}
+
+
+def _reject(name: str) -> None:
+    raise AssertionError(f"{name} is not JSON")
+
+
+def test_meter_sums_on_the_device_and_reads_once() -> None:
+    meter = metrics.Meter(torch.device("cpu"), {"n": 2.0})
+    meter.add(loss=torch.tensor(0.1, dtype=torch.float32) * 3, n=3)
+    meter.add(loss=torch.tensor(0.2, dtype=torch.float32), n=torch.tensor(4))
+    assert all(v.dtype == torch.float64 for v in meter.sums.values())
+    want = float(torch.tensor(0.1, dtype=torch.float32) * 3) + float(torch.tensor(0.2))
+    assert meter.read(CTX) == {"n": 9.0, "loss": want} == meter.local()
 
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])

@@ -64,7 +64,7 @@ def test_every_row_matches_the_paper_and_builds(table, row, paper):
     assert c["model"] == {"embed_dim": 300, "hidden_size": 2048, "num_layers": 2, "dropout": 0.1,
                           "cutoffs": [60000, 100000, 640000], "div_value": 4.0}  # fmt: skip
     optimizer, _ = build_optimizer(torch.nn.Linear(2, 2).parameters(), opt)
-    schedule = build_schedule(optimizer, c["schedule"], c["epochs"])
+    schedule = build_schedule(optimizer, c)
     lrs = []
     for _ in range(20):
         lrs.append(schedule.get_last_lr()[0])

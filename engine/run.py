@@ -1,0 +1,532 @@
+"""The run structure every task's ``train.py`` shares: one writer per run directory, one
+checkpoint layout, resume, records and the finished test. The loop itself stays in the task.
+
+API, in the order a ``train.py`` calls it (``classification/train.py`` is the short example)::
+
+    model, optimizer, schedule, scaler, data = ...   # built first: bad input fails before
+                                                     # anything is written
+    with run.start(config, ctx, metric="test_acc1", mode="max", packages=("torchvision",)) as r:
+        extras = r.restore(model, optimizer, schedule, scaler)  # {} unless resumed mid-epoch
+        r.log_start("<task details>")
+        while not r.finished:                        # epochs or max_updates reached
+            n = r.epoch_updates(updates_the_data_holds)  # capped: max_steps_per_epoch, max_updates
+            for each update from r.position to n - 1:
+                for each of its update_freq micro-batches (micro_batches()):
+                    with distributed.no_sync(ddp_model, skip_sync=not last): forward, backward
+                amp.step(optimizer, scaler)
+                r.update_done()                      # counts it; steps a per-update schedule
+                if r.checkpoint_due(n):              # every checkpoint_every updates
+                    r.snapshot(**this_ranks_mid_epoch_state)
+            evaluate
+            r.epoch_done(record)                     # steps a per-epoch schedule; history
+            r.snapshot()                             # checkpoint.pt (+ checkpoint_epoch<E>.pt)
+            r.record(log_line)                       # metrics.jsonl, results.json, TB, log
+        return r.finish(model)                       # rank digests, final results.json
+
+**The run directory** (``config["out_dir"]``), written by rank 0 only: ``.lock``, ``config.json``,
+``metrics.jsonl``, ``results.json``, ``checkpoint.pt``, ``checkpoint_epoch<E>.pt`` (when
+``keep_last`` > 0), ``train.log``, ``tb/`` (see :mod:`engine.metrics`).
+
+**One writer.** :func:`start` takes an exclusive ``flock`` on ``<out_dir>/.lock`` (released
+when the run ends or its process dies, so a lock left by a killed run is taken over, with a
+log line naming the dead PID); a second run on the directory stops with one line naming the
+holder's PID. Temp files orphaned by a killed write are then deleted.
+
+**Resume.** With ``checkpoint.pt`` present, its config must equal this run's except for the
+keys in :data:`RESUMABLE_CHANGES` (where and how the run executes; a task adds its own).
+Without one, a directory that holds ``results.json`` is refused unless its ``config.json``
+is this run's (only where-it-ran keys may differ): another run's results are never
+overwritten. A task puts a fingerprint of its data into the config before :func:`start`,
+under ``data_fingerprint`` (the language model: the vocabulary's size and digest), so a
+resume on different data is refused by the same comparison.
+
+**Changing the length** (``epochs`` / ``max_updates``) on resume is a continuation when the
+schedule does not depend on it (milestones, or a cosine with ``schedule.total_steps`` set): the
+result equals a run asked for the new length from the start. It is refused when the schedule
+is sized by that length (a cosine without ``total_steps``: the epochs already trained would
+differ), and when the run already went past the new length. A run is finished when it reached
+``epochs`` epochs or ``max_updates`` updates (whichever is set and first). An update-bounded
+run's last epoch ends at ``max_updates``.
+
+**Checkpoint layout** (every tree)::
+
+    {"format", "sha256",              # engine.checkpoint: what this is, payload checksum
+     "config": the run config, "epoch": completed epochs, "update": optimizer updates,
+     "position": updates into the current epoch (0 at an epoch end),
+     "model", "optimizer", "schedule", "scaler" (None without fp16),
+     "ranks": [{"rng": engine.checkpoint.rng_state(), **the task's per-rank state}, ...],
+     "history": [one record per completed epoch]}
+
+The task's per-rank state (the language model's hidden state and partial sums) is what
+:meth:`Run.snapshot` gets as keyword arguments and :meth:`Run.restore` returns.
+
+**The number of ranks changes** between a checkpoint and its resume: at an epoch end this is
+allowed (same global batch; each rank's generators are reseeded from ``seed``, rank and epoch,
+so the run is valid but not bit-identical to an uninterrupted one; a warning says so). A
+checkpoint written mid-epoch holds per-rank data positions and is refused on another number
+of ranks.
+
+**Gradient accumulation** (``update_freq`` k): an update is k micro-batches (:func:`micro_batches`),
+each ``backward`` inside ``engine.distributed.no_sync(model, skip_sync=not last)`` so DDP
+all-reduces once per update; ``epoch_updates``, ``checkpoint_every``, ``max_updates`` and a
+per-update schedule all count updates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from . import checkpoint, metrics
+from .distributed import Context, barrier, gather_objects, get_logger
+from .optimization import restore_schedule
+
+T = TypeVar("T")
+
+#: Config keys a resumed run may change: where and how it executes, how long (see above).
+RESUMABLE_CHANGES = ("config", "epochs", "max_updates", "max_steps_per_epoch", "device",
+                     "workers", "data_dir", "out_dir", "plugins", "checkpoint_every",
+                     "log_every", "keep_last")  # fmt: skip
+#: Config keys that may differ between a directory's finished results and a new run there.
+WHERE_KEYS = ("config", "device", "workers", "data_dir", "out_dir", "plugins")
+#: Offset between the seeds of successive epochs when ranks are reseeded (a large prime).
+_EPOCH_SEED_STRIDE = 1_000_003
+
+
+class RunDirBusy(ValueError):
+    """Another live process holds the run directory's lock."""
+
+
+def start(
+    config: dict[str, Any],
+    ctx: Context,
+    *,
+    metric: str,
+    mode: str = "max",
+    packages: Sequence[str] = (),
+    also_resumable: Iterable[str] = (),
+) -> contextlib.AbstractContextManager[Run]:
+    """Open the run directory for this run (see the module docstring): lock, checks, resume
+    state, ``config.json`` (provenance lists ``packages``' versions), logger, TensorBoard.
+
+    ``metric`` (``mode`` "max" or "min") is what ``results.json`` ranks epochs by;
+    ``also_resumable`` names task keys a resume may change besides :data:`RESUMABLE_CHANGES`.
+    """
+    return _start(config, ctx, metric, mode, tuple(packages), tuple(also_resumable))
+
+
+@contextlib.contextmanager
+def _start(config, ctx, metric, mode, packages, also_resumable) -> Iterator[Run]:
+    out_dir = Path(config["out_dir"])
+    lock = _Lock(out_dir)
+    takeover = _on_main(ctx, lock.acquire)
+    try:
+        run = Run(config, ctx, metric, mode)
+        run._open(packages, also_resumable, takeover)
+        try:
+            yield run
+        finally:
+            run._close()
+    finally:
+        if ctx.is_main:
+            lock.release()
+
+
+class Run:
+    """A run directory while its run trains; made by :func:`start`, not directly."""
+
+    def __init__(self, config: dict[str, Any], ctx: Context, metric: str, mode: str) -> None:
+        self.config, self.ctx, self.metric, self.mode = config, ctx, metric, mode
+        self.out_dir = Path(config["out_dir"])
+        self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0  # completed epochs
+        self.update = 0  # optimizer updates
+        self.position = 0  # updates into the current epoch
+        self.state: dict[str, Any] | None = None  # the checkpoint resumed from
+        # what restore() was given, for snapshot() and the loop
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.log = get_logger(ctx, None)
+        self.writer: Any = metrics.NullWriter()
+
+    # -- opening --------------------------------------------------------------------------
+    def _open(self, packages: tuple[str, ...], also_resumable: tuple[str, ...],
+              takeover: str | None) -> None:  # fmt: skip
+        if self.checkpoint_path.exists():
+            state = checkpoint.load(self.checkpoint_path)
+            check_resumable(state["config"], self.config, self.checkpoint_path, also_resumable)
+            self._check_length(state)
+            ranks = len(state["ranks"])
+            if state["position"] and ranks != self.ctx.world_size:
+                raise ValueError(
+                    f"{self.checkpoint_path}: stopped mid-epoch with {ranks} rank(s); resume "
+                    f"it with the same number, not {self.ctx.world_size}"
+                )
+            self.state = state
+            self.history = list(state["history"])
+            self.epoch, self.update = int(state["epoch"]), int(state["update"])
+            self.position = int(state["position"])
+        else:
+            self._check_foreign_results()
+        self.log = get_logger(self.ctx, self.out_dir)
+        if takeover:
+            self.log.warning(takeover)
+        if self.ctx.is_main:
+            metrics.write_config(self.out_dir, self.config, self.ctx, packages)
+            metrics.write_metrics(self.out_dir, self.history)  # the checkpoint's, after a crash
+        self.writer = metrics.tensorboard(self.out_dir, self.ctx)
+
+    def _check_length(self, state: Mapping[str, Any]) -> None:
+        """A resume may lengthen or shorten the run only where that changes nothing done."""
+        saved, path = state["config"], self.checkpoint_path
+        sized_by = schedule_sized_by(saved)
+        for key, done, unit in (("epochs", state["epoch"], "epochs"),
+                                ("max_updates", state["update"], "updates")):  # fmt: skip
+            old, new = saved.get(key), self.config.get(key)
+            if old == new:
+                continue
+            if new is not None and done > new:
+                raise ValueError(
+                    f"{path} has trained {done} {unit}, more than {key}={new}; pick another "
+                    "--out-dir or move it away"
+                )
+            if sized_by == key:
+                raise ValueError(
+                    f"{path} holds a run of {key}={old} whose {saved['schedule']['kind']} "
+                    f"schedule is sized by it; {key}={new} would not continue it (its first "
+                    f"{unit} would differ): pick another --out-dir, move it away, or set "
+                    "schedule.total_steps"
+                )
+
+    def _check_foreign_results(self) -> None:
+        """Without a checkpoint, finished results in the directory must be this run's."""
+        results = self.out_dir / "results.json"
+        if not results.exists():
+            return
+        try:
+            saved = metrics.read_json(self.out_dir / "config.json")
+        except (OSError, ValueError):
+            raise ValueError(
+                f"{self.out_dir} holds results.json but no readable config.json; pick another "
+                "--out-dir or move it away"
+            ) from None
+        saved = {k: v for k, v in saved.items() if k not in ("provenance", "earlier_starts")}
+        diffs = config_diffs(saved, self.config, WHERE_KEYS)
+        if diffs:
+            raise ValueError(
+                f"{self.out_dir} holds the results of another run ({'; '.join(diffs)}) and no "
+                "checkpoint to resume; pick another --out-dir or move it away"
+            )
+
+    def _close(self) -> None:
+        self.writer.close()
+        for handler in list(self.log.handlers):  # a worker runs many runs: no open files left
+            handler.close()
+            self.log.removeHandler(handler)
+
+    # -- resume ---------------------------------------------------------------------------
+    def restore(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler | None,
+    ) -> dict[str, Any]:
+        """Load the checkpoint into these objects (kept for :meth:`snapshot`) and set this
+        rank's generators; returns this rank's task state when resuming mid-epoch, else {}."""
+        self.model, self.optimizer, self.schedule, self.scaler = model, optimizer, schedule, scaler
+        state = self.state
+        if state is None:
+            return {}
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_schedule(schedule, state["schedule"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        ranks = state["ranks"]
+        if len(ranks) != self.ctx.world_size:  # at an epoch end (mid-epoch is refused above)
+            checkpoint.seed_everything(
+                self.config["seed"] + self.ctx.rank + _EPOCH_SEED_STRIDE * self.epoch
+            )
+            self.log.warning(
+                f"checkpoint written by {len(ranks)} rank(s), resuming on "
+                f"{self.ctx.world_size}: same global batch, different random draws"
+            )
+            return {}
+        mine = ranks[self.ctx.rank]
+        checkpoint.set_rng_state(mine["rng"])
+        return {k: v for k, v in mine.items() if k != "rng"} if self.position else {}
+
+    def log_start(self, *details: str) -> None:
+        """The run's first log line: what, from where, how long, on what."""
+        c = self.config
+        if self.position:
+            where = f"resuming epoch {self.epoch + 1} at step {self.position}"
+        elif self.epoch:
+            where = f"resuming after epoch {self.epoch}"
+        else:
+            where = "starting"
+        bounds = [f"{c[k]} {unit}" for k, unit in (("epochs", "epochs"), ("max_updates", "updates"))
+                  if c.get(k) is not None]  # fmt: skip
+        length = " or ".join(bounds) + (" (whichever comes first)" if len(bounds) > 1 else "")
+        parts = [f"{c['row']} / {c['schedule']['name']} / seed {c['seed']}: {where}", length,
+                 *details, f"{self.ctx.world_size} rank(s) on {self.ctx.device.type} -> "
+                 f"{self.out_dir}"]  # fmt: skip
+        self.log.info(", ".join(parts))
+
+    # -- progress -------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """``epochs`` epochs or ``max_updates`` updates reached (whichever is set and first)."""
+        return is_finished(self.config, self.epoch, self.update)
+
+    def epoch_updates(self, available: int) -> int:
+        """How many updates this epoch has: ``available`` (what the data holds), capped by
+        ``max_steps_per_epoch`` and by the updates left before ``max_updates``."""
+        n = available
+        if self.config.get("max_steps_per_epoch"):
+            n = min(n, self.config["max_steps_per_epoch"])
+        if self.config.get("max_updates") is not None:
+            n = min(n, self.position + self.config["max_updates"] - self.update)
+        return n
+
+    def update_done(self) -> None:
+        """One optimizer update happened: count it; step a per-update schedule."""
+        self.update += 1
+        self.position += 1
+        if self.config["schedule"]["unit"] == "update":
+            self._restored().schedule.step()
+
+    def checkpoint_due(self, epoch_updates: int) -> bool:
+        """Every ``checkpoint_every`` updates, except at the epoch's end (snapshotted anyway)."""
+        every = self.config.get("checkpoint_every") or 0
+        return every > 0 and self.update % every == 0 and self.position < epoch_updates
+
+    def epoch_done(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The epoch ended (at ``max_updates`` too): count it, step a per-epoch schedule, and
+        append ``{"epoch", "update", **record}`` to the history; returns that record."""
+        self.epoch += 1
+        self.position = 0
+        if self.config["schedule"]["unit"] == "epoch":
+            self._restored().schedule.step()
+        entry = {"epoch": self.epoch, "update": self.update, **record}
+        self.history.append(entry)
+        return entry
+
+    def progress_label(self) -> str:
+        """``epoch 3/15``, or ``epoch 3 update 700/1000`` for an update-bounded run."""
+        c = self.config
+        if c.get("max_updates") is not None:
+            return f"epoch {self.epoch} update {self.update}/{c['max_updates']}"
+        return f"epoch {self.epoch}/{c['epochs']}"
+
+    def _parts(self) -> tuple[Any, Any, Any, Any]:
+        return self.model, self.optimizer, self.schedule, self.scaler
+
+    def _restored(self) -> Run:
+        if self.model is None:
+            raise RuntimeError("Run.restore(model, optimizer, schedule, scaler) comes first")
+        return self
+
+    # -- writing --------------------------------------------------------------------------
+    def snapshot(self, **rank_state: Any) -> None:
+        """Write the checkpoint (every rank calls it; each passes its own ``rank_state``).
+
+        At an epoch end with ``keep_last`` N > 0 the checkpoint is written as
+        ``checkpoint_epoch<E>.pt``, ``checkpoint.pt`` is linked to it, and epoch checkpoints
+        beyond the last N are deleted after that (never the one just written).
+        """
+        model, optimizer, schedule, scaler = self._restored()._parts()
+        ranks = gather_objects({"rng": checkpoint.rng_state(), **rank_state}, self.ctx)
+
+        def write() -> None:
+            state = {
+                "config": self.config, "epoch": self.epoch, "update": self.update,
+                "position": self.position, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "ranks": ranks, "history": self.history,
+            }  # fmt: skip
+            keep = self.config.get("keep_last") or 0
+            if keep and self.position == 0:
+                path = checkpoint.epoch_path(self.out_dir, self.epoch)
+                checkpoint.save(path, state)
+                checkpoint.link_or_copy(path, self.checkpoint_path)
+                checkpoint.prune(self.out_dir, keep, newest=path)
+            else:
+                checkpoint.save(self.checkpoint_path, state)
+
+        _on_main(self.ctx, write)
+
+    def record(self, line: str) -> None:
+        """Publish the history: ``metrics.jsonl``, ``results.json``, the last record's
+        TensorBoard scalars (at its epoch), and ``line`` in the log; then a barrier."""
+
+        def write() -> None:
+            metrics.write_metrics(self.out_dir, self.history)
+            metrics.write_results(self.out_dir, self.config, self.history, metric=self.metric,
+                                  mode=self.mode, finished=self.finished)  # fmt: skip
+            last = self.history[-1]
+            metrics.log_scalars(self.writer, last, last["epoch"], skip=("epoch", "update"))
+
+        _on_main(self.ctx, write)
+        self.log.info(line)
+        barrier(self.ctx)
+
+    def finish(self, model: torch.nn.Module) -> dict[str, Any] | None:
+        """The end of a run, on every rank: see :func:`engine.metrics.finish`."""
+        return metrics.finish(self.out_dir, self.config, self.history, model, self.ctx, self.log,
+                              metric=self.metric, mode=self.mode,
+                              finished=self.finished)  # fmt: skip
+
+
+# -- helpers a train.py or the scripts use --------------------------------------------------
+def micro_batches(batches: Iterable[T], update_freq: int) -> Iterator[list[T]]:
+    """Consecutive groups of ``update_freq`` batches: the micro-batches of one update each
+    (the last group may be shorter)."""
+    it = iter(batches)
+    while group := list(itertools.islice(it, update_freq)):
+        yield group
+
+
+def is_finished(config: Mapping[str, Any], epochs_done: int, updates_done: int) -> bool:
+    """The finished test: ``epochs`` or ``max_updates`` reached (whichever is set)."""
+    epochs, updates = config.get("epochs"), config.get("max_updates")
+    return (epochs is not None and epochs_done >= epochs) or (
+        updates is not None and updates_done >= updates
+    )
+
+
+def finished_results(out_dir: str | Path, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``results.json`` of ``out_dir`` if it is a finished run of exactly ``config``'s length
+    (what a sweep skips); None for an unfinished, unreadable or differently sized run."""
+    try:
+        results = metrics.read_json(Path(out_dir) / "results.json")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or not results.get("finished"):
+        return None
+    if results.get("epochs") != config.get("epochs"):
+        return None
+    if results.get("max_updates") != config.get("max_updates"):
+        return None
+    return results
+
+
+def schedule_sized_by(config: Mapping[str, Any]) -> str | None:
+    """The length key (``epochs`` or ``max_updates``) a schedule's shape depends on, if any."""
+    sched = config["schedule"]
+    if sched.get("kind") == "cosine" and sched.get("total_steps") is None:
+        return "max_updates" if sched.get("unit") == "update" else "epochs"
+    return None
+
+
+def config_diffs(
+    saved: Mapping[str, Any], config: Mapping[str, Any], allowed: Iterable[str]
+) -> list[str]:
+    """``key: old -> new`` for every key outside ``allowed`` that differs."""
+    allowed = set(allowed)
+    return [
+        f"{k}: {saved.get(k)!r} -> {config.get(k)!r}"
+        for k in sorted(set(saved) | set(config))
+        if k not in allowed and saved.get(k) != config.get(k)
+    ]
+
+
+def check_resumable(
+    saved: Mapping[str, Any],
+    config: Mapping[str, Any],
+    path: str | Path,
+    also_allowed: Iterable[str] = (),
+) -> None:
+    """Refuse to resume a checkpoint that holds a different experiment."""
+    diffs = config_diffs(saved, config, (*RESUMABLE_CHANGES, *also_allowed))
+    if diffs:
+        raise ValueError(
+            f"{path} holds a run with another config ({'; '.join(diffs)}); "
+            "pick another --out-dir or move it away"
+        )
+
+
+def _on_main(ctx: Context, fn: Any) -> Any:
+    """``fn()`` on rank 0; a user error there is raised on every rank (no rank left waiting
+    in a collective). Returns rank 0's result on rank 0, None elsewhere."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except ValueError as exc:  # WriteError, RunDirBusy, ... : one line for the user
+            if not ctx.distributed:
+                raise
+            error = str(exc)
+    if ctx.distributed:
+        error = gather_objects(error, ctx)[0]
+        if error is not None:
+            raise ValueError(error)
+    return result
+
+
+class _Lock:
+    """An exclusive ``flock`` on ``<folder>/.lock`` holding ``<pid> <host>`` while held."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.path = folder, folder / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock; returns a note when a dead holder's lock was taken over."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"--out-dir {self.folder} is a file, not a directory")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise checkpoint.WriteError(
+                f"cannot write to run directory {self.folder}: {exc.strerror or exc}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunDirBusy(
+                f"{self.folder} is in use by another run (PID {holder}); wait for it to end "
+                "or pick another --out-dir"
+            ) from None
+        previous = _read_holder(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        checkpoint.clean_temp_files(self.folder)
+        if previous != "unknown":  # a clean release empties the file: its holder was killed
+            return f"{self.folder} was locked by PID {previous}, which ended without " \
+                   "releasing it (killed?); taking over"  # fmt: skip
+        return None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+    except OSError:
+        return "unknown"
+    return " on ".join(text[:2]) if text else "unknown"
