@@ -79,11 +79,14 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     return p
 
 
-def resolve_args(args: argparse.Namespace, schema: cfg.Schema) -> dict[str, Any]:
-    """Load plugins, then the table, then resolve ``--row``/``--schedule``/flags/overrides."""
+def resolve_args(
+    args: argparse.Namespace, schema: cfg.Schema, table: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Load plugins, then the table (unless given, already loaded), then resolve
+    ``--row``/``--schedule``/flags/overrides."""
     for plugin in args.plugin:
         load_plugin(plugin)
-    table = cfg.load_table(args.config)
+    table = table if table is not None else cfg.load_table(args.config)
     flags = {key: getattr(args, key, None) for key in FLAG_KEYS}
     if flags["device"] is None:
         flags["device"] = default_device()

@@ -8,12 +8,15 @@
 #
 #   bash scripts/lm1b.sh --data-dir data/lm1b.lmdb                # the whole current table
 #   bash scripts/lm1b.sh --version v1 ...       # the first paper version (configs/v1/lm1b.yaml)
-#   bash scripts/lm1b.sh --rows Adam,Apollo --seeds 1,101 --dry-run
+#   bash scripts/lm1b.sh --rows Adam,Apollo --seed-list 1,101 --dry-run
 #   bash scripts/lm1b.sh ... -- amp=bf16              # key=value overrides for every run
 #
 # Options: --gpus N (per run; >1 uses torchrun; 0 = CPU), --data-dir D, --out-root R,
-# --version V, --rows, --seeds, --dry-run (print the commands). Rows, seeds and every
-# hyperparameter come from the config; this script holds none.
+# --version V, --rows, --seeds N (the first N of the table's seeds)
+# or --seed-list S1,S2, --plugin MODULE_OR_PATH (repeatable), --dry-run (print the commands);
+# see --help.
+# The first run that fails stops the sweep. Rows, seeds and every hyperparameter come
+# from the config; this script holds none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python}" -m engine.sweep --table lm1b "$@"
+exec "${PYTHON:-python}" -m scripts.sweep --prog "bash scripts/lm1b.sh" --table lm1b "$@"

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 LOSS_KEYS = ("train_loss", "loss")
+#: How a metric key reads on an axis or in a table caption.
+METRIC_NAMES = {"test_acc1": "top-1 test accuracy (%)", "test_ppl": "test perplexity",
+                "bleu": "test BLEU"}  # fmt: skip
 
 
 def _series(runs: Sequence[Any], key: str) -> tuple[list[int], list[float], list[float]]:
@@ -35,8 +38,6 @@ def plot_groups(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from scripts.report import METRIC_NAMES
 
     written = []
     for lay in layouts:

@@ -37,14 +37,12 @@ from typing import Any
 
 from engine import cli
 from scripts import paper_results
+from scripts.plot_curves import LOSS_KEYS, METRIC_NAMES
 
 #: Config keys that may differ between the seeds of one cell (where and on what it ran).
 IGNORED_KEYS = ("config", "seed", "out_dir", "data_dir", "workers", "device", "plugins",
                 "provenance", "earlier_starts")  # fmt: skip
 RUN_FILES = ("config.json", "results.json", "metrics.jsonl", "checkpoint.pt")
-LOSS_KEYS = ("train_loss", "loss")
-METRIC_NAMES = {"test_acc1": "top-1 test accuracy (%)", "test_ppl": "test perplexity",
-                "bleu": "test BLEU"}  # fmt: skip
 
 
 @dataclass
@@ -132,6 +130,9 @@ def load_run(path: Path) -> Run | str:
     except (OSError, ValueError) as exc:
         return f"unreadable results.json ({type(exc).__name__})"
     if not results.get("finished"):
+        if results.get("max_updates") is not None:
+            done, total = results.get("updates_completed"), results["max_updates"]
+            return f"unfinished: {done} of {total} updates"
         done, total = results.get("epochs_completed"), results.get("epochs")
         return f"unfinished: {done} of {total} epochs"
     if "schedule" not in results or not results.get("metric"):

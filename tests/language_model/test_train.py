@@ -216,3 +216,78 @@ def test_bf16_autocast_run_on_cpu(lmdb_dir, tmp_path):
                    "--max-steps-per-epoch", "3", *SMALL, row="Adam")  # fmt: skip
     assert results["finished"] and math.isfinite(results["final"]["test_ppl"])
     assert results["final"]["train_tokens"] == 3 * 4 * 5
+
+
+@pytest.mark.slow
+def test_update_bounded_run_resumes_bit_exactly_mid_epoch(lmdb_dir, tmp_path, monkeypatch):
+    """max_updates=20 (an epoch holds 53 windows): a per-update milestone schedule, killed
+    right after the mid-epoch checkpoint at update 12, resumed: the uninterrupted numbers."""
+    args = ["max_updates=20", "schedule.unit=update", "schedule.milestones=[8, 16]",
+            "checkpoint_every=6", *SMALL]  # fmt: skip
+    straight = _run(lmdb_dir, tmp_path / "a", *args)
+    assert straight["finished"] and straight["updates_completed"] == 20
+    assert straight["epochs_completed"] == 1  # the epoch ended at max_updates
+    real_save = engine.checkpoint.save
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["update"] == 12:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(lmdb_dir, tmp_path / "b", *args)
+    monkeypatch.setattr(engine.checkpoint, "save", real_save)
+    state = engine.checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    assert (state["epoch"], state["position"], state["schedule"]["last_epoch"]) == (0, 12, 12)
+    resumed = _run(lmdb_dir, tmp_path / "b", *args)
+    a = engine.checkpoint.load(tmp_path / "a" / "checkpoint.pt")
+    b = engine.checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    assert engine.checkpoint.state_digest(a["model"]) == engine.checkpoint.state_digest(b["model"])
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+    assert resumed["final"]["test_ppl"] == straight["final"]["test_ppl"]
+    assert resumed["final"]["train_loss"] == pytest.approx(straight["final"]["train_loss"], 1e-12)
+
+
+def test_a_resume_on_other_data_is_refused(lmdb_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    _run(lmdb_dir, out, "--epochs", "1", "--max-steps-per-epoch", "2", *SMALL)
+    monkeypatch.setattr(train, "data_fingerprint", lambda corpus: {"vocab_size": 7})
+    argv = ["--config", CONFIG, "--row", "Apollo", "--data-dir", str(lmdb_dir), "--out-dir",
+            str(out), "--device", "cpu", "--epochs", "2", *SMALL]  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli.main(train.run, argv)
+    err = capsys.readouterr().err
+    assert "holds a run with another config (data_fingerprint:" in err and "'vocab_size': 7" in err
+
+
+def test_the_loop_reads_metrics_only_at_log_points(lmdb_dir, tmp_path, monkeypatch):
+    """Host reads grow with the number of log lines, never with the number of updates (SGD:
+    the loop's reads, not an optimizer's)."""
+    reads: list[str] = []
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, _counting(getattr(torch.Tensor, name), reads))
+    counted: list[int] = []
+    real_epoch = train.train_one_epoch
+
+    def one_epoch(*args):
+        before = len(reads)
+        stats = real_epoch(*args)
+        counted.append(len(reads) - before)
+        return stats
+
+    monkeypatch.setattr(train, "train_one_epoch", one_epoch)
+    small = [x for x in SMALL if not x.startswith("log_every")]
+    for steps, log_every in ((3, 0), (9, 0), (9, 3)):
+        _run(lmdb_dir, tmp_path / f"{steps}-{log_every}", "--epochs", "1", "--max-steps-per-epoch",
+             str(steps), f"log_every={log_every}", *small, row="SGD")  # fmt: skip
+    assert counted[0] == counted[1] < counted[2]
+    assert (counted[2] - counted[1]) % 3 == 0  # the same reads at each of the 3 log points
+
+
+def _counting(real, reads: list[str]):
+    def wrapper(self, *args, **kwargs):
+        reads.append(real.__name__)
+        return real(self, *args, **kwargs)
+
+    return wrapper

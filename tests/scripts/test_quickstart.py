@@ -13,7 +13,7 @@ import torch
 from classification.digits import TEST_SIZE, DigitsCNN, build_datasets
 from classification.train import SCHEMA
 from engine import config as cfg
-from tests.scripts.conftest import ENV, REPO
+from tests.scripts.conftest import ENV, REPO, run_quickstart
 
 
 def _table_lines(text: str) -> list[str]:
@@ -148,3 +148,34 @@ def test_extends_merges_deletes_and_reports_problems(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("extends: nowhere.yaml\n")
     with pytest.raises(cfg.ConfigError, match="no such file"):
         cfg.load_table(tmp_path / "c.yaml")
+
+
+@pytest.mark.slow
+def test_a_run_of_another_length_is_refused_not_mixed(short_quickstart) -> None:
+    """The 2-epoch quickstart, then a 3-epoch one in the same out-dir: the first run stops the
+    table with one line naming the directory; nothing is trained, reported or overwritten."""
+    out, _ = short_quickstart
+    run = out / "quickstart" / "current" / "SGD" / "cosine" / "seed1"
+    before = (run / "results.json").read_bytes()
+    proc = run_quickstart(out, "--seeds", "1", "--rows", "SGD", "--epochs", "3")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: SGD / cosine / seed 1: ")
+    assert "epochs=2 whose cosine schedule is sized by it; epochs=3 would not" in errors[0]
+    assert "Traceback" not in proc.stdout + proc.stderr and "| SGD" not in proc.stdout
+    assert (run / "results.json").read_bytes() == before
+
+
+def test_bad_overrides_stop_the_table_with_one_line(tmp_path: Path, capsys) -> None:
+    from engine import cli
+    from scripts import run_table
+
+    for extra, message in ((["nope=1"], "unknown key 'nope'"),
+                           (["optimizer.name=nadam"], "unknown optimizer 'nadam'")):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            cli.main(run_table.main, ["--config", str(REPO / "configs/quickstart.yaml"),
+                                      "--out-root", str(tmp_path), "--", *extra])  # fmt: skip
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert not list(tmp_path.iterdir())
