@@ -8,9 +8,11 @@
     torchrun --standalone --nproc_per_node=8 -m classification.train ...   # same, on 8 GPUs
 
 Each epoch: train (``loss.backward(create_graph=spec.needs_create_graph)``, the optimizer's
-own warmup for Apollo/AdaHessian), evaluate top-1/top-5 on the test (val) set, step the
-epoch-based schedule, then write ``metrics.jsonl``, ``results.json`` and the checkpoint
-(see ``engine.metrics``). Re-running the same command resumes from the checkpoint.
+own warmup for Apollo/AdaHessian; ``update_freq`` micro-batches per update), evaluate
+top-1/top-5 on the test (val) set, step the epoch-based schedule, then write the checkpoint,
+``metrics.jsonl`` and ``results.json`` (``engine.run``). Re-running the same command resumes
+from the last epoch's checkpoint (this task checkpoints at epoch ends only). Metrics are summed
+on the device and read once per epoch.
 """
 
 from __future__ import annotations

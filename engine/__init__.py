@@ -5,6 +5,7 @@
 - :mod:`engine.distributed`  torchrun environment, DDP wrapping, rank-0 logging, gathering
 - :mod:`engine.run`          the run structure: run-directory lock, resume, snapshot, record,
                              the finished test, update-based runs, gradient accumulation
+- :mod:`engine.lock`         one writer per run directory (flock, stale-lock takeover)
 - :mod:`engine.checkpoint`   atomic, checksummed checkpoints; RNG capture; keep-last; average
 - :mod:`engine.metrics`      run directory files: config.json, metrics.jsonl, results.json, TB,
                              tqdm; metrics summed on the device

@@ -27,10 +27,9 @@ API, in the order a ``train.py`` calls it (``classification/train.py`` is the sh
 ``metrics.jsonl``, ``results.json``, ``checkpoint.pt``, ``checkpoint_epoch<E>.pt`` (when
 ``keep_last`` > 0), ``train.log``, ``tb/`` (see :mod:`engine.metrics`).
 
-**One writer.** :func:`start` takes an exclusive ``flock`` on ``<out_dir>/.lock`` (released
-when the run ends or its process dies, so a lock left by a killed run is taken over, with a
-log line naming the dead PID); a second run on the directory stops with one line naming the
-holder's PID. Temp files orphaned by a killed write are then deleted.
+**One writer.** :func:`start` takes the directory's exclusive lock (:mod:`engine.lock`; a
+killed run's lock is taken over, with a warning naming its PID); a second run on the directory
+stops with one line naming the holder's PID. Orphaned temp files are then deleted.
 
 **Resume.** With ``checkpoint.pt`` present, its config must equal this run's except for the
 keys in :data:`RESUMABLE_CHANGES` (where and how the run executes; a task adds its own).
@@ -75,10 +74,7 @@ per-update schedule all count updates.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
-import os
-import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -87,6 +83,7 @@ import torch
 
 from . import checkpoint, metrics
 from .distributed import Context, barrier, gather_objects, get_logger
+from .lock import RunDirLock
 from .optimization import restore_schedule
 
 T = TypeVar("T")
@@ -99,10 +96,6 @@ RESUMABLE_CHANGES = ("config", "epochs", "max_updates", "max_steps_per_epoch", "
 WHERE_KEYS = ("config", "device", "workers", "data_dir", "out_dir", "plugins")
 #: Offset between the seeds of successive epochs when ranks are reseeded (a large prime).
 _EPOCH_SEED_STRIDE = 1_000_003
-
-
-class RunDirBusy(ValueError):
-    """Another live process holds the run directory's lock."""
 
 
 def start(
@@ -126,7 +119,7 @@ def start(
 @contextlib.contextmanager
 def _start(config, ctx, metric, mode, packages, also_resumable) -> Iterator[Run]:
     out_dir = Path(config["out_dir"])
-    lock = _Lock(out_dir)
+    lock = RunDirLock(out_dir)
     takeover = _on_main(ctx, lock.acquire)
     try:
         run = Run(config, ctx, metric, mode)
@@ -475,58 +468,3 @@ def _on_main(ctx: Context, fn: Any) -> Any:
         if error is not None:
             raise ValueError(error)
     return result
-
-
-class _Lock:
-    """An exclusive ``flock`` on ``<folder>/.lock`` holding ``<pid> <host>`` while held."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.path = folder, folder / ".lock"
-        self.fd: int | None = None
-
-    def acquire(self) -> str | None:
-        """Take the lock; returns a note when a dead holder's lock was taken over."""
-        if self.folder.exists() and not self.folder.is_dir():
-            raise ValueError(f"--out-dir {self.folder} is a file, not a directory")
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise checkpoint.WriteError(
-                f"cannot write to run directory {self.folder}: {exc.strerror or exc}"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise RunDirBusy(
-                f"{self.folder} is in use by another run (PID {holder}); wait for it to end "
-                "or pick another --out-dir"
-            ) from None
-        previous = _read_holder(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        self.fd = fd
-        checkpoint.clean_temp_files(self.folder)
-        if previous != "unknown":  # a clean release empties the file: its holder was killed
-            return f"{self.folder} was locked by PID {previous}, which ended without " \
-                   "releasing it (killed?); taking over"  # fmt: skip
-        return None
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.ftruncate(self.fd, 0)
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
-    except OSError:
-        return "unknown"
-    return " on ".join(text[:2]) if text else "unknown"

@@ -14,7 +14,7 @@ import torch
 
 from classification import train
 from engine import checkpoint, cli
-from engine import run as runs
+from engine.lock import RunDirLock
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = str(ROOT / "configs" / "quickstart.yaml")
@@ -46,7 +46,7 @@ def model_digest(out: Path) -> str:
 
 def test_a_second_run_on_a_locked_directory_is_refused(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    holder = runs._Lock(out)  # what a live run holds while it trains
+    holder = RunDirLock(out)  # what a live run holds while it trains
     holder.acquire()
     try:
         err = fails(argv(out), capsys)
