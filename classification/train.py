@@ -31,16 +31,8 @@ from engine.optimization import build_optimizer, build_schedule
 
 from .data import build_loaders
 from .models import build_model
+from .schema import SCHEMA
 
-#: This task's config keys (the engine adds seed, epochs, optimizer, schedule, ...).
-SCHEMA = {
-    "dataset": str,
-    "num_classes": int,
-    "model": str,
-    "batch_size": int,
-    "eval_batch_size": int,
-    "augmentation": dict,
-}
 METRIC = "test_acc1"
 #: Distributions whose versions config.json records (torch and numpy always are).
 PACKAGES = ("torchvision", "scikit-learn")
@@ -93,6 +85,11 @@ def train_one_epoch(
                       count=target.numel())  # fmt: skip
         amp.step(run.optimizer, run.scaler)
         run.update_done()
+        if run.log_due():
+            s = meter.read(ctx)
+            run.log.info(f"{run.step_label(n)} train loss {s['loss'] / s['count']:.4f} acc "
+                         f"{100.0 * s['correct1'] / s['count']:.2f} lr "
+                         f"{run.optimizer.param_groups[0]['lr']:.3g}")  # fmt: skip
     run.optimizer.zero_grad(set_to_none=True)  # frees the graph create_graph kept alive
     sums = meter.read(ctx)
     n = max(sums.get("count", 0.0), 1.0)

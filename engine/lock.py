@@ -17,8 +17,6 @@ import os
 import socket
 from pathlib import Path
 
-from . import checkpoint
-
 
 class RunDirBusy(ValueError):
     """Another live process holds the run directory's lock."""
@@ -35,11 +33,13 @@ class RunDirLock:
         """Take the lock; returns a note when a dead holder's lock was taken over."""
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"--out-dir {self.folder} is a file, not a directory")
+        from .checkpoint import WriteError, clean_temp_files  # torch: only once a run starts
+
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise checkpoint.WriteError(
+            raise WriteError(
                 f"cannot write to run directory {self.folder}: {exc.strerror or exc}"
             ) from None
         try:
@@ -55,7 +55,7 @@ class RunDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         self.fd = fd
-        checkpoint.clean_temp_files(self.folder)
+        clean_temp_files(self.folder)
         if previous != "unknown":  # a clean release empties the file: its holder was killed
             return f"{self.folder} was locked by PID {previous}, which ended without " \
                    "releasing it (killed?); taking over"  # fmt: skip

@@ -15,6 +15,7 @@ API, in the order a ``train.py`` calls it (``classification/train.py`` is the sh
                     with distributed.no_sync(ddp_model, skip_sync=not last): forward, backward
                 amp.step(optimizer, scaler)
                 r.update_done()                      # counts it; steps a per-update schedule
+                if r.log_due(): read the device's sums, log them   # every log_every updates
                 if r.checkpoint_due(n):              # every checkpoint_every updates
                     r.snapshot(**this_ranks_mid_epoch_state)
             evaluate
@@ -300,6 +301,16 @@ class Run:
         self.position += 1
         if self.config["schedule"]["unit"] == "update":
             self._restored().schedule.step()
+
+    def log_due(self) -> bool:
+        """Every ``log_every`` updates into the epoch (never when it is 0): a log point, where
+        reading the device's running sums is fine."""
+        every = self.config.get("log_every") or 0
+        return every > 0 and self.position % every == 0
+
+    def step_label(self, epoch_updates: int) -> str:
+        """``epoch 2 step 300/1000``: where a progress line is."""
+        return f"epoch {self.epoch + 1} step {self.position}/{epoch_updates}"
 
     def checkpoint_due(self, epoch_updates: int) -> bool:
         """Every ``checkpoint_every`` updates, except at the epoch's end (snapshotted anyway)."""

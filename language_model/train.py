@@ -36,17 +36,8 @@ from engine.optimization import build_optimizer, build_schedule
 from .corpus import Corpus
 from .data import TokenStream
 from .model import Hidden, LSTMLanguageModel
+from .schema import MODEL_KEYS, SCHEMA
 
-#: This task's config keys (the engine adds seed, epochs, optimizer, schedule, ...).
-SCHEMA = {
-    "batch_size": int,
-    "eval_batch_size": int,
-    "eval_bptt": int,
-    "bptt": int,
-    "clip": (float, type(None)),
-    "model": dict,
-}
-MODEL_KEYS = ("embed_dim", "hidden_size", "num_layers", "dropout", "cutoffs", "div_value")
 METRIC = "test_ppl"
 #: Distributions whose versions config.json records (torch and numpy always are).
 PACKAGES = ("lmdb",)
@@ -132,10 +123,10 @@ def train_one_epoch(
         run.optimizer.zero_grad(set_to_none=True)
         meter.add(nll=batch_nll, count=batch_count)
         run.update_done()
-        if config["log_every"] and run.position % config["log_every"] == 0:
+        if run.log_due():
             s = meter.read(ctx)
             run.log.info(
-                f"epoch {run.epoch + 1} step {run.position}/{n} train ppl "
+                f"{run.step_label(n)} train ppl "
                 f"{perplexity(s['nll'], s['count']):.2f} lr "
                 f"{run.optimizer.param_groups[0]['lr']:.3g} "
                 f"{s['count'] / (time.perf_counter() - tic):.0f} tokens/s"

@@ -34,10 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optim
 from engine import cli
 from engine import config as cfg
-from engine.run import finished_results
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -58,6 +56,8 @@ class Job:
 
     def finished(self) -> dict[str, Any] | None:
         """The run's results.json when it finished with this length, else None."""
+        from engine.run import finished_results  # torch: only when runs are started
+
         return finished_results(self.run_dir, self.config)
 
 
@@ -110,10 +110,12 @@ def plan(
     python: str | None = None,
     plugins: Sequence[str] = (),
     extra: Sequence[str] = (),
+    check_optimizers: bool = True,
 ) -> list[Job]:
     """Every run of the table (``rows`` x ``schedules`` x ``seeds``, default: all of them) in
     table order, each resolved as its training command would resolve it (plugins loaded, so a
-    plugin's optimizer is known); ``ValueError`` on the first bad run, before any starts."""
+    plugin's optimizer is known); ``ValueError`` on the first bad run, before any starts.
+    ``check_optimizers`` looks each optimizer up in the registry (which imports torch)."""
     if gpus < 0:
         raise ValueError(f"--gpus must be >= 0, got {gpus}")
     table = cfg.load_table(config_path)
@@ -121,7 +123,7 @@ def plan(
     rows = _subset(rows, cfg.row_names(table), "rows", path)
     schedules = _subset(schedules, cfg.schedule_names(table), "schedules", path)
     seeds = list(seeds) if seeds is not None else pick_seeds(table, None, None)
-    schema = importlib.import_module(f"{table['task']}.train").SCHEMA
+    schema = task_schema(table["task"])
     launch = (["torchrun", "--standalone", f"--nproc_per_node={gpus}"] if gpus > 1
               else [python or sys.executable])  # fmt: skip
     parser = cli.build_parser(f"python -m {table['task']}.train")
@@ -141,10 +143,25 @@ def plan(
                 if gpus == 0:
                     args += ["--device", "cpu"]
                 args += list(extra)
-                config = cli.resolve_args(parser.parse_args(args), schema, table)
-                optim.get(config["optimizer"]["name"])  # an unknown name: one line, now
+                parsed = parser.parse_args(args)
+                parsed.device = parsed.device or "cpu"  # no check depends on it (nor on torch)
+                config = cli.resolve_args(parsed, schema, table)
+                if check_optimizers:
+                    import optim
+
+                    optim.get(config["optimizer"]["name"])  # an unknown name: one line, now
                 jobs.append(Job([*launch, "-m", f"{table['task']}.train", *args], run_dir, config))
     return jobs
+
+
+def task_schema(task: str) -> Any:
+    """The task's config schema: ``<task>.schema.SCHEMA`` (no torch), else ``<task>.train``'s."""
+    try:
+        return importlib.import_module(f"{task}.schema").SCHEMA
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{task}.schema":
+            raise
+        return importlib.import_module(f"{task}.train").SCHEMA
 
 
 def _subset(given: Sequence[str] | None, available: list[str], what: str, path: str) -> list[str]:
@@ -170,7 +187,8 @@ def plan_parsed(
     return plan(path, rows=_names(args.rows), schedules=_names(args.schedules),
                 seeds=pick_seeds(table, args.seeds, args.seed_list), gpus=gpus,
                 data_dir=data_dir, out_root=args.out_root, plugins=args.plugin,
-                python="python" if args.dry_run else None, extra=args.extra)  # fmt: skip
+                python="python" if args.dry_run else None, extra=args.extra,
+                check_optimizers=not args.dry_run)  # fmt: skip
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

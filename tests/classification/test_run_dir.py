@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,24 @@ def test_a_second_run_on_a_locked_directory_is_refused(tmp_path: Path, capsys) -
     finally:
         holder.release()
     assert train.run(argv(out))["finished"]
+
+
+def test_a_run_in_another_process_holds_the_directory_until_it_dies(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    code = (
+        "import sys; from pathlib import Path; from engine.lock import RunDirLock; "
+        "RunDirLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); sys.stdin.read()"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert other.stdout.readline() == "locked\n"
+        assert f"is in use by another run (PID {other.pid} on " in fails(argv(out), capsys)
+    finally:
+        other.kill()  # SIGKILL: no chance to release anything
+        other.wait()
+    assert train.run(argv(out))["finished"]
+    assert f"locked by PID {other.pid} on " in (out / "train.log").read_text()
 
 
 def test_a_dead_runs_lock_is_taken_over(tmp_path: Path) -> None:
@@ -138,6 +158,43 @@ def test_a_damaged_checkpoint_stops_the_run(tmp_path: Path, capsys) -> None:
     assert files(out) == before
 
 
+def test_a_foreign_checkpoint_or_a_read_only_directory_is_one_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"model": {}, "epoch": 3}, out / "checkpoint.pt")  # a dict, not this project's
+    assert f"{out / 'checkpoint.pt'} is not a checkpoint of this project" in fails(
+        argv(out), capsys
+    )
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    (tmp_path / "ro").mkdir()
+    err = fails(argv(tmp_path / "ro"), capsys)
+    assert f"cannot write to run directory {tmp_path / 'ro'}: Read-only file system" in err
+
+
+def test_the_number_of_ranks_changes(tmp_path: Path, capsys) -> None:
+    """At an epoch end: resumed with a warning (reseeded ranks); mid-epoch: refused."""
+    out = tmp_path / "run"
+    train.run(argv(out, "schedule.total_steps=2", epochs=1))
+    state = checkpoint.load(out / "checkpoint.pt")
+    state["ranks"] = state["ranks"] * 2  # as if written by two ranks
+    checkpoint.save(out / "checkpoint.pt", state)
+    assert train.run(argv(out, "schedule.total_steps=2", epochs=2))["finished"]
+    assert "checkpoint written by 2 rank(s), resuming on 1: same global batch, different " \
+        "random draws" in (out / "train.log").read_text()  # fmt: skip
+    state = checkpoint.load(out / "checkpoint.pt")
+    state.update(ranks=state["ranks"] * 2, position=1, epoch=1)
+    checkpoint.save(out / "checkpoint.pt", state)
+    err = fails(argv(out, "schedule.total_steps=2", epochs=2), capsys)
+    assert "stopped mid-epoch with 2 rank(s); resume it with the same number, not 1" in err
+
+
 def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     real_save, calls = checkpoint.save, []
@@ -179,8 +236,10 @@ def test_update_bounded_run_with_accumulation_resumes_bit_exactly(tmp_path, monk
     real_no_sync = train.distributed.no_sync
     monkeypatch.setattr(train.distributed, "no_sync", lambda model, skip_sync: syncs.append(
         skip_sync) or real_no_sync(model, skip_sync))  # fmt: skip
-    straight = train.run(argv(tmp_path / "a", *extra))
+    straight = train.run(argv(tmp_path / "a", *extra, "log_every=1"))
     assert syncs == [True, False] * 5
+    log = (tmp_path / "a" / "train.log").read_text()
+    assert "epoch 1 step 2/2 train loss" in log and "epoch 3 step 1/1 train loss" in log
     assert [r["update"] for r in _history(tmp_path / "a")] == [2, 4, 5]
     assert straight["finished"] and straight["updates_completed"] == 5
     assert straight["final"]["train_samples"] == 32  # one update: 2 micro-batches of 16 digits

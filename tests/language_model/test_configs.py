@@ -97,3 +97,12 @@ def test_script_runs_every_row_and_seed_of_both_tables():
     body = [line for line in script.splitlines() if not line.startswith("#")]
     code = "\n".join(body).replace("$0", "").replace("lm1b", "")
     assert not re.search(r"\d", code)  # no hyperparameters in the script
+
+
+def test_help_shows_this_tasks_examples(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.run(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "python -m language_model.train --config configs/lm1b.yaml" in text
+    assert "cifar" not in text.lower() and "classification" not in text

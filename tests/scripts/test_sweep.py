@@ -63,14 +63,32 @@ def test_shell_scripts_hold_no_numbers(script: str) -> None:
     )
 
 
-def test_a_shell_script_takes_the_common_flags_and_names_itself() -> None:
-    script = ROOT / "scripts" / "lm1b.sh"
+def test_a_shell_script_takes_the_common_flags_and_names_itself(tmp_path: Path) -> None:
+    script, plugin = ROOT / "scripts" / "lm1b.sh", tmp_path / "my_optimizer.py"
+    plugin.write_text("LOADED = True\n")
     out = subprocess.run(["bash", str(script), "--rows", "SGD", "--seeds", "2", "--plugin",
-                          "optim", "--dry-run"], env=ENV, capture_output=True, text=True,
+                          str(plugin), "--dry-run"], env=ENV, capture_output=True, text=True,
                          check=True).stdout.splitlines()  # fmt: skip
-    assert len(out) == 2 and all("--plugin optim" in x for x in out)
+    assert len(out) == 2 and all(f"--plugin {plugin}" in x for x in out)
     assert "--seed 1 " in out[0] and "--seed 101 " in out[1]  # a count: the table's first two
     helped = subprocess.run(["bash", str(script), "--help"], env=ENV, capture_output=True,
                             text=True, check=True).stdout  # fmt: skip
     assert helped.startswith("usage: bash scripts/lm1b.sh") and "engine.sweep" not in helped
     assert "--seed-list" in helped and "--plugin" in helped
+
+
+def test_the_first_failed_run_stops_the_sweep(tmp_path: Path, monkeypatch, capsys) -> None:
+    started: list[list[str]] = []
+
+    def fails_with_2(cmd):
+        started.append(cmd)
+        return subprocess.CompletedProcess(cmd, 2)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fails_with_2)
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--prog", "bash scripts/cifar10.sh", "--table", "cifar10", "--rows", "SGD",
+                    "--seeds", "2", "--gpus", "0", "--out-root", str(tmp_path)])  # fmt: skip
+    assert exc.value.code == 2 and len(started) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["bash scripts/cifar10.sh: stopped: SGD / milestone / seed 1 exited with status "
+                   "2 (its error is above); 3 run(s) not started"]  # fmt: skip

@@ -1,0 +1,12 @@
+"""This task's config keys and their types (``engine.config`` adds the common ones: seed,
+epochs, optimizer, schedule, ...). Importable without torch, so ``scripts.sweep`` resolves a
+table's runs without loading the task."""
+
+SCHEMA = {
+    "dataset": str,
+    "num_classes": int,
+    "model": str,
+    "batch_size": int,
+    "eval_batch_size": int,
+    "augmentation": dict,
+}
