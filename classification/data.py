@@ -6,10 +6,13 @@ On-disk layouts (the standard ones; ``--data-dir`` points at the folder named fi
     D/cifar-100-python/{train, test}
     D/train/<class>/*.JPEG  and  D/val/<class>/*.JPEG      (ImageNet, as torchvision's ImageFolder)
 
-CIFAR is read by this module, not by ``torchvision.datasets.CIFAR10``, so checksums are
-checked only when downloading (``python -m classification.data cifar10 D``): a subset or a
-rebuilt copy still loads. Augmentation follows the paper (``../shared/spec/experiments.md``);
-every number comes from the config's ``augmentation`` section.
+Where to get each data set and how to lay it out: ``docs/data.md``. CIFAR is read by this
+module, not by ``torchvision.datasets.CIFAR10``, so checksums are checked only when downloading
+(``python -m classification.data cifar10 D``): a subset or a rebuilt copy still loads. Its
+pickles are untrusted input, so they are read by :func:`load_cifar_batch`, which builds only
+what the format holds and never runs code. Augmentation follows the paper (random crop with
+padding and horizontal flips for CIFAR, random-resized crops for ImageNet); every number comes
+from the config's ``augmentation`` section.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import argparse
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-from torchvision import datasets, transforms
+
+if TYPE_CHECKING:
+    from torchvision import transforms
 
 from engine.distributed import Context, split_batch
 
@@ -50,9 +55,55 @@ def cifar_dir(root: str | Path, dataset: str) -> Path:
             return candidate
     raise DataError(
         f"no {dataset} data in {root}: expected {root / folder / train_files[0]} "
-        f"(the standard python layout; download with: python -m classification.data {dataset} "
-        f"{root})"
+        "(the python version of the data set; where to get it and the layout: docs/data.md)"
     )
+
+
+_ARRAY = np.zeros(1, np.uint8)
+#: What a CIFAR pickle may name: NumPy's array reconstructors (NumPy 1 and 2 module names).
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _ARRAY.__reduce__()[0],
+    ("numpy._core.multiarray", "_reconstruct"): _ARRAY.__reduce__()[0],
+    ("numpy.core.numeric", "_frombuffer"): _ARRAY.__reduce_ex__(5)[0],
+    ("numpy._core.numeric", "_frombuffer"): _ARRAY.__reduce_ex__(5)[0],
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, tuples, bytes, str, numbers and NumPy arrays, nothing else.
+
+    The CIFAR batches are Python 2 cPickle files: a dict whose ``data`` is a uint8 array
+    (pickled as ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``)
+    and whose labels, file names and batch label are lists of ints, lists of strings and a
+    string. Those three globals (under NumPy 1's and 2's module names) and ``_frombuffer``
+    (NumPy's protocol-5 form, for copies rebuilt with Python 3) are the only ones admitted,
+    so a pickle that names anything else, such as ``os.system``, fails before it runs.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _PICKLE_GLOBALS[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"it refers to {module}.{name}, which a CIFAR batch never holds (only dicts, "
+                "lists, bytes, str, ints and NumPy arrays); not loaded"
+            ) from None
+
+
+def load_cifar_batch(path: str | Path) -> dict[str, Any]:
+    """One CIFAR batch file as a dict with str keys; untrusted bytes never run code.
+
+    Raises ``pickle.UnpicklingError`` when the pickle names anything the format does not hold,
+    ``ValueError`` when it is not a dict (:func:`read_cifar` turns both into a DataError).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        batch = _CifarUnpickler(f, encoding="bytes").load()
+    if not isinstance(batch, dict):
+        raise ValueError(f"expected a dict, got {type(batch).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
 def read_cifar(root: str | Path, dataset: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -63,22 +114,23 @@ def read_cifar(root: str | Path, dataset: str, train: bool) -> tuple[np.ndarray,
     for name in train_files if train else test_files:
         path = folder / name
         try:
-            with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-            data = np.asarray(batch["data"], dtype=np.uint8)
-            target = np.asarray(batch[label_key], dtype=np.int64)
+            batch = load_cifar_batch(path)
+            data, target = batch["data"], np.asarray(batch[label_key], dtype=np.int64)
         except FileNotFoundError:
             raise DataError(f"missing {dataset} file {path}") from None
         except Exception as exc:
             raise DataError(
                 f"malformed {dataset} file {path}: {type(exc).__name__}: {exc}"
             ) from None
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            raise DataError(f"malformed {dataset} file {path}: data is not a uint8 array")
         if data.ndim != 2 or data.shape[1] != 3072 or len(target) != len(data):
             raise DataError(
                 f"malformed {dataset} file {path}: data {data.shape} and {len(target)} labels, "
                 "expected (N, 3072) and N"
             )
+        if not len(data):  # an empty test split would make every accuracy 0/0
+            raise DataError(f"malformed {dataset} file {path}: it holds no images")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(target)
     return np.concatenate(images), np.concatenate(labels)
@@ -101,6 +153,10 @@ def build_transforms(aug: Mapping[str, Any], train: bool) -> transforms.Compose:
     """The paper's pipelines. ``style: cifar``: RandomCrop(crop, padding) + HFlip for training,
     Normalize only for eval. ``style: imagenet``: RandomResizedCrop(crop) + HFlip for training,
     Resize(resize) + CenterCrop(crop) for eval."""
+    # torchvision is imported here, not at the top: it costs a quickstart worker ~2 s of
+    # start-up, and the digits task never uses it.
+    from torchvision import transforms
+
     norm = [transforms.ToTensor(), transforms.Normalize(aug["mean"], aug["std"])]
     flip = [transforms.RandomHorizontalFlip()] if aug["hflip"] else []
     if aug["style"] == "cifar":
@@ -123,7 +179,7 @@ def build_datasets(config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
     name, root, aug = config["dataset"], config["data_dir"], config["augmentation"]
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; datasets: {', '.join(DATASETS)}")
-    if name == "digits":  # bundled with scikit-learn, no data_dir: see classification/digits.py
+    if name == "digits":  # scikit-learn's, cached on first use: see classification/digits.py
         from .digits import build_datasets as build_digits
 
         return build_digits(config)
@@ -138,6 +194,8 @@ def build_datasets(config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
             _check_labels(labels, config["num_classes"], Path(root))
             sets.append(ArrayImages(images, labels, build_transforms(aug, train)))
         return sets[0], sets[1]
+    from torchvision import datasets
+
     sets = []
     for split, train in (("train", True), ("val", False)):
         path = Path(root) / split
@@ -186,6 +244,8 @@ def build_loaders(
 
 def download(dataset: str, root: str | Path) -> Path:
     """Fetch CIFAR-10/100 with torchvision (which verifies the archive's checksum)."""
+    from torchvision import datasets
+
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[dataset]
     cls(str(root), train=True, download=True)
     return cifar_dir(root, dataset)

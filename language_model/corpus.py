@@ -3,21 +3,32 @@
 ``language_model.preprocess`` writes it once; ``language_model.data`` streams from it. One
 environment (a directory holding ``data.mdb``) contains:
 
-- ``meta``: JSON with ``format``, ``format_version``, the vocabulary size, the ids of ``<S>``,
-  ``</S>`` and ``<UNK>``, and per split (``train``, ``test``) the shard names with their sentence,
-  token and unknown-word counts. It is written in the last transaction, so a database without it
-  is one whose writing was interrupted and is refused.
+- ``meta``: JSON with ``format``, ``format_version``, the vocabulary size and ``vocab_sha256``
+  (the SHA-256 of the ``vocab`` record), the ids of ``<S>``, ``</S>`` and ``<UNK>``, and per
+  split (``train``, ``test``) the shard names with their sentence, token and unknown-word counts
+  and the CRC-32 of each shard's two records (``tokens_crc32``, ``offsets_crc32``). It is written
+  in the last transaction, so a database without it is one whose writing was interrupted and is
+  refused.
 - ``vocab``: the vocabulary, one word per line in id order (by descending count in the file).
 - ``{split}/{i:05d}/tokens``: the shard's sentences ``<S> w1 … wn </S>`` concatenated, little-endian
   int32 token ids; ``{split}/{i:05d}/offsets``: int64 start offsets of its sentences plus the end.
+
+:class:`Corpus` verifies what it reads: opening checks ``data.mdb`` against the size LMDB's own
+header records (a truncated file is one clear error, never a bus error when a page past its end
+is touched), the vocabulary against its digest and that every split holds sentences; each shard
+read checks both records' lengths and CRC-32s (``zlib.crc32``, a few percent of the reader's
+time: see ``benchmarks/lm_data.py``). Training puts ``vocab_sha256`` into the run config, so a
+resume on a corpus encoded with another vocabulary is refused like any other config change.
 
 Open it with the plain ``lmdb`` package: ``lmdb.open(path, readonly=True, lock=False)``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +37,7 @@ import lmdb
 import numpy as np
 
 FORMAT = "apollo-lm1b-lmdb"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksums of the vocabulary and of every record
 TOKEN_DTYPE = np.dtype("<i4")
 OFFSET_DTYPE = np.dtype("<i8")
 META_KEY = b"meta"
@@ -38,6 +49,16 @@ SPLITS = ("train", "test")
 def shard_key(split: str, index: int, field: str) -> bytes:
     """LMDB key of one shard's ``tokens`` or ``offsets`` array."""
     return f"{split}/{index:05d}/{field}".encode()
+
+
+def checksum(data: bytes | memoryview | np.ndarray) -> int:
+    """The CRC-32 recorded for each shard record (fast enough to verify on every read)."""
+    return zlib.crc32(data)
+
+
+def vocab_digest(raw_vocab: bytes | memoryview) -> str:
+    """SHA-256 hex digest of the ``vocab`` record: the identity of the token ids."""
+    return hashlib.sha256(raw_vocab).hexdigest()
 
 
 def read_vocab_file(path: str | os.PathLike) -> list[bytes]:
@@ -78,7 +99,8 @@ class Corpus:
     """A read-only view of an encoded corpus; validates the layout when opened.
 
     Raises ValueError with one line naming the path when ``path`` is missing, not an LMDB,
-    incomplete (no metadata: an interrupted write) or of another format version.
+    truncated, incomplete (no metadata: an interrupted write), of another format version, or
+    damaged (a vocabulary or, when read, a shard that does not match its recorded checksum).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -95,10 +117,34 @@ class Corpus:
             self.env = lmdb.open(str(self.path), readonly=True, lock=False, max_readers=512)
         except lmdb.Error as e:
             raise ValueError(f"--data-dir {self.path}: not a readable LMDB ({e})") from None
-        with self.env.begin() as txn:
-            raw_meta, raw_vocab = txn.get(META_KEY), txn.get(VOCAB_KEY)
-        if raw_meta is None or raw_vocab is None:
+        try:
+            self._check_size()
+            with self.env.begin() as txn:
+                raw_meta, raw_vocab = txn.get(META_KEY), txn.get(VOCAB_KEY)
+            self.meta: dict = self._parse_meta(raw_meta, raw_vocab)
+        except BaseException:
             self.env.close()
+            raise
+        self.vocab: list[str] = raw_vocab.decode("utf-8", "surrogateescape").split("\n")
+        self.bos, self.eos, self.unk = (self.meta["specials"][k] for k in (BOS, EOS, UNK))
+
+    def _check_size(self) -> None:
+        """Refuse a ``data.mdb`` shorter than the pages its header says are in use.
+
+        LMDB maps the file; reading a page past its end kills the process with SIGBUS. Opening
+        reads only the two header pages, so this runs before any other page is touched.
+        """
+        data = self.path / "data.mdb"
+        needed = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        size = data.stat().st_size
+        if size < needed:
+            raise ValueError(
+                f"--data-dir {self.path}: {data} is truncated ({size} bytes, its header records "
+                f"{needed}); re-run python -m language_model.preprocess --overwrite"
+            )
+
+    def _parse_meta(self, raw_meta: bytes | None, raw_vocab: bytes | None) -> dict:
+        if raw_meta is None or raw_vocab is None:
             raise ValueError(
                 f"--data-dir {self.path}: no corpus metadata (an interrupted or foreign write); "
                 "re-run python -m language_model.preprocess"
@@ -106,37 +152,64 @@ class Corpus:
         try:
             meta = json.loads(raw_meta)
         except ValueError:
-            self.env.close()
             raise ValueError(f"--data-dir {self.path}: unreadable corpus metadata") from None
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            self.env.close()
             raise ValueError(
                 f"--data-dir {self.path}: written as {meta.get('format')} version "
                 f"{meta.get('format_version')}, this code reads {FORMAT} version {FORMAT_VERSION}; "
                 "re-run python -m language_model.preprocess --overwrite"
             )
-        self.meta: dict = meta
-        self.vocab: list[str] = raw_vocab.decode("utf-8", "surrogateescape").split("\n")
-        self.bos, self.eos, self.unk = (meta["specials"][k] for k in (BOS, EOS, UNK))
+        if vocab_digest(raw_vocab) != meta.get("vocab_sha256"):
+            raise ValueError(
+                f"--data-dir {self.path}: the vocabulary in data.mdb does not match its recorded "
+                "SHA-256 (damaged); re-run python -m language_model.preprocess --overwrite"
+            )
+        for split, info in meta["splits"].items():
+            if not info.get("sentences"):
+                raise ValueError(
+                    f"--data-dir {self.path}: the {split} split holds no sentences; "
+                    "re-run python -m language_model.preprocess with data in it"
+                )
+        return meta
 
     @property
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
 
+    @property
+    def vocab_sha256(self) -> str:
+        """The vocabulary's digest (verified when opened): which words the token ids mean."""
+        return str(self.meta["vocab_sha256"])
+
     def shards(self, split: str) -> list[dict]:
-        """Per-shard records ``{name, sentences, tokens, unk}`` of ``split``, in stored order."""
+        """Per-shard records ``{name, sentences, tokens, unk, ...}`` of ``split``, in order."""
         if split not in self.meta["splits"]:
             raise ValueError(f"--data-dir {self.path}: no split {split!r}")
         return self.meta["splits"][split]["shards"]
 
     @contextmanager
     def shard(self, split: str, index: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(tokens, offsets)`` of one shard as zero-copy views, valid inside the ``with``."""
+        """``(tokens, offsets)`` of one shard as zero-copy views, valid inside the ``with``.
+
+        Both records are checked against their recorded lengths and CRC-32s first.
+        """
+        record = self.shards(split)[index]
         with self.env.begin(buffers=True) as txn:
             tokens = txn.get(shard_key(split, index, "tokens"))
             offsets = txn.get(shard_key(split, index, "offsets"))
             if tokens is None or offsets is None:
                 raise ValueError(f"--data-dir {self.path}: shard {split}/{index} is missing")
+            expected = (
+                (record["tokens"] * TOKEN_DTYPE.itemsize, record["tokens_crc32"]),
+                ((record["sentences"] + 1) * OFFSET_DTYPE.itemsize, record["offsets_crc32"]),
+            )
+            for buf, (length, crc) in zip((tokens, offsets), expected, strict=True):
+                if len(buf) != length or checksum(buf) != crc:
+                    raise ValueError(
+                        f"--data-dir {self.path}: shard {split}/{index} ({record['name']}) in "
+                        "data.mdb does not match its recorded length and CRC-32 (damaged); "
+                        "re-run python -m language_model.preprocess --overwrite"
+                    )
             yield np.frombuffer(tokens, TOKEN_DTYPE), np.frombuffer(offsets, OFFSET_DTYPE)
 
     def close(self) -> None:

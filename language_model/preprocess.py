@@ -12,20 +12,30 @@ All ``news.en.heldout-*`` files of ``--heldout-dir`` form the test split, as in 
 code; point it at a directory holding only ``news.en.heldout-00000-of-00050`` for the
 customary single-shard test set.
 
+Where the files come from (the benchmark's archive and ``1b_word_vocab.txt``): ``docs/data.md``.
+
 Shards are encoded by a process pool (one worker per available core). The database is written
-into a hidden sibling directory and renamed into place only once complete, with its metadata in
-the last transaction, so an interrupted run leaves nothing training accepts. Re-running with the
-same inputs finds the finished database and does nothing.
+into a hidden sibling directory (``.NAME.partial-PID``), metadata in the last transaction, and
+put in place only once complete; ``--overwrite`` swaps it with the old one in one step where the
+system allows (Linux), so an interruption at any point (Ctrl-C, SIGTERM, SIGKILL, a full disk)
+leaves the old database or the new one at ``--out-dir``, never neither. What a killed run left
+beside it is cleaned up (or put back) by the next run. Re-running with the same inputs finds the
+finished database and does nothing. A split whose files hold no sentences is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 from array import array
 from collections.abc import Iterable, Iterator
@@ -47,8 +57,10 @@ from language_model.corpus import (
     UNK,
     VOCAB_KEY,
     Corpus,
+    checksum,
     read_vocab_file,
     shard_key,
+    vocab_digest,
 )
 
 TRAIN_PATTERN = "news.en-*"
@@ -60,9 +72,27 @@ EncodedShard = tuple[str, np.ndarray, np.ndarray]
 _vocab: dict[bytes, int] = {}  # set in each worker by _init_worker
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that it cleans up like Ctrl-C (see :func:`main`)."""
+
+
+class EmptySplit(ValueError):
+    """A split whose files hold no sentences (a test perplexity over it would be 0/0)."""
+
+    def __init__(self, split: str) -> None:
+        super().__init__(f"the {split} split holds no sentences")
+        self.split = split
+
+
 def _init_worker(vocab: dict[bytes, int]) -> None:
     global _vocab
     _vocab = vocab
+
+
+def _init_pool_worker(vocab: dict[bytes, int]) -> None:
+    _init_worker(vocab)
+    # A forked worker inherits main()'s SIGTERM handler; Pool.terminate() needs the default.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def encode_file(path: str) -> EncodedShard:
@@ -115,36 +145,52 @@ def write_corpus(
     map_size: int,
     extra_meta: dict | None = None,
 ) -> Path:
-    """Write encoded shards into a new LMDB at ``out_dir`` atomically; returns its path.
+    """Write encoded shards into a new LMDB that then takes the place of ``out_dir``.
 
     ``shards`` yields ``(split, (name, tokens, offsets))``. The environment is built in a
-    hidden sibling directory, metadata last, and renamed to ``out_dir`` (which must not exist).
+    hidden sibling directory, metadata last, and put in place only when complete (replacing
+    what ``out_dir`` held: :func:`put_in_place`). Raises :class:`EmptySplit` (and writes
+    nothing) when a split has no sentences. Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     index = {w: i for i, w in enumerate(vocab)}
+    raw_vocab = b"\n".join(vocab)
     splits: dict[str, dict] = {}
     try:
         env = lmdb.open(str(tmp), map_size=map_size, subdir=True, metasync=False, sync=False)
         try:
             with env.begin(write=True) as txn:
-                txn.put(VOCAB_KEY, b"\n".join(vocab))
+                txn.put(VOCAB_KEY, raw_vocab)
             for split, (name, tokens, offsets) in shards:
                 info = splits.setdefault(split, {"shards": [], "sentences": 0, "tokens": 0})
                 i = len(info["shards"])
+                raw_tokens = tokens.astype(TOKEN_DTYPE).tobytes()
+                raw_offsets = offsets.astype(OFFSET_DTYPE).tobytes()
                 with env.begin(write=True) as txn:  # one transaction per shard bounds memory
-                    txn.put(shard_key(split, i, "tokens"), tokens.astype(TOKEN_DTYPE).tobytes())
-                    txn.put(shard_key(split, i, "offsets"), offsets.astype(OFFSET_DTYPE).tobytes())
+                    txn.put(shard_key(split, i, "tokens"), raw_tokens)
+                    txn.put(shard_key(split, i, "offsets"), raw_offsets)
                 unk = int(np.count_nonzero(tokens == index[UNK.encode()]))
                 record = {"name": name, "sentences": len(offsets) - 1, "tokens": len(tokens)}
-                info["shards"].append({**record, "unk": unk})
+                info["shards"].append(
+                    {
+                        **record,
+                        "unk": unk,
+                        "tokens_crc32": checksum(raw_tokens),
+                        "offsets_crc32": checksum(raw_offsets),
+                    }
+                )
                 info["sentences"] += record["sentences"]
                 info["tokens"] += record["tokens"]
+            for split, info in splits.items():
+                if not info["sentences"]:
+                    raise EmptySplit(split)
             meta = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "vocab_size": len(vocab),
+                "vocab_sha256": vocab_digest(raw_vocab),
                 "specials": {s: index[s.encode()] for s in (BOS, EOS, UNK)},
                 "splits": splits,
                 **(extra_meta or {}),
@@ -154,22 +200,96 @@ def write_corpus(
             env.sync(True)
         finally:
             env.close()
-        os.rename(tmp, out_dir)
+        put_in_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
 
-def _remove_stale_partials(out_dir: Path) -> None:
-    """Delete hidden partial databases left by killed runs (their process no longer exists)."""
-    for p in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]  # fmt: skip
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP back (delivered on exit) where the platform allows it."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def put_in_place(new: Path, target: Path) -> None:
+    """Move the complete database ``new`` to ``target``, replacing (and deleting) what is there.
+
+    Where the two can be swapped in one step, ``target`` holds the old database or the new
+    one at every instant, and the old one is then deleted under ``new``'s hidden name. Elsewhere
+    the old one is renamed to a hidden ``.NAME.replaced-PID`` sibling first, with SIGINT/SIGTERM
+    held back until the new one is in place; a SIGKILL in between leaves it there, and the next
+    run puts it back (:func:`clean_leftovers`).
+    """
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new)  # it now holds the old database
+        return
+    staged = target.parent / f".{target.name}.replaced-{os.getpid()}"
+    with _signals_held():
+        os.rename(target, staged)
         try:
-            os.kill(int(p.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
+            os.rename(new, target)
+        except BaseException:
+            os.rename(staged, target)
+            raise
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def clean_leftovers(out_dir: Path) -> None:
+    """Tidy what killed runs left beside ``out_dir``: put back an old database that a run had
+    moved aside when nothing took its place, delete hidden partial and replaced databases.
+    Leftovers of a run still alive are left alone."""
+    for p in sorted(out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*-*")):
+        kind, _, pid = p.name[len(out_dir.name) + 2 :].rpartition("-")
+        if kind not in ("partial", "replaced") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "replaced" and not out_dir.exists():
+            os.rename(p, out_dir)
+        else:
             shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, owned by someone else
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():  # a namesake from before a restart (containers reuse PIDs)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
 
 
 def _encoded(
@@ -187,7 +307,7 @@ def _encoded(
                 yield split, shard
         else:
             ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(vocab,)) as pool:
+            with ctx.Pool(workers, initializer=_init_pool_worker, initargs=(vocab,)) as pool:
                 for (split, _), shard in zip(files, pool.imap(encode_file, paths), strict=True):
                     bar.update()
                     bar.set_postfix(tokens=len(shard[1]))
@@ -210,49 +330,56 @@ def preprocess(
     """Build the corpus LMDB; returns ``(path, written)`` (False when already up to date)."""
     out_dir, vocab_path = Path(out_dir), Path(vocab_path)
     words = read_vocab_file(vocab_path)
-    splits = {
-        "train": list_shards(train_dir, train_pattern, "--train-dir"),
-        "test": list_shards(heldout_dir, heldout_pattern, "--heldout-dir"),
+    sources = {
+        "train": ("--train-dir", Path(train_dir), train_pattern),
+        "test": ("--heldout-dir", Path(heldout_dir), heldout_pattern),
     }
+    splits = {split: list_shards(d, pattern, flag) for split, (flag, d, pattern) in sources.items()}
+    for split, files in splits.items():
+        if not any(p.stat().st_size for p in files):  # the quick check; write_corpus's is exact
+            flag, directory, pattern = sources[split]
+            raise ValueError(f"{flag} {directory}: its {pattern} files are empty")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {out_dir}: exists and is not a directory")
+    if out_dir.parent.is_dir():
+        clean_leftovers(out_dir)  # first: it may put a database back at out_dir
     digest = fingerprint(vocab_path, splits)
     if out_dir.exists() and any(out_dir.iterdir()):
         try:
             existing = Corpus(out_dir)
             same = existing.meta.get("fingerprint") == digest
+            reason = "was not built from these inputs"
             existing.close()
-        except ValueError:
-            same = False
+        except ValueError as e:
+            same, reason = False, f"is not a usable corpus ({e})"
         if same:
             return out_dir, False
         if not overwrite:
             raise ValueError(
-                f"--out-dir {out_dir}: exists and was not built from these inputs "
-                "(or is incomplete); pass --overwrite or choose another directory"
+                f"--out-dir {out_dir}: exists and {reason}; pass --overwrite or choose another "
+                "directory"
             )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out_dir)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     files = [(split, p) for split, ps in splits.items() for p in ps]
     # Tokens never outnumber input bytes plus two markers per line; 4 bytes each, plus slack.
     input_bytes = sum(p.stat().st_size for _, p in files)
     map_size = 12 * input_bytes + 2 * vocab_path.stat().st_size + (64 << 20)
-    staged = out_dir.parent / f".{out_dir.name}.replaced-{os.getpid()}"
     vocab = {w: i for i, w in enumerate(words)}
     extra = {"fingerprint": digest, "vocab_file": vocab_path.name}
-    if out_dir.exists():
-        # Only reached with overwrite (or an empty directory): swap after the new one is complete.
-        os.rename(out_dir, staged)
     try:
         write_corpus(
             out_dir, words, _encoded(files, vocab, workers), map_size=map_size, extra_meta=extra
         )
-    except BaseException:
-        if staged.exists() and not out_dir.exists():
-            os.rename(staged, out_dir)  # nothing already written is lost
-        raise
-    shutil.rmtree(staged, ignore_errors=True)
+    except EmptySplit as e:
+        flag, directory, pattern = sources[e.split]
+        raise ValueError(f"{flag} {directory}: its {pattern} files hold no sentences") from None
     return out_dir, True
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-pattern", default=TRAIN_PATTERN)
     p.add_argument("--heldout-pattern", default=HELDOUT_PATTERN)
     args = p.parse_args(argv)
+    # SIGTERM cleans up as Ctrl-C does (after a SIGKILL, the next run does).
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         path, written = preprocess(
             args.train_dir,
@@ -280,9 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: nothing was written to {args.out_dir}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {args.out_dir} is as it was", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not written:
         print(f"{path} is up to date with its inputs; nothing to do")
         return 0

@@ -197,6 +197,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if config["data_dir"] is None:
         raise ValueError("--data-dir: required (the LMDB written by language_model.preprocess)")
     corpus = Corpus(config["data_dir"])  # bad data fails before the run directory is touched
+    # What the token ids mean is part of the run: a resume on a corpus encoded with another
+    # vocabulary (even one of the same size) then differs from the checkpoint's config.
+    config["vocab_sha256"] = corpus.vocab_sha256
     try:
         config["data_fingerprint"] = data_fingerprint(corpus)
         with distributed.process_group(config["device"]) as ctx:

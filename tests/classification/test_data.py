@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,95 @@ def test_bad_data_names_the_path(tmp_path: Path) -> None:
         data.build_datasets(config(write_cifar(tmp_path / "labels"), num_classes=5))
     with pytest.raises(data.DataError, match=r"bad ImageNet folder .*train"):
         data.build_datasets(config(tmp_path / "labels", "imagenet", style="imagenet", resize=36))
+
+
+def py2_cifar_pickle(data: np.ndarray, labels: list[int], label_key: bytes = b"labels") -> bytes:
+    """A batch as Python 2's cPickle wrote the real files (protocol 2, str as BINSTRING, the
+    array via ``numpy.core.multiarray._reconstruct``), opcode by opcode; Python 3's pickler
+    cannot write this form (it pickles bytes through ``_codecs.encode``)."""
+
+    def s(b: bytes) -> bytes:  # SHORT_BINSTRING / BINSTRING: a Python 2 str
+        return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+
+    def i(n: int) -> bytes:  # BININT1 / BININT
+        return b"K" + bytes([n]) if 0 <= n < 256 else b"J" + struct.pack("<i", n)
+
+    shape = b"(" + b"".join(i(n) for n in data.shape) + b"t"
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + i(0) + b"\x85" + s(b"b")
+             + b"\x87R(" + i(1) + shape + b"cnumpy\ndtype\n" + s(b"u1") + i(0) + i(1) + b"\x87R("
+             + i(3) + s(b"|") + b"NNN" + i(-1) + i(-1) + i(0) + b"tb\x89" + s(data.tobytes())
+             + b"tb")  # fmt: skip
+    names = b"](" + b"".join(s(b"i%d.png" % k) for k in labels) + b"e"
+    targets = b"](" + b"".join(i(n) for n in labels) + b"e"
+    items = [(b"batch_label", s(b"training batch 1 of 5")), (b"data", array),
+             (label_key, targets), (b"filenames", names)]  # fmt: skip
+    return b"\x80\x02}(" + b"".join(s(k) + v for k, v in items) + b"u."
+
+
+def test_python2_pickles_of_the_real_format_load(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, size=(3, 3072), dtype=np.uint8)
+    raw = py2_cifar_pickle(pixels, [3, 1, 4])
+    plain = pickle.loads(raw, encoding="bytes")  # what the real files give the stock unpickler
+    assert plain[b"batch_label"] == b"training batch 1 of 5" and plain[b"labels"] == [3, 1, 4]
+    (tmp_path / "data_batch_1").write_bytes(raw)
+    batch = data.load_cifar_batch(tmp_path / "data_batch_1")
+    assert sorted(batch) == ["batch_label", "data", "filenames", "labels"]
+    assert batch["data"].dtype == np.uint8 and np.array_equal(batch["data"], pixels)
+    assert batch["filenames"] == [b"i3.png", b"i1.png", b"i4.png"]
+    # a copy rebuilt with Python 3 (protocols 2 to 5) loads too
+    for protocol in (2, 4, 5):
+        batch = {b"data": pixels, b"labels": [3, 1, 4]}
+        (tmp_path / "p3").write_bytes(pickle.dumps(batch, protocol=protocol))
+        if protocol == 2:  # Python 3 writes bytes through _codecs.encode: not the format
+            with pytest.raises(pickle.UnpicklingError, match=r"_codecs\.encode"):
+                data.load_cifar_batch(tmp_path / "p3")
+            continue
+        assert np.array_equal(data.load_cifar_batch(tmp_path / "p3")["data"], pixels)
+
+
+class _Payload:
+    """Unpickles as a call of ``exec``: what a poisoned download would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.code = f"open({str(marker)!r}, 'w').write('ran')"
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+@pytest.mark.parametrize("protocol", [4, 5, "python2"])
+def test_a_pickle_carrying_code_is_refused_without_running_it(tmp_path, protocol) -> None:
+    root = write_cifar(tmp_path / "d")
+    marker = tmp_path / "payload_ran"
+    path = root / "cifar-10-batches-py" / "data_batch_1"
+    if protocol == "python2":  # {'x': __builtin__.eval(code)} as Python 2 would write it
+        code = _Payload(marker).code.encode()
+        path.write_bytes(b"\x80\x02}(U\x01xc__builtin__\neval\nU" + bytes([len(code)]) + code
+                         + b"\x85Ru.")  # fmt: skip
+        name = r"__builtin__\.eval"
+    else:
+        batch = {b"data": np.zeros((9, 3072), np.uint8), b"labels": [0] * 9,
+                 b"x": _Payload(marker)}  # fmt: skip
+        path.write_bytes(pickle.dumps(batch, protocol=protocol))
+        name = r"builtins\.exec"
+    with pytest.raises(data.DataError, match=rf"data_batch_1: .*{name}.*not loaded"):
+        data.build_datasets(config(root))
+    assert not marker.exists()
+
+
+def test_empty_and_malformed_batches_are_refused(tmp_path: Path) -> None:
+    root = write_cifar(tmp_path)
+    test_batch = root / "cifar-10-batches-py" / "test_batch"
+    test_batch.write_bytes(py2_cifar_pickle(np.zeros((0, 3072), np.uint8), []))
+    with pytest.raises(data.DataError, match=r"test_batch: it holds no images"):
+        data.build_datasets(config(root))
+    test_batch.write_bytes(b"")
+    with pytest.raises(data.DataError, match=r"malformed cifar10 file .*test_batch: EOFError"):
+        data.build_datasets(config(root))
+    test_batch.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(data.DataError, match=r"test_batch: ValueError: expected a dict, got list"):
+        data.build_datasets(config(root))
+    test_batch.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072)), b"labels": [0, 1]}))
+    with pytest.raises(data.DataError, match=r"test_batch: data is not a uint8 array"):
+        data.build_datasets(config(root))

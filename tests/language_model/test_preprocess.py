@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -122,17 +123,23 @@ def test_database_without_metadata_is_refused(tmp_path):
         Corpus(tmp_path / "partial")
 
 
-def test_older_format_version_is_refused(lmdb_dir, tmp_path):
-    items = _dump(lmdb_dir)
+def copy_with_meta(src: Path, dst: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of the corpus at ``src`` whose metadata ``edit`` changed in place."""
+    items = _dump(src)
     meta = json.loads(items[b"meta"])
-    meta["format_version"] = FORMAT_VERSION - 1
-    env = lmdb.open(str(tmp_path / "old"), map_size=1 << 22)
+    edit(meta)
+    env = lmdb.open(str(dst), map_size=1 << 22)
     with env.begin(write=True) as txn:
         for k, v in items.items():
             txn.put(k, json.dumps(meta).encode() if k == b"meta" else v)
     env.close()
-    with pytest.raises(ValueError, match=f"version {FORMAT_VERSION - 1}"):
-        Corpus(tmp_path / "old")
+    return dst
+
+
+def test_older_format_version_is_refused(lmdb_dir, tmp_path):
+    old = copy_with_meta(lmdb_dir, tmp_path / "old", lambda m: m.update(format_version=1))
+    with pytest.raises(ValueError, match=f"version 1, this code reads .* version {FORMAT_VERSION}"):
+        Corpus(old)
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "not_lmdb"])
