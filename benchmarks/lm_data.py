@@ -5,7 +5,8 @@
 Goal: the reader is never the bottleneck, i.e. at least 10M tokens/s on one core (the
 process pins itself to one CPU). Both sides run the same ``TokenStream`` (per-shard sentence
 shuffle, padding, BPTT windows of batch x bptt); only the shard source differs: the LMDB
-environment (zero-copy views into its memory map) or NumPy arrays already in memory. Without
+environment (zero-copy views into its memory map, each shard's records checked against their
+recorded lengths and CRC-32s as training reads them) or NumPy arrays already in memory. Without
 ``--data-dir`` a synthetic corpus with 1B-Words-like sentence lengths is written through
 ``language_model.preprocess.write_corpus`` into a temporary directory. Figures are medians
 over ``--repeats`` epochs, the two sources taking turns (the CPU may be shared).

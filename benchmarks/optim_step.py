@@ -7,7 +7,7 @@ Every optimizer is measured in the same process on the same parameters and rando
 gradients; after one untimed step each (state allocation, compilation), the rows take
 turns one step at a time and the median of ``--steps`` steps per row is reported
 with its ratio to ``torch.optim.Adam(foreach=True)`` (and, with
-``--compiled``, to ``Adam(fused=True)``). Goals (issue 2, this 2-core CPU, eager):
+``--compiled``, to ``Adam(fused=True)``). Goals (a 2-core CPU, eager):
 Apollo <= 2.0x Adam(foreach) on ResNet-110 and LSTM; compiled Apollo <= 2.5x
 Adam(fused) on LSTM. See docs/performance.md for the figures and how to read them.
 """

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import language_model.preprocess as pre
-from language_model import train
 from language_model.corpus import Corpus
 from tests.language_model.conftest import make_corpus
 from tests.language_model.test_preprocess import _dump, _run, copy_with_meta
@@ -109,10 +108,9 @@ def test_resume_on_another_vocabulary_of_the_same_size_is_refused(tmp_path):
     assert Corpus(other).vocab_size == Corpus(first).vocab_size
     out, args = tmp_path / "run", ("--max-steps-per-epoch", "2", *SMALL)
     _train(first, out, "--epochs", "1", *args)
-    with pytest.raises(ValueError, match=r"holds a run with another config \(vocab_sha256: "):
+    with pytest.raises(ValueError, match=r"holds a run with another config \(.*vocab_sha256"):
         _train(other, out, "--epochs", "2", *args)
     assert _train(tmp_path / "a_copy", out, "--epochs", "2", *args)["epochs_completed"] == 2
-    assert train.SCHEMA.keys().isdisjoint({"vocab_sha256"})  # set by train.run from the data
 
 
 @pytest.mark.parametrize("content", ["", "\n  \n\n"])
