@@ -64,13 +64,20 @@ def test_report_turns_the_runs_into_the_same_table(short_quickstart, tmp_path: P
 
 @pytest.mark.slow
 def test_a_quickstart_run_equals_the_training_command_alone(short_quickstart, tmp_path) -> None:
-    """The workers run the real entry point: the same numbers as the command in its own process."""
+    """The workers run the real entry point: the same numbers as the command in its own process,
+    which (the digits cached by the quickstart's first runs) imports neither scikit-learn and
+    SciPy nor torchvision: ~3 s of start-up per run."""
     out, _ = short_quickstart
-    cmd = [sys.executable, "-m", "classification.train", "--config", "configs/quickstart.yaml",
+    cmd = [sys.executable, "-X", "importtime", "-m", "classification.train",
+           "--config", "configs/quickstart.yaml",
            "--row", "Apollo", "--schedule", "cosine", "--seed", "1", "--epochs", "2",
            "--device", "cpu", "--out-dir", str(tmp_path / "alone")]  # fmt: skip
     env = {**ENV, "OMP_NUM_THREADS": "1"}  # the quickstart's workers use one thread
-    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    timed = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in timed}
+    assert "torch" in imported and not imported & {"sklearn", "scipy", "torchvision"}
 
     def epochs(run: Path) -> list[dict]:
         lines = (run / "metrics.jsonl").read_text().splitlines()
