@@ -15,8 +15,9 @@ perplexity on the heldout split, one step of the epoch-based schedule and the ru
 files (``engine.run``). A checkpoint is also written every ``checkpoint_every`` updates with
 each rank's data position, hidden state and partial sums, so an interrupted epoch resumes where
 it stopped: re-run the same command. ``--max-steps-per-epoch K`` also caps evaluation at K
-windows (``test_tokens`` says how many tokens the perplexity covers). The vocabulary's size is
-part of the run's ``data_fingerprint``: a resume on another vocabulary is refused.
+windows (``test_tokens`` says how many tokens the perplexity covers). The vocabulary's size and
+SHA-256 are the run's ``data_fingerprint``: a resume on another vocabulary, even one of the same
+size, is refused.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def build_model(config: Mapping[str, Any], vocab_size: int) -> LSTMLanguageModel
 
 
 def data_fingerprint(corpus: Corpus) -> dict[str, Any]:
-    """What a resume must find unchanged in the data (see engine.run: ``data_fingerprint``)."""
-    return {"vocab_size": corpus.vocab_size}
+    """What a resume must find unchanged in the data (see engine.run: ``data_fingerprint``): what
+    the token ids mean, i.e. the vocabulary (its digest is verified when the corpus opens)."""
+    return {"vocab_size": corpus.vocab_size, "vocab_sha256": corpus.vocab_sha256}
 
 
 def _detach(hidden: Hidden) -> Hidden:
@@ -197,9 +199,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if config["data_dir"] is None:
         raise ValueError("--data-dir: required (the LMDB written by language_model.preprocess)")
     corpus = Corpus(config["data_dir"])  # bad data fails before the run directory is touched
-    # What the token ids mean is part of the run: a resume on a corpus encoded with another
-    # vocabulary (even one of the same size) then differs from the checkpoint's config.
-    config["vocab_sha256"] = corpus.vocab_sha256
     try:
         config["data_fingerprint"] = data_fingerprint(corpus)
         with distributed.process_group(config["device"]) as ctx:
