@@ -24,6 +24,10 @@ setup(
         "lmdb>=1.4",
         "matplotlib",
         "scikit-learn",
+        "sacremoses>=0.1",  # nmt: Moses normalisation, tokenization, detokenization
+        "subword-nmt>=0.3.8",  # nmt: joint BPE
+        "sacrebleu>=2.0",  # nmt: detokenized BLEU with its signature
+        "regex",  # nmt: Unicode classes (already a dependency of sacremoses)
     ],
     extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
 )
