@@ -3,7 +3,7 @@
 ::
 
     python -m <task>.train --config FILE --row ROW [--schedule NAME] [--data-dir D] [--out-dir O]
-        [--seed N] [--epochs N] [--max-steps-per-epoch K] [--device {cpu,cuda}]
+        [--seed N] [--epochs N] [--max-updates N] [--max-steps-per-epoch K] [--device {cpu,cuda}]
         [--amp {none,fp16,bf16}] [--workers N] [--plugin MODULE_OR_PATH ...] [--print-config]
         [key=value ...]
 
@@ -29,8 +29,8 @@ from typing import Any
 from . import config as cfg
 
 #: Flag destination -> config key (None: flag not given, the table decides).
-FLAG_KEYS = ("seed", "epochs", "max_steps_per_epoch", "device", "amp", "data_dir", "out_dir",
-             "workers")  # fmt: skip
+FLAG_KEYS = ("seed", "epochs", "max_updates", "max_steps_per_epoch", "device", "amp", "data_dir",
+             "out_dir", "workers")  # fmt: skip
 
 
 class UsageError(ValueError):
@@ -63,6 +63,8 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="run directory; re-running with it resumes")
     p.add_argument("--seed", type=int, help="default: the table's first seed")
     p.add_argument("--epochs", type=int, help="the run's length in epochs (default: the table's)")
+    p.add_argument("--max-updates", type=int,
+                   help="the run's length in optimizer updates (default: the table's)")  # fmt: skip
     p.add_argument("--max-steps-per-epoch", type=int, help="cut each epoch short (smoke tests)")
     p.add_argument("--device", choices=cfg.DEVICES, help="default: cuda when available")
     p.add_argument("--amp", choices=cfg.AMP_MODES, help="mixed precision (default: the table's)")

@@ -310,6 +310,9 @@ def apply_override(config: dict[str, Any], item: str, schema: Schema) -> None:
         config[top] = _coerce(value, schema[top], key, item)
         return
     section = config.setdefault(top, {})
+    while "." in sub and isinstance(section, dict):  # a section inside a section (nmt's
+        inner, sub = sub.split(".", 1)  # generations.valid.beam): walk to existing ones
+        section, top = section.get(inner), f"{top}.{inner}"
     if not isinstance(section, dict) or "." in sub:
         raise ConfigError(f"override {item!r}: {top!r} is not a section with key {sub!r}")
     if top == "schedule":

@@ -1,1 +1,1 @@
-"""Transformer-base on WMT-14 En->De: the paper's translation table (preprocess, train, evaluate)."""
+"""Transformer-base on WMT-14 En->De: the paper's translation table."""

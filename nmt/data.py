@@ -258,8 +258,13 @@ class EpochOrder:
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.batches))
 
-    def updates(self, epoch: int, start: int = 0) -> Iterator[tuple[int, list[np.ndarray]]]:
-        """``(update index, this rank's micro-batches)`` for updates ``start`` … of ``epoch``."""
+    def updates(
+        self, epoch: int, start: int = 0
+    ) -> Iterator[tuple[int, list[np.ndarray], list[np.ndarray]]]:
+        """``(update index, this rank's micro-batches, every rank's batches of the update)``
+        for updates ``start`` … of ``epoch`` (every rank knows them all: the loss of an update
+        is normalised by its target tokens over all ranks without a collective)."""
         order, w, f = self.order(epoch), self.world_size, self.update_freq
         for u in range(start, self.updates_per_epoch()):
-            yield u, [self.batches[order[(u * f + i) * w + self.rank]] for i in range(f)]
+            group = [self.batches[i] for i in order[u * w * f : (u + 1) * w * f]]
+            yield u, [group[i * w + self.rank] for i in range(f)], group

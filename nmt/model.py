@@ -257,3 +257,19 @@ def label_smoothed_loss(
     smooth = -lprobs.sum(dim=-1, keepdim=True)[keep].sum()
     eps_i = epsilon / (lprobs.size(-1) - 1)
     return (1.0 - epsilon - eps_i) * nll + eps_i * smooth, nll
+
+
+MODEL_KEYS = ("embed_dim", "ffn_dim", "heads", "encoder_layers", "decoder_layers", "dropout",
+              "attention_dropout", "activation_dropout", "max_positions",
+              "share_all_embeddings")  # fmt: skip
+
+
+def build_model(section: dict, vocab_size: int, pad: int, where: str = "config") -> Transformer:
+    """The Transformer of a config's ``model`` section; one error line for wrong keys."""
+    wrong = sorted(set(section) ^ set(MODEL_KEYS))
+    if wrong:
+        raise ValueError(
+            f"{where}: model keys must be {', '.join(MODEL_KEYS)}; unknown or missing: "
+            f"{', '.join(wrong)}"
+        )
+    return Transformer(vocab_size, pad, **section)

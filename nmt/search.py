@@ -117,3 +117,51 @@ def beam_search(
         active = [active[j] for j in keep]
 
     return [sorted(hyps, key=lambda h: -h.score) for hyps in finalized]
+
+
+GENERATION_KEYS = ("beam", "lenpen", "max_len_a", "max_len_b")
+
+
+def generation_options(config: dict, name: str) -> dict[str, Any]:
+    """The decoding settings ``name`` of a run config's ``generations`` section."""
+    presets = config["generations"]
+    if name not in presets:
+        raise ValueError(
+            f"{config['config']}: unknown generation {name!r}; generations: {', '.join(presets)}"
+        )
+    options = dict(presets[name])
+    wrong = sorted(set(options) ^ set(GENERATION_KEYS))
+    if wrong:
+        raise ValueError(
+            f"{config['config']}: generations.{name} keys must be {', '.join(GENERATION_KEYS)}; "
+            f"unknown or missing: {', '.join(wrong)}"
+        )
+    return options
+
+
+@torch.no_grad()
+def translate(
+    model: Any,
+    split: Any,
+    indices: list[int],
+    options: dict[str, Any],
+    *,
+    batch_size: int,
+    autocast: Any,
+) -> list[list[int]]:
+    """The best hypothesis for each sentence ``indices`` of ``split`` (an ``nmt.data.Split``),
+    in that order. Sentences are decoded longest first in batches of ``batch_size``;
+    ``autocast`` is a context factory (``lambda: engine.amp.autocast(device, amp)``)."""
+    device = next(model.parameters()).device
+    d = split.dictionary
+    order = sorted(range(len(indices)), key=lambda i: -int(split.src_sizes[indices[i]]))
+    out: list[list[int]] = [[] for _ in indices]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = split.collate([indices[i] for i in chunk])
+        with autocast():
+            hyps = beam_search(model, batch.src_tokens.to(device), pad=d.pad, eos=d.eos,
+                               max_positions=model.max_positions, **options)  # fmt: skip
+        for i, best in zip(chunk, hyps, strict=True):
+            out[i] = best[0].tokens if best else []
+    return out

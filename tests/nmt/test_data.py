@@ -50,9 +50,9 @@ def test_an_update_sees_the_same_batches_whatever_the_split_over_ranks():
     assert one.updates_per_epoch() == 5  # 3 batches left over: fewer than an update
     per_rank = [EpochOrder(batches, seed=3, update_freq=2, rank=r, world_size=2) for r in (0, 1)]
     for epoch in (0, 1):
-        single = [sorted(int(b[0]) for b in micro) for _, micro in one.updates(epoch)]
+        single = [sorted(int(b[0]) for b in micro) for _, micro, _ in one.updates(epoch)]
         split = [
-            sorted(int(b[0]) for order in per_rank for b in dict(order.updates(epoch))[u])
+            sorted(int(b[0]) for order in per_rank for b in list(order.updates(epoch))[u][1])
             for u in range(5)
         ]
         assert single == split
@@ -60,8 +60,11 @@ def test_an_update_sees_the_same_batches_whatever_the_split_over_ranks():
         assert len(set(used)) == 20
     orders = [one.order(e).tolist() for e in range(3)]
     assert orders[0] != orders[1] != orders[2] and orders[0] == one.order(0).tolist()
-    resumed = [(u, [b.tolist() for b in m]) for u, m in one.updates(1, start=3)]
-    full = [(u, [b.tolist() for b in m]) for u, m in one.updates(1)]
+    resumed = [(u, [b.tolist() for b in m]) for u, m, _ in one.updates(1, start=3)]
+    full = [(u, [b.tolist() for b in m]) for u, m, _ in one.updates(1)]
+    for order in per_rank:  # every rank sees the whole update
+        assert [sorted(int(b[0]) for b in g) for _, _, g in order.updates(0)] == [
+            sorted(int(b[0]) for b in m) for _, m, _ in one.updates(0)]  # fmt: skip
     assert resumed == full[3:]
 
 

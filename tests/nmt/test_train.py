@@ -1,0 +1,170 @@
+"""nmt.train and nmt.evaluate end to end on the tiny corpus: resume, accumulation, DDP, BLEU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+
+import engine.checkpoint
+from engine import cli
+from nmt import evaluate, train
+from nmt.score import tokenized_bleu
+from tests.nmt.conftest import CONFIG
+
+ROOT = Path(__file__).resolve().parents[2]
+#: A tiny Transformer, batches of 64 tokens, 2 micro-batches per update (5 updates an epoch),
+#: the data's preprocessing options, short valid decoding.
+SMALL = ["max_tokens=64", "tokens_per_update=128", "log_every=0", "keep_last=2",
+         "model.embed_dim=16", "model.ffn_dim=32", "model.heads=2", "model.encoder_layers=1",
+         "model.decoder_layers=1", "preprocess.bpe_merges=200", "preprocess.valid_every=10",
+         "generations.valid.max_len_b=8", "generations.paper.max_len_b=8"]  # fmt: skip
+TIMING = ("tokens_per_s", "epoch_time_s")
+
+
+def _run(data_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
+    argv = ["--config", CONFIG, "--row", row, "--data-dir", str(data_dir), "--out-dir", str(out),
+            "--device", "cpu", *SMALL, *extra]  # fmt: skip
+    return train.run(argv)
+
+
+def _history(out: Path) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("nmt_runs") / "a"
+    _run(data_dir, out, "--max-updates", "8", "checkpoint_every=3")
+    return out
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_is_bit_exact(data_dir, tmp_path, uninterrupted, monkeypatch):
+    real_save = engine.checkpoint.save
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["update"] == 3:
+            raise KeyboardInterrupt  # killed right after the checkpoint of update 3
+
+    monkeypatch.setattr(engine.checkpoint, "save", save_then_die)
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        _run(data_dir, out, "--max-updates", "8", "checkpoint_every=3")
+    monkeypatch.setattr(engine.checkpoint, "save", real_save)
+    state = engine.checkpoint.load(out / "checkpoint.pt")
+    assert (state["epoch"], state["update"], state["position"]) == (0, 3, 3)
+    results = _run(data_dir, out, "--max-updates", "8", "checkpoint_every=3")
+    assert "resuming epoch 1 at step 3" in (out / "train.log").read_text()
+    assert results["finished"] and results["updates_completed"] == 8
+    assert _history(out) == _history(uninterrupted)  # train and valid numbers, exactly
+    assert [r["update"] for r in _history(out)] == [5, 8]  # 5 updates an epoch, then 3
+    a = engine.checkpoint.load(uninterrupted / "checkpoint.pt")["model"]
+    b = engine.checkpoint.load(out / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in out.glob("checkpoint_epoch*.pt")) == [
+        "checkpoint_epoch1.pt", "checkpoint_epoch2.pt"]  # fmt: skip
+
+
+def test_every_update_sees_max_tokens_times_update_freq(data_dir, tmp_path):
+    config = {"config": "c", "tokens_per_update": 65536, "max_tokens": 8192, "update_freq": 1}
+    assert [train.update_freq(config, w) for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(ValueError, match="not a multiple of max_tokens 8192 x 3 GPU"):
+        train.update_freq(config, 3)
+    with pytest.raises(ValueError, match="not both"):
+        train.update_freq({**config, "update_freq": 2}, 1)
+    assert train.update_freq({**config, "tokens_per_update": None, "update_freq": 3}, 2) == 3
+
+
+@pytest.mark.slow
+def test_evaluate_averages_the_last_checkpoints_and_reports_both_bleus(
+    data_dir, uninterrupted, tmp_path, capsys
+):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    cli.main(evaluate.main, ["--run-dir", str(tmp_path), "--device", "cpu", "--average-last",
+                             "2"])  # fmt: skip
+    assert "test BLEU" in capsys.readouterr().out
+    results = json.loads((run_dir / "results.json").read_text())
+    ev = results["evaluation"]
+    assert ev["checkpoints"] == ["checkpoint_epoch1.pt", "checkpoint_epoch2.pt"]
+    assert ev["options"] == {"beam": 4, "lenpen": 0.6, "max_len_a": 0.0, "max_len_b": 8}
+    hyps = (run_dir / "test.paper.hyp.txt").read_text().splitlines()
+    refs = (data_dir / "test.de.tok.txt").read_text().splitlines()
+    assert len(hyps) == len(refs) == 4
+    assert ev["bleu"] == tokenized_bleu(hyps, refs, split_compounds=True).score
+    detok = (run_dir / "test.paper.detok.txt").read_text().splitlines()
+    raw = (data_dir / "test.de.raw.txt").read_text().splitlines()
+    assert ev["sacrebleu"] == pytest.approx(sacrebleu.corpus_bleu(detok, [raw]).score)
+    assert ev["sacrebleu_signature"].startswith("nrefs:1|")
+    assert results["metric"] == "bleu" and results["final"]["bleu"] == ev["bleu"]
+    assert results["final"]["update"] == 8 and results["best"]["sacrebleu"] == ev["sacrebleu"]
+    # the average of the two epoch checkpoints decodes what evaluate wrote
+    avg = engine.checkpoint.average([run_dir / n for n in ev["checkpoints"]])["model"]
+    first = engine.checkpoint.load(run_dir / "checkpoint_epoch1.pt")["model"]
+    last = engine.checkpoint.load(run_dir / "checkpoint_epoch2.pt")["model"]
+    for k in avg:
+        torch.testing.assert_close(avg[k], (first[k] + last[k]) / 2)
+    cli.main(evaluate.main, ["--run-dir", str(run_dir), "--device", "cpu", "--average-last", "2"])
+    assert "evaluated already" in capsys.readouterr().out
+    # the report puts the run beside the paper's number
+    from scripts import report
+
+    table = report.report([str(run_dir)], tmp_path / "report", plots=False)["markdown"]
+    assert "Transformer-base on WMT-14" in table and "28.34 (0.10)" in table
+
+
+@pytest.mark.parametrize("problem", ["missing", "not_prepared", "other_preprocessing"])
+def test_bad_data_dir_is_one_line_and_exit_2(data_dir, tmp_path, capsys, problem):
+    data = tmp_path / "data"
+    extra = []
+    if problem == "not_prepared":
+        data.mkdir()
+    if problem == "other_preprocessing":
+        data = data_dir
+        extra = ["preprocess.bpe_merges=300"]
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(train.run, ["--config", CONFIG, "--row", "Adam", "--data-dir", str(data),
+                             "--out-dir", str(out), "--device", "cpu", *SMALL, *extra])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and str(data) in err[0]
+    if problem == "other_preprocessing":
+        assert "bpe_merges=200 (config: 300)" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_rank_accumulating(data_dir, tmp_path):
+    """1 process x 2 micro-batches and 2 processes x 1 see the same sentences per update."""
+    args = ["--max-updates", "3", "model.dropout=0.0", "model.attention_dropout=0.0",
+            "model.activation_dropout=0.0", "generation=paper", "valid_generation=none",
+            "keep_last=0"]  # fmt: skip
+    one = _run(data_dir, tmp_path / "one", *args, row="Adam")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "nmt.train", "--config", CONFIG, "--row", "Adam", "--data-dir", str(data_dir),
+           "--out-dir", str(out), "--device", "cpu", *SMALL, *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads((out / "results.json").read_text())
+    assert json.loads((out / "config.json").read_text())["update_freq"] == 1
+    assert len(set(two["model_sha256_by_rank"])) == 1  # the ranks end bit-identical
+    for key in ("train_loss", "train_nll_loss", "valid_loss"):
+        assert two["final"][key] == pytest.approx(one["final"][key], rel=1e-5)
+    assert two["final"]["train_tokens"] == one["final"]["train_tokens"]
+    a = engine.checkpoint.load(tmp_path / "one" / "checkpoint.pt")["model"]
+    b = engine.checkpoint.load(out / "checkpoint.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
