@@ -11,7 +11,8 @@ committed. Without installing the package::
     apt-get download trans-de-en && dpkg -x trans-de-en_*.deb ding/
     python -m nmt.ding --dict ding/usr/share/trans/de-en --out-dir data/ding
 
-writes ``train.en``/``train.de`` and ``test.en``/``test.de`` (every ``test_every``-th pair).
+writes ``train.en``/``train.de`` and ``test.en``/``test.de`` (every ``test_every``-th pair);
+``--corpus PREFIX`` splits ``PREFIX.de`` / ``PREFIX.en`` the same way instead.
 """
 
 from __future__ import annotations
@@ -48,14 +49,25 @@ def sentence_pairs(path: str | Path) -> Iterator[tuple[str, str]]:
                 yield d, e
 
 
-def write_corpus(dictionary: str | Path, out_dir: str | Path, test_every: int = 20) -> dict:
-    """``train`` and ``test`` prefixes (``.en``/``.de``) in ``out_dir``; returns pair counts."""
-    path = Path(dictionary)
-    if not path.is_file():
-        raise ValueError(f"--dict {path}: no such file (apt-get download trans-de-en; dpkg -x)")
-    pairs = list(sentence_pairs(path))
-    if not pairs:
-        raise ValueError(f"--dict {path}: no example sentence pairs (not the Ding de-en file?)")
+def prefix_pairs(prefix: str) -> list[tuple[str, str]]:
+    """``(german, english)`` pairs of ``PREFIX.de`` and ``PREFIX.en`` (any other corpus)."""
+    paths = [Path(f"{prefix}.{lang}") for lang in ("de", "en")]
+    for p in paths:
+        if not p.is_file():
+            raise ValueError(f"--corpus {prefix}: no such file {p}")
+    de, en = (p.read_text(encoding="utf-8").splitlines() for p in paths)
+    if len(de) != len(en):
+        raise ValueError(f"--corpus {prefix}: {paths[0]} has {len(de)} lines, {paths[1]} {len(en)}")
+    return list(zip(de, en, strict=True))
+
+
+def write_corpus(
+    pairs: list[tuple[str, str]], out_dir: str | Path, test_every: int = 20
+) -> dict[str, int]:
+    """``train`` and ``test`` prefixes (``.en``/``.de``) in ``out_dir``, every
+    ``test_every``-th pair to test; returns the pair counts."""
+    if len(pairs) < 2 * test_every:
+        raise ValueError(f"{len(pairs)} sentence pairs are too few for a demo")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits = {"train": [p for i, p in enumerate(pairs, 1) if i % test_every],
@@ -69,11 +81,19 @@ def write_corpus(dictionary: str | Path, out_dir: str | Path, test_every: int = 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nmt.ding", description=__doc__.split("\n")[0])
-    p.add_argument("--dict", required=True, help="the de-en file of Debian's trans-de-en")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dict", help="the de-en file of Debian's trans-de-en")
+    source.add_argument("--corpus", metavar="PREFIX", help="PREFIX.de and PREFIX.en instead")
     p.add_argument("--out-dir", required=True, help="where train.{en,de} and test.{en,de} go")
     p.add_argument("--test-every", type=int, default=20, help="every N-th pair is test")
     args = p.parse_args(argv)
-    counts = write_corpus(args.dict, args.out_dir, args.test_every)
+    if args.dict is not None:
+        if not Path(args.dict).is_file():
+            raise ValueError(f"--dict {args.dict}: no such file (apt-get download trans-de-en)")
+        pairs = list(sentence_pairs(args.dict))
+    else:
+        pairs = prefix_pairs(args.corpus)
+    counts = write_corpus(pairs, args.out_dir, args.test_every)
     print(f"{counts['train']} training and {counts['test']} test pairs in {args.out_dir}")
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -213,8 +214,27 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         return _train(config, ctx, data)
 
 
-def _train(config: dict[str, Any], ctx: distributed.Context, data: ParallelData) -> dict | None:
+@dataclass
+class Parts:
+    """What the loop trains with, built once a run directory is open."""
+
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module
+    spec: Any  # the optimizer's registry record (optim.OptimizerSpec)
+    train: Split
+    valid: Split
+    order: EpochOrder
+    resume: dict[str, Any]  # this rank's mid-epoch state from the checkpoint, or {}
+
+
+def prepare(config: dict[str, Any], ctx: distributed.Context, data: ParallelData) -> None:
+    """Settle what depends on the number of ranks before the run directory opens."""
     config["update_freq"] = update_freq(config, ctx.world_size)
+
+
+def build(config: dict[str, Any], run: runs.Run, data: ParallelData) -> Parts:
+    """Batches, model, optimizer, schedule and scaler, restored from the run's checkpoint."""
+    ctx = run.ctx
     train, valid = data.split("train"), data.split("valid")
     batches = token_batches(train.src_sizes, train.tgt_sizes, config["max_tokens"],
                             seed=config["seed"],
@@ -226,40 +246,47 @@ def _train(config: dict[str, Any], ctx: distributed.Context, data: ParallelData)
             f"--data-dir {data.path}: {len(batches)} batches, fewer than one update needs "
             f"({config['update_freq']} x {ctx.world_size}); lower tokens_per_update"
         )
+    checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
+    model = build_model(config["model"], len(data.dictionary), data.dictionary.pad,
+                        config["config"]).to(ctx.device)  # fmt: skip
+    optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
+    schedule = build_schedule(optimizer, config)
+    scaler = amp.grad_scaler(ctx.device, config["amp"])
+    checkpoint.seed_everything(config["seed"] + ctx.rank)  # but different dropout draws
+    resume = run.restore(model, optimizer, schedule, scaler)
+    ddp_model = distributed.wrap(model, ctx)
+    run.log_start(f"{sum(p.numel() for p in model.parameters()):,} parameters",
+                  f"{len(train):,} pairs in {len(batches):,} batches",
+                  f"{order.updates_per_epoch():,} updates/epoch of {config['update_freq']} "
+                  f"micro-batch(es) per rank")  # fmt: skip
+    return Parts(model, ddp_model, spec, train, valid, order, resume)
+
+
+def _train(config: dict[str, Any], ctx: distributed.Context, data: ParallelData) -> dict | None:
+    prepare(config, ctx, data)
     bleu = config["valid_generation"] != NO_BLEU
     metric, mode = ("valid_bleu", "max") if bleu else ("valid_loss", "min")
     with runs.start(config, ctx, metric=metric, mode=mode, packages=PACKAGES,
                     also_resumable=("update_freq",)) as run:  # fmt: skip
-        checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
-        model = build_model(config["model"], len(data.dictionary), data.dictionary.pad,
-                            config["config"]).to(ctx.device)  # fmt: skip
-        optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
-        schedule = build_schedule(optimizer, config)
-        scaler = amp.grad_scaler(ctx.device, config["amp"])
-        checkpoint.seed_everything(config["seed"] + ctx.rank)  # but different dropout draws
-        resume = run.restore(model, optimizer, schedule, scaler)
-        ddp_model = distributed.wrap(model, ctx)
-        run.log_start(f"{sum(p.numel() for p in model.parameters()):,} parameters",
-                      f"{len(train):,} pairs in {len(batches):,} batches",
-                      f"{order.updates_per_epoch():,} updates/epoch of {config['update_freq']} "
-                      f"micro-batch(es) per rank")  # fmt: skip
+        p = build(config, run, data)
+        resume = p.resume
         while not run.finished:
             tic = time.perf_counter()
-            stats = train_epoch(model, ddp_model, train, order, spec.needs_create_graph, run,
-                                resume)  # fmt: skip
+            stats = train_epoch(p.model, p.ddp_model, p.train, p.order,
+                                p.spec.needs_create_graph, run, resume)  # fmt: skip
             resume = {}
-            stats.update(validate(model, valid, config, ctx))
-            lr = optimizer.param_groups[0]["lr"]
+            stats.update(validate(p.model, p.valid, config, ctx))
+            lr = run.optimizer.param_groups[0]["lr"]
             record = run.epoch_done({"lr": lr, **stats,
                                      "epoch_time_s": time.perf_counter() - tic})  # fmt: skip
             run.snapshot()
-            bleu = f" | valid BLEU {record['valid_bleu']:.2f}" if "valid_bleu" in record else ""
+            bleu_text = f" | valid BLEU {record['valid_bleu']:.2f}" if bleu else ""
             run.record(
                 f"{run.progress_label()} lr {lr:.3g} | train loss {record['train_loss']:.3f} | "
-                f"valid loss {record['valid_loss']:.3f} ppl {record['valid_ppl']:.2f}{bleu} | "
-                f"{record['tokens_per_s']:.0f} tokens/s"
+                f"valid loss {record['valid_loss']:.3f} ppl {record['valid_ppl']:.2f}"
+                f"{bleu_text} | {record['tokens_per_s']:.0f} tokens/s"
             )
-        return run.finish(model)
+        return run.finish(p.model)
 
 
 if __name__ == "__main__":

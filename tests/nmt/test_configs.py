@@ -4,6 +4,8 @@ recipe, typed in from the spec (not read from the configs under test); every row
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,22 @@ def test_print_config_shows_the_row(capsys):
     c = json.loads(capsys.readouterr().out)
     assert c["optimizer"]["eps"] == 1e-16 and c["schedule"]["warmup"] == 1000
     assert c["max_updates"] == 1000 and c["schedule"]["name"] == "recipe"
+
+
+def test_script_trains_every_row_and_seed_then_evaluates():
+    def commands(*args: str) -> list[str]:
+        cmd = ["bash", str(ROOT / "scripts/wmt14.sh"), "--dry-run", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+        return out.stdout.strip().splitlines()
+
+    v1 = commands("--version", "v1", "--data-dir", "D", "--gpus", "0", "--out-root", "R")
+    assert len(v1) == len(V1) * len(SEEDS) + 1  # then one evaluation of them all
+    assert all("-m nmt.train --config configs/v1/wmt14.yaml" in c for c in v1[:-1])
+    assert [c.split("--row ")[1].split()[0] for c in v1[:: len(SEEDS)][:-1]] == list(V1)
+    assert all("--data-dir D" in c and "--device cpu" in c for c in v1)
+    assert v1[-1].endswith("-m nmt.evaluate --run-dir R/wmt14/v1 --data-dir D --device cpu")
+    script = (ROOT / "scripts/wmt14.sh").read_text()
+    body = [line for line in script.splitlines() if not line.startswith("#")]
+    code = "\n".join(body).replace("wmt14", "")
+    # no hyperparameter in the script: only the flags 0 / 1 and array arithmetic
+    assert set(re.findall(r"[\d.]*\d(?:e-?\d+)?", code)) <= {"0", "1", "2", "20"}

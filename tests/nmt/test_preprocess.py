@@ -14,6 +14,7 @@ from subword_nmt.apply_bpe import BPE
 
 import nmt.preprocess as pre
 from engine import cli
+from nmt import steps
 from nmt.data import ParallelData
 from nmt.dictionary import Dictionary
 from nmt.text import remove_bpe
@@ -130,7 +131,7 @@ def test_rerun_is_a_no_op_changed_options_need_overwrite(tmp_path, monkeypatch):
         calls.append(job)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pre, "bpe_chunk", dying)
+    monkeypatch.setattr(steps, "bpe_chunk", dying)
     with pytest.raises(KeyboardInterrupt):
         pre.preprocess(_opts("bpe_merges=50"), train, path, workers=1, overwrite=True)
     assert calls and {p.name: p.read_bytes() for p in path.iterdir()} == before
