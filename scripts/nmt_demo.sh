@@ -85,7 +85,13 @@ for i in "${!pids[@]}"; do
 done
 [[ $failed == 0 ]] || exit 1
 echo "trained in $((SECONDS - start)) s; translating the test set"
-OMP_NUM_THREADS=1 "$PY" -m nmt.evaluate --run-dir "$demo/current" --device cpu
+pids=()
+for row in "${row_list[@]}"; do
+  OMP_NUM_THREADS=1 "$PY" -m nmt.evaluate --run-dir "$demo/current/$row/recipe/seed1" \
+    --device cpu &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
 echo
 "$PY" -m scripts.report "$demo/current" --out "$demo/report" --no-plots
 echo "total: $((SECONDS - start)) s"
