@@ -168,3 +168,15 @@ def test_two_ranks_equal_one_rank_accumulating(data_dir, tmp_path):
     b = engine.checkpoint.load(out / "checkpoint.pt")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_mixed_precision_trains(data_dir, tmp_path, mode):
+    results = _run(data_dir, tmp_path / mode, "--max-updates", "2", "--amp", mode,
+                   "valid_generation=none", "keep_last=0")  # fmt: skip
+    final = results["final"]
+    assert results["finished"] and final["update"] == 2
+    assert 0 < final["train_loss"] < 20 and 0 < final["valid_loss"] < 20
+    state = engine.checkpoint.load(tmp_path / mode / "checkpoint.pt")
+    assert (state["scaler"] is not None) == (mode == "fp16")  # fp16 scales its loss
+    assert all(v.dtype == torch.float32 for v in state["model"].values())
