@@ -32,7 +32,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --data-dir) eval_args+=(--data-dir "${args[$((i + 1))]:-}") ;;
     --gpus) [[ "${args[$((i + 1))]:-}" == 0 ]] && eval_args+=(--device cpu) ;;
     --dry-run) dry_run=1 ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   esac
 done
 
