@@ -36,25 +36,11 @@ from engine.optimization import build_optimizer, build_schedule
 
 from .data import EpochOrder, ParallelData, Split, token_batches
 from .model import build_model, label_smoothed_loss
+from .schema import SCHEMA
 from .score import tokenized_bleu
 from .search import generation_options, translate
 from .text import remove_bpe
 
-#: This task's config keys (the engine adds seed, max_updates, optimizer, schedule, ...).
-SCHEMA = {
-    "max_tokens": int,
-    "tokens_per_update": (int, type(None)),
-    "batch_multiple": int,
-    "clip": (float, type(None)),
-    "label_smoothing": float,
-    "average_last": int,
-    "generation": str,
-    "valid_generation": str,  # "none": valid loss only
-    "decode_batch_size": int,
-    "generations": dict,
-    "model": dict,
-    "preprocess": dict,
-}
 NO_BLEU = "none"  # valid_generation that turns the valid BLEU off
 PACKAGES = ("numpy", "sacremoses", "subword-nmt", "sacrebleu")
 
@@ -133,10 +119,10 @@ def train_epoch(
         amp.step(run.optimizer, run.scaler, clip_norm=config["clip"], parameters=model.parameters())
         run.optimizer.zero_grad(set_to_none=True)
         run.update_done()
-        if config["log_every"] and run.update % config["log_every"] == 0:
+        if run.log_due():
             s = meter.read(ctx)
             run.log.info(
-                f"{run.progress_label()} loss {s['loss'] / s['tokens']:.3f} nll "
+                f"{run.step_label(n)} update {run.update} loss {s['loss'] / s['tokens']:.3f} nll "
                 f"{s['nll'] / s['tokens']:.3f} lr {run.optimizer.param_groups[0]['lr']:.3g} "
                 f"{(s['tokens'] - before) / (time.perf_counter() - tic):.0f} tokens/s"
             )

@@ -132,3 +132,12 @@ def test_script_trains_every_row_and_seed_then_evaluates():
     code = "\n".join(body).replace("wmt14", "")
     # no hyperparameter in the script: only the flags 0 / 1 and array arithmetic
     assert set(re.findall(r"[\d.]*\d(?:e-?\d+)?", code)) <= {"0", "1", "2"}
+
+
+def test_help_shows_this_tasks_examples(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.run(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "python -m nmt.train --config configs/wmt14.yaml --row Apollo" in text
+    assert "--max-updates" in text and "lm1b" not in text
