@@ -25,8 +25,9 @@ API, in the order a ``train.py`` calls it (``classification/train.py`` is the sh
         return r.finish(model)                       # rank digests, final results.json
 
 **The run directory** (``config["out_dir"]``), written by rank 0 only: ``.lock``, ``config.json``,
-``metrics.jsonl``, ``results.json``, ``checkpoint.pt``, ``checkpoint_epoch<E>.pt`` (when
-``keep_last`` > 0), ``train.log``, ``tb/`` (see :mod:`engine.metrics`).
+``metrics.jsonl``, ``results.json``, ``checkpoint.pt``, ``checkpoint_epoch<E>.pt`` (the last
+``keep_last`` epochs, when it is > 0; ``engine.checkpoint.average(epoch_paths(out_dir))``
+averages them), ``train.log``, ``tb/`` (see :mod:`engine.metrics`).
 
 **One writer.** :func:`start` takes the directory's exclusive lock (:mod:`engine.lock`; a
 killed run's lock is taken over, with a warning naming its PID); a second run on the directory
@@ -37,8 +38,9 @@ keys in :data:`RESUMABLE_CHANGES` (where and how the run executes; a task adds i
 Without one, a directory that holds ``results.json`` is refused unless its ``config.json``
 is this run's (only where-it-ran keys may differ): another run's results are never
 overwritten. A task puts a fingerprint of its data into the config before :func:`start`,
-under ``data_fingerprint`` (the language model: the vocabulary's size and digest), so a
-resume on different data is refused by the same comparison.
+under ``data_fingerprint`` (a JSON-able value; the language model's is
+``language_model.train.data_fingerprint``), so a resume on different data is refused by the
+same comparison, and the fingerprint is recorded in ``config.json``.
 
 **Changing the length** (``epochs`` / ``max_updates``) on resume is a continuation when the
 schedule does not depend on it (milestones, or a cosine with ``schedule.total_steps`` set): the
