@@ -19,11 +19,13 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_value
 
+from . import _fused
 from ._sharding import Shards, check_params, is_dtensor, to_local
 from ._warmup import check_lr
 from .registry import register
 
 WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
+STATE = ("exp_avg", "exp_avg_var")
 
 
 def _validate(g: dict[str, Any]) -> None:
@@ -33,6 +35,8 @@ def _validate(g: dict[str, Any]) -> None:
         ("eps", lambda v: v > 0, "must be > 0"),
         ("weight_decay", lambda v: v >= 0, "must be >= 0"),
         ("weight_decay_type", lambda v: v in WEIGHT_DECAY_TYPES, f"one of {WEIGHT_DECAY_TYPES}"),
+        ("fused", lambda v: v in (None, True, False), "None, True or False"),
+        ("fused", lambda v: not (v and g.get("foreach")), "fused and foreach are two paths"),
     ]
     for name, ok, why in rules:
         try:
@@ -66,6 +70,10 @@ class AdaBelief(torch.optim.Optimizer):
         weight_decay_type: 'L2' (authors' default), 'decoupled' (the paper's tables) or
             'stable' (decoupled, divided by the mean denominator).
         foreach: use the multi-tensor path; None (default) means yes.
+        fused: the fused Triton kernels (two launches per group, no host-device
+            synchronisation, step counters on the device). ``None`` (default): used for CUDA
+            float32/bfloat16/float16 parameters when Triton is importable and ``foreach`` was
+            not given; ``True``: required (an error says why it cannot run); ``False``: never.
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class AdaBelief(torch.optim.Optimizer):
         weight_decay_type: str = "L2",
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -86,10 +95,20 @@ class AdaBelief(torch.optim.Optimizer):
             weight_decay=weight_decay,
             weight_decay_type=weight_decay_type,
             foreach=foreach,
+            fused=fused,
         )
         _validate(defaults)  # before any group exists, so the message names the argument
         defaults["betas"] = tuple(betas)
+        self._fused_plans = _fused.Cache()
         super().__init__(params, defaults)
+        if fused:
+            _fused.check_requested("AdaBelief", [p for g in self.param_groups for p in g["params"]])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._fused_plans = _fused.Cache()
+        for group in self.param_groups:
+            group.setdefault("fused", None)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         _validate({**self.defaults, **param_group})  # before the group joins
@@ -131,6 +150,14 @@ class AdaBelief(torch.optim.Optimizer):
             self._init_group(group, *tensors)
             if not tensors[0]:
                 continue
+            if _fused.considered(group, tensors[0]):
+                states = [self.state[p] for p in tensors[0]]
+                plan = _fused.plan(
+                    self._fused_plans, "AdaBelief", group, tensors[0], states, STATE, _plan
+                )
+                if plan is not None:
+                    plan.step(tensors[1], group)
+                    continue
             lr = group["lr"]
             if isinstance(lr, torch.Tensor) and not torch.compiler.is_compiling():
                 lr = lr.item()  # eager: a Python number; compiled: read in the graph
@@ -148,6 +175,12 @@ class AdaBelief(torch.optim.Optimizer):
                 weight_decay_type=group["weight_decay_type"],
             )
         return loss
+
+
+def _plan(params, exp_avgs, exp_avg_vars, steps):
+    from ._fused.adabelief import Plan  # imports Triton
+
+    return Plan(params, exp_avgs, exp_avg_vars, steps)
 
 
 def _single_tensor_adabelief(

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from . import _fused
 from ._sharding import check_params, is_dtensor
 from ._warmup import check_lr, warn_if_scheduled_in_warmup
 from .registry import register
@@ -52,6 +53,7 @@ def _validate(g: dict[str, Any]) -> None:
         ("init_lr", lambda v: 0 <= v <= lr, f"must be in [0, lr={lr!r}]"),
         ("hessian_power", lambda v: 0 < v <= 1, "must be in (0, 1]"),
         ("update_each", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
+        ("fused", lambda v: v in (None, True, False), "must be None, True or False"),
     ]
     for name, ok, why in rules:
         try:
@@ -89,6 +91,10 @@ class AdaHessian(torch.optim.Optimizer):
         seed: seed of the Rademacher probes (kept in every param group, so in the state
             dict); default drawn from torch's global generator, so ``torch.manual_seed``
             before construction fixes it.
+        fused: update with one fused Triton kernel per group (the Hutchinson product stays
+            autograd). ``None`` (default): for CUDA float32/bfloat16/float16 parameters when
+            Triton is importable; ``True``: required (an error says why it cannot run);
+            ``False``: never.
 
     Mixed precision: :meth:`step` takes ``loss_scale``, the factor the loss was multiplied
     by before ``backward`` (``torch.amp.GradScaler.get_scale()``). With a GradScaler,
@@ -122,6 +128,7 @@ class AdaHessian(torch.optim.Optimizer):
         average_conv_kernel: bool = False,
         *,
         seed: int | None = None,
+        fused: bool | None = None,
     ) -> None:
         _refuse_zero_redundancy(sys._getframe(1))
         defaults = dict(
@@ -134,6 +141,7 @@ class AdaHessian(torch.optim.Optimizer):
             hessian_power=hessian_power,
             update_each=update_each,
             average_conv_kernel=average_conv_kernel,
+            fused=fused,
         )
         _validate(defaults)  # before any group exists, so the message names the argument
         defaults["betas"] = tuple(betas)
@@ -148,7 +156,11 @@ class AdaHessian(torch.optim.Optimizer):
         self._warmup_checked = False
         self._ranks_checked = False
         self.hessian_overflow = False
+        self._fused_plans = _fused.Cache()
         super().__init__(params, defaults)
+        if fused:
+            params = [p for g in self.param_groups for p in g["params"]]
+            _fused.check_requested("AdaHessian", params)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its ``base_lr`` (the warmup's target) is its lr now."""
@@ -182,6 +194,9 @@ class AdaHessian(torch.optim.Optimizer):
         for group in self.param_groups:
             group.setdefault("seed", seed)
         self.defaults.setdefault("seed", seed)
+        self._fused_plans = _fused.Cache()
+        for group in self.param_groups:
+            group.setdefault("fused", None)
         self._generators = {}
         self.__dict__.setdefault("_warmup_checked", False)
         self.__dict__.setdefault("_ranks_checked", False)
@@ -259,10 +274,39 @@ class AdaHessian(torch.optim.Optimizer):
         if scale is not None and scale["grad"] is not None:
             grads = [g / scale["grad"] for g in grads]
         grads = self._average([p for _, p, _, _, _ in entries], grads)
+        by_group: dict[int, list] = {}
         for (group, p, _, state, _), g in zip(entries, grads, strict=True):
             d = fresh[id(p)] if id(p) in fresh else state["hessian"]
-            self._update(group, p, g, d, state)
+            by_group.setdefault(id(group), [group]).append((p, g, d, state))
+        for group, *items in by_group.values():
+            if not self._fused_update(group, items):
+                for p, g, d, state in items:
+                    self._update(group, p, g, d, state)
         return loss
+
+    def _fused_update(self, group, items) -> bool:
+        """Spec steps 3-7 with the fused kernel, one launch per step count; False when the
+        group takes the per-tensor path."""
+        params = [p for p, _, _, _ in items]
+        if not _fused.considered(group, params):
+            return False
+        ok = self._fused_plans.get(
+            lambda: tuple(map(id, params)),
+            lambda: _fused.resolve("AdaHessian", group["fused"], params),
+        )
+        if not ok:
+            return False
+        from ._fused import adahessian as kernels  # imports Triton
+
+        buckets: dict[int, list] = {}
+        for item in items:  # the counters live on the host (update_each is decided there)
+            buckets.setdefault(int(item[3]["step"].item()), []).append(item)
+        for t, bucket in buckets.items():
+            params, grads, hessians, states = (list(x) for x in zip(*bucket, strict=True))
+            plan = kernels.plan(self._fused_plans, params, states)
+            plan.step(grads, hessians, t, _lr_at(group, t), group)
+            torch._foreach_add_([s["step"] for s in states], 1.0)
+        return True
 
     def _gradients(self) -> list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
         """(group, p, g) for the parameters with a gradient; across ranks, their union (a
@@ -291,9 +335,7 @@ class AdaHessian(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         step = state["step"]
         t = step.item()  # before this step (spec step 3)
-        lr = float(group["lr"])
-        if t < group["warmup"] and lr != 0:  # a group with lr 0 does not move, in warmup too
-            lr = group["init_lr"] + (group["base_lr"] - group["init_lr"]) * t / group["warmup"]
+        lr = _lr_at(group, t)
         if group["weight_decay"] != 0:
             p.mul_(1.0 - lr * group["weight_decay"])
         step += 1
@@ -415,6 +457,15 @@ def _check_same_parameters_on_all_ranks(pairs, device: torch.device) -> None:
             f"{int(n[0])}); it needs every rank to hold every parameter, as under DDP "
             "(ZeroRedundancyOptimizer and FSDP split them)"
         )
+
+
+def _lr_at(group: dict[str, Any], t: float) -> float:
+    """Spec step 3: the warmup's lr with the count ``t`` before this step, then the group's
+    lr; a group with lr 0 does not move, in warmup too."""
+    lr = float(group["lr"])
+    if t < group["warmup"] and lr != 0:
+        return group["init_lr"] + (group["base_lr"] - group["init_lr"]) * t / group["warmup"]
+    return lr
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
+from . import _fused
 from ._apollo_foreach import (
     Hyper,
     apollo_apply,
@@ -47,6 +48,8 @@ REBOUNDS = ("constant", "belief")
 COMPILE_MIN_NUMEL = 1 << 16  # smaller tensors take the eager multi-tensor path
 FOREACH_CHUNK = 1 << 18  # elements per multi-tensor run (see Apollo._chunks)
 WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
+STATE = ("exp_avg_grad", "approx_hessian", "update")
+APOLLO_DTYPES = (torch.float32, torch.bfloat16)  # float16: d⊙d overflows once |d| > 256
 
 
 def _check(ok: bool, name: str, value: Any, why: str) -> None:
@@ -75,6 +78,11 @@ class Apollo(torch.optim.Optimizer):
         compiled: update tensors of >= 64k elements with a ``torch.compile``'d kernel
             (opt-in; the first step compiles, ~20 s on a 2-core CPU); smaller tensors
             stay on the eager multi-tensor path.
+        fused: the fused Triton kernels (a constant number of launches per group, no
+            host-device synchronisation, step counters on the device). ``None`` (default):
+            used for CUDA float32/bfloat16 parameters when Triton is importable and neither
+            ``foreach`` nor ``compiled`` was given; ``True``: required (an error says why
+            it cannot run); ``False``: never.
     """
 
     def __init__(
@@ -93,6 +101,7 @@ class Apollo(torch.optim.Optimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         compiled: bool = False,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -107,13 +116,19 @@ class Apollo(torch.optim.Optimizer):
             foreach=foreach,
             maximize=maximize,
             compiled=compiled,
+            fused=fused,
         )
         self._validate(defaults)  # before any group exists, so the message names the argument
         self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._views: dict[tuple, list[torch.Tensor]] = {}
         self._compiled_fn: tuple[Callable, Callable] | None = None
         self._warmup_checked = False
+        self._fused_plans = _fused.Cache()
         super().__init__(params, defaults)
+        if fused:
+            _fused.check_requested(
+                "Apollo", [p for g in self.param_groups for p in g["params"]], APOLLO_DTYPES
+            )
 
     @staticmethod
     def _validate(g: dict[str, Any]) -> None:
@@ -134,6 +149,11 @@ class Apollo(torch.optim.Optimizer):
             wdt,
             f"expected one of {WEIGHT_DECAY_TYPES}",
         )
+        fused = g.get("fused")
+        _check(fused in (None, True, False), "fused", fused, "must be None, True or False")
+        if fused:
+            _check(not g.get("compiled"), "fused", fused, "fused and compiled are two paths")
+            _check(not g.get("foreach"), "fused", fused, "fused and foreach are two paths")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its ``base_lr`` (the warmup's target, spec step 1) is its lr now."""
@@ -154,7 +174,9 @@ class Apollo(torch.optim.Optimizer):
         self._views = {}
         self._compiled_fn = None
         self._warmup_checked = False
+        self._fused_plans = _fused.Cache()
         for group in self.param_groups:
+            group.setdefault("fused", None)
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
             group.setdefault("compiled", False)
@@ -241,12 +263,18 @@ class Apollo(torch.optim.Optimizer):
             # graph, so an LR scheduler's in-place updates do not recompile it.
             traceable_apollo(params, grads, ms, bs, us, steps, _lr_tensor(group), hp)
             return
-        if not self._warmup_checked and hp.warmup > 0:
-            # one read of one counter per step, and none once the warmup is over
+        if not self._warmup_checked and hp.warmup > 0 and _lr_moved(group):
+            # one read of one counter (a device sync for the fused path's counters), once
             self._warmup_checked = warn_if_scheduled_in_warmup("Apollo", group, int(steps[0]))
         if any(is_dtensor(p) for p in params):  # FSDP2: reductions over whole tensors
             sharded_apollo(params, grads, ms, bs, us, steps, _lr_tensor(group), hp)
             return
+        if _fused.considered(group, params):
+            states = [self.state[p] for p in params]
+            plan = _fused.plan(self._fused_plans, "Apollo", group, params, states, STATE, _plan)
+            if plan is not None:
+                plan.step(grads, group)
+                return
         if group.get("compiled", False):
             params, grads, ms, bs, us, steps = self._compiled_update(
                 group, hp, params, grads, ms, bs, us, steps
@@ -301,6 +329,21 @@ class Apollo(torch.optim.Optimizer):
 def _lr_tensor(group: dict[str, Any]) -> torch.Tensor:
     lr = group["lr"]
     return lr if isinstance(lr, torch.Tensor) else torch.tensor(float(lr), dtype=torch.float64)
+
+
+def _lr_moved(group: dict[str, Any]) -> bool:
+    """Whether a group's lr differs from its base_lr (and is not 0), looked at on the host
+    only: a tensor lr on a GPU is not read (that would wait for the GPU every step)."""
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor) and lr.device.type != "cpu":
+        return False
+    return float(lr) not in (group["base_lr"], 0.0)
+
+
+def _plan(params, ms, bs, us, steps):
+    from ._fused.apollo import Plan  # imports Triton
+
+    return Plan(params, ms, bs, us, steps)
 
 
 def _single_tensor_apollo(
