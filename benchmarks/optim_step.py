@@ -2,14 +2,19 @@
 
     python -m benchmarks.optim_step [--sets resnet110,lstm,transformer] [--steps N]
                                     [--compiled] [--threads T]
+    python -m benchmarks.optim_step --device cuda [--rounds R] [--steps N]
 
 Every optimizer is measured in the same process on the same parameters and random
-gradients; after one untimed step each (state allocation, compilation), the rows take
-turns one step at a time and the median of ``--steps`` steps per row is reported
-with its ratio to ``torch.optim.Adam(foreach=True)`` (and, with
-``--compiled``, to ``Adam(fused=True)``). Goals (a 2-core CPU, eager):
-Apollo <= 2.0x Adam(foreach) on ResNet-110 and LSTM; compiled Apollo <= 2.5x
-Adam(fused) on LSTM. See docs/performance.md for the figures and how to read them.
+gradients, with its ratio to ``torch.optim.Adam(foreach=True)`` and ``Adam(fused=True)``.
+CPU: after one untimed step each (state allocation, compilation), the rows take turns
+one step at a time; the median of ``--steps`` steps per row. CUDA: after two untimed
+steps each (state, tables, Triton compilation), per round each row runs ``--steps``
+steps between two CUDA events, rows taking turns; the median over ``--rounds`` rounds;
+also each row's peak memory allocated during a step beyond what was allocated before it
+(bytes per parameter), and its ratio to the memory-traffic bound: its tensor-sized
+transfers (Adam 7, Apollo 13) times 4 bytes times the parameter count, over the
+bandwidth of a device-to-device copy measured in the same run. Goals: see
+docs/performance.md, with the figures and how to read them.
 """
 
 from __future__ import annotations
@@ -144,20 +149,30 @@ def _sgd(params, grads):
     return opt, before_step
 
 
-def rows(compiled: bool) -> dict[str, Callable]:
-    """Row name -> factory(params, grads) returning (optimizer, untimed before_step or None)."""
+Factory = Callable[[list, list], tuple]
+
+
+def rows(device: str, compiled: bool) -> dict[str, Factory]:
+    """Row name -> factory(params, grads) returning (optimizer, untimed before_step or None).
+
+    On CUDA the default of Apollo and AdaBelief is the fused path, named as such; the
+    multi-tensor rows are ``foreach=True`` there, and the authors'-style loop is kept."""
     lr = 1e-6  # tiny: parameters stay in range over many steps (denormals would skew timings)
-    r: dict[str, Callable] = {
+    r: dict[str, Factory] = {
         "Adam (foreach)": lambda ps, gs: (torch.optim.Adam(ps, lr=lr, foreach=True), None),
         "Adam (fused)": lambda ps, gs: (torch.optim.Adam(ps, lr=lr, fused=True), None),
-        "Apollo (foreach)": lambda ps, gs: (Apollo(ps, lr=lr, warmup=0, foreach=True), None),
-        "Apollo (per-tensor loop)": lambda ps, gs: (
-            Apollo(ps, lr=lr, warmup=0, foreach=False),
-            None,
-        ),
-        "naive per-tensor (authors' style)": lambda ps, gs: (NaiveApollo(ps, lr=lr), None),
     }
+    if device == "cuda":
+        r["Apollo (fused)"] = lambda ps, gs: (Apollo(ps, lr=lr, warmup=0, fused=True), None)
+    r["Apollo (foreach)"] = lambda ps, gs: (Apollo(ps, lr=lr, warmup=0, foreach=True), None)
+    r["Apollo (per-tensor loop)"] = lambda ps, gs: (
+        Apollo(ps, lr=lr, warmup=0, foreach=False),
+        None,
+    )
+    r["naive per-tensor (authors' style)"] = lambda ps, gs: (NaiveApollo(ps, lr=lr), None)
     if AdaBelief is not None:
+        if device == "cuda":
+            r["AdaBelief (fused)"] = lambda ps, gs: (AdaBelief(ps, lr=lr, fused=True), None)
         r["AdaBelief (foreach)"] = lambda ps, gs: (AdaBelief(ps, lr=lr, foreach=True), None)
         r["AdaBelief (per-tensor loop)"] = lambda ps, gs: (
             AdaBelief(ps, lr=lr, foreach=False),
@@ -172,6 +187,10 @@ def rows(compiled: bool) -> dict[str, Callable]:
     return r
 
 
+# Tensor-sized memory transfers of one step per element (reads + writes), for the bound.
+TRANSFERS = {"Adam": 7, "Apollo": 13, "AdaBelief": 7, "SGD": 5}
+
+
 def _timed_step(opt, before: Callable | None) -> float:
     if before is not None:
         before()
@@ -180,18 +199,24 @@ def _timed_step(opt, before: Callable | None) -> float:
     return time.perf_counter() - t0
 
 
-def bench_set(name: str, steps: int, compiled: bool) -> None:
+def _parameters(name: str, device: str) -> tuple[list, list, int]:
     shapes = SETS[name]()
     gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.1) for s in shapes]
-    grads = [torch.randn(s, generator=gen) * 0.01 for s in shapes]
+    params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.1).to(device)) for s in shapes]
+    grads = [(torch.randn(s, generator=gen) * 0.01).to(device) for s in shapes]
     for p, g in zip(params, grads, strict=True):
         p.grad = g
     n = sum(p.numel() for p in params)
-    print(f"\n== {name}: {len(params)} tensors, {n:,} parameters (float32) ==", flush=True)
+    print(f"\n== {name}: {len(params)} tensors, {n:,} parameters (float32, {device}) ==")
+    return params, grads, n
+
+
+def bench_set(name: str, steps: int, compiled: bool) -> None:
+    """CPU: each step timed with the wall clock, rows taking turns step by step."""
+    params, grads, _ = _parameters(name, "cpu")
     opts: dict[str, tuple] = {}
     first: dict[str, float] = {}
-    for row, factory in rows(compiled).items():
+    for row, factory in rows("cpu", compiled).items():
         opts[row] = factory(params, grads)
         first[row] = _timed_step(*opts[row])  # state allocation (and compilation)
     # Round robin, one step per row per round, the order rotating every round: a burst
@@ -210,7 +235,101 @@ def bench_set(name: str, steps: int, compiled: bool) -> None:
         print(f"{row:36s} {med * 1e3:9.2f} {med / adam:16.2f} {med / fused:14.2f}{extra}")
 
 
-def machine() -> str:
+def copy_bandwidth(numel: int = 1 << 28) -> float:
+    """Bytes per second of a device-to-device copy (read + write), median of 9."""
+    src = torch.randn(numel, device="cuda")
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * 4 * numel / statistics.median(times[1:])
+
+
+def _peak_extra(opt, before: Callable | None, n: int) -> float:
+    """Bytes per parameter allocated during one step beyond what was allocated before it."""
+    if before is not None:
+        before()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    opt.step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / n
+
+
+def bench_set_cuda(name: str, rounds: int, steps: int, compiled: bool, bandwidth: float) -> None:
+    """CUDA: per round, each row runs ``steps`` steps between two CUDA events (the GPU time
+    of the stream, host overhead included when the GPU waits for it); rows take turns,
+    the order rotating every round; the median over rounds of ms per step."""
+    params, grads, n = _parameters(name, "cuda")
+    opts: dict[str, tuple] = {}
+    first: dict[str, float] = {}
+    for row, factory in rows("cuda", compiled).items():
+        opts[row] = factory(params, grads)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(2):  # state allocation, table building, Triton/Inductor compilation
+            _timed_step(*opts[row])
+        torch.cuda.synchronize()
+        first[row] = time.perf_counter() - t0
+    extra = {row: _peak_extra(*opt, n) for row, opt in opts.items()}
+    samples: dict[str, list[float]] = {row: [] for row in opts}
+    names = list(opts)
+    for k in range(rounds):
+        events = {}
+        for row in names[k % len(names) :] + names[: k % len(names)]:
+            opt, before = opts[row]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if before is not None:  # SGD's restore of its gradients, before its events
+                before()
+            start.record()
+            for _ in range(steps):
+                opt.step()
+            end.record()
+            events[row] = (start, end)
+        torch.cuda.synchronize()
+        for row, (start, end) in events.items():
+            samples[row].append(start.elapsed_time(end) / 1e3 / steps)
+    med = {row: statistics.median(ts) for row, ts in samples.items()}
+    adam, fused = med["Adam (foreach)"], med["Adam (fused)"]
+    print(
+        f"copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write); bound = transfers x 4 B x "
+        f"{n:,} / bandwidth: Adam/AdaBelief {7 * 4 * n / bandwidth * 1e3:.3f} ms, "
+        f"Apollo {13 * 4 * n / bandwidth * 1e3:.3f} ms"
+    )
+    print(
+        f"{'optimizer':36s} {'ms/step':>9s} {'x Adam(foreach)':>16s} {'x Adam(fused)':>14s} "
+        f"{'x bound':>8s} {'peak extra B/param':>19s} {'first 2 steps s':>16s}"
+    )
+    for row, t in med.items():
+        family = next((f for f in TRANSFERS if row.startswith(f)), "Apollo")
+        bound = TRANSFERS[family] * 4 * n / bandwidth
+        print(
+            f"{row:36s} {t * 1e3:9.3f} {t / adam:16.2f} {t / fused:14.2f} {t / bound:8.1f} "
+            f"{extra[row]:19.2f} {first[row]:16.1f}"
+        )
+    for row in list(opts):  # free this set's state before the next set
+        del opts[row]
+    torch.cuda.empty_cache()
+
+
+def machine(device: str = "cpu") -> str:
+    if device == "cuda":
+        import triton
+
+        p = torch.cuda.get_device_properties(0)
+        return (
+            f"{p.name} ({p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB), "
+            f"torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}, "
+            f"Python {platform.python_version()}"
+        )
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -226,26 +345,46 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="resnet110,lstm,transformer")
-    ap.add_argument("--steps", type=int, default=9, help="timed steps per row (median)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument(
+        "--steps", type=int, default=None,
+        help="CPU: timed steps per row (median; default 9). CUDA: steps per row per round "
+        "(default 10)",
+    )  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=7, help="CUDA: rounds (median; default 7)")
     ap.add_argument("--compiled", action="store_true", help="add torch.compile'd Apollo")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
+    steps = args.steps if args.steps is not None else (10 if cuda else 9)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     bad = [s for s in sets if s not in SETS]
-    if bad or args.steps < 1:
+    if bad or steps < 1 or args.rounds < 1:
         ap.error(f"unknown set(s) {bad}; choose from {sorted(SETS)}" if bad else "need >= 1")
-    print("machine:", machine())
-    print(f"median of {args.steps} timed steps per row, rows interleaved step by step")
+    if cuda and not torch.cuda.is_available():
+        sys.exit("benchmarks.optim_step: --device cuda, but torch sees no CUDA device")
+    print("machine:", machine(args.device))
+    if cuda:
+        print(f"median of {args.rounds} rounds x {steps} steps per row, CUDA events, rows "
+              "interleaved round by round")  # fmt: skip
     if args.compiled:  # report a cold compile, not one served from the on-disk cache
         from torch._inductor import config as inductor_config
 
         inductor_config.force_disable_caches = True
+    else:
+        print(f"median of {steps} timed steps per row, rows interleaved step by step")
     if AdaBelief is None:
         print("(optim.AdaBelief not importable: its rows are skipped)")
+    bandwidth = copy_bandwidth() if cuda else 0.0
+    t0 = time.perf_counter()
     for s in sets:
-        bench_set(s, args.steps, args.compiled)
+        if cuda:
+            bench_set_cuda(s, args.rounds, steps, args.compiled, bandwidth)
+        else:
+            bench_set(s, steps, args.compiled)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
