@@ -21,6 +21,8 @@ from collections.abc import Callable, Hashable, Iterable
 
 import torch
 
+from .._sharding import is_dtensor
+
 # Compute happens in float32; float64 parameters stay on the multi-tensor paths (their
 # scalars would need float64 transcendental functions that Triton does not promise).
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -42,14 +44,10 @@ def triton_missing() -> str | None:
     return None
 
 
-def _is_dtensor(p: torch.Tensor) -> bool:
-    return type(p).__name__ == "DTensor"
-
-
 def unsupported(params: Iterable[torch.Tensor], dtypes=DTYPES) -> str | None:
     """Why the fused kernels cannot update ``params``, or None when they can."""
     for p in params:
-        if _is_dtensor(p):
+        if is_dtensor(p):
             return "DTensor (sharded) parameters take the multi-tensor path"
         if p.device.type == "cpu":
             if not interpreting():
@@ -111,7 +109,7 @@ def considered(group: dict, params: list[torch.Tensor]) -> bool:
     ``fused=None`` leaves CPU tensors, and groups that asked for ``foreach`` or
     ``compiled`` explicitly, to those paths."""
     flag = group.get("fused")
-    if flag is False or not params or torch.compiler.is_compiling() or _is_dtensor(params[0]):
+    if flag is False or not params or torch.compiler.is_compiling() or is_dtensor(params[0]):
         return False  # (DTensor parameters: the sharded multi-tensor path)
     if flag is None:
         explicit = group.get("foreach") is not None or group.get("compiled", False)
