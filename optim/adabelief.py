@@ -20,6 +20,8 @@ import torch
 from torch.optim.optimizer import _get_value
 
 from . import _fused
+from ._adabelief_cpu import batched_adabelief
+from ._cpu_batches import Buffers
 from ._sharding import Shards, check_params, is_dtensor, to_local
 from ._warmup import check_lr
 from .registry import register
@@ -100,6 +102,7 @@ class AdaBelief(torch.optim.Optimizer):
         _validate(defaults)  # before any group exists, so the message names the argument
         defaults["betas"] = tuple(betas)
         self._fused_plans = _fused.Cache()
+        self._cpu_buffers: dict[torch.dtype, Buffers] = {}
         super().__init__(params, defaults)
         if fused:
             _fused.check_requested("AdaBelief", [p for g in self.param_groups for p in g["params"]])
@@ -107,6 +110,7 @@ class AdaBelief(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._fused_plans = _fused.Cache()
+        self._cpu_buffers = {}
         for group in self.param_groups:
             group.setdefault("fused", None)
 
@@ -165,6 +169,10 @@ class AdaBelief(torch.optim.Optimizer):
             fn = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
             if any(is_dtensor(p) for p in tensors[0]):
                 fn = _sharded_adabelief  # FSDP2: the stable decay's mean over whole tensors
+            elif foreach and not torch.compiler.is_compiling():
+                tensors = self._batched(group, tensors, lr)
+                if not tensors[0]:
+                    continue
             fn(
                 *tensors,
                 lr=lr,
@@ -175,6 +183,22 @@ class AdaBelief(torch.optim.Optimizer):
                 weight_decay_type=group["weight_decay_type"],
             )
         return loss
+
+    def _batched(self, group, tensors, lr):
+        """The small CPU tensors of one dtype in same-shape batches (``_adabelief_cpu``);
+        returns the lists of the others."""
+        params = tensors[0]
+        dtype = params[0].dtype
+        if any(p.device.type != "cpu" or p.dtype != dtype for p in params):
+            return tensors
+        buffers = self._cpu_buffers.setdefault(dtype, Buffers(dtype))
+        rest = batched_adabelief(
+            params, tensors[1], [self.state[p] for p in params], lr=lr,
+            beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
+            weight_decay=group["weight_decay"], weight_decay_type=group["weight_decay_type"],
+            buffers=buffers,
+        )  # fmt: skip
+        return tensors if len(rest) == len(params) else tuple([x[i] for i in rest] for x in tensors)
 
 
 def _plan(params, exp_avgs, exp_avg_vars, steps):

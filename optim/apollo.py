@@ -30,6 +30,7 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
 from . import _fused
+from ._apollo_cpu import Buffers, cpu_apollo
 from ._apollo_foreach import (
     Hyper,
     apollo_apply,
@@ -47,6 +48,7 @@ from .registry import register
 REBOUNDS = ("constant", "belief")
 COMPILE_MIN_NUMEL = 1 << 16  # smaller tensors take the eager multi-tensor path
 FOREACH_CHUNK = 1 << 18  # elements per multi-tensor run (see Apollo._chunks)
+BLOCKED_DEVICES = ("cpu",)  # devices whose foreach path is _apollo_cpu's blocked sweeps
 WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
 STATE = ("exp_avg_grad", "approx_hessian", "update")
 APOLLO_DTYPES = (torch.float32, torch.bfloat16)  # float16: d⊙d overflows once |d| > 256
@@ -121,6 +123,7 @@ class Apollo(torch.optim.Optimizer):
         self._validate(defaults)  # before any group exists, so the message names the argument
         self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._views: dict[tuple, list[torch.Tensor]] = {}
+        self._cpu_buffers: dict[torch.dtype, Buffers] = {}
         self._compiled_fn: tuple[Callable, Callable] | None = None
         self._warmup_checked = False
         self._fused_plans = _fused.Cache()
@@ -172,6 +175,7 @@ class Apollo(torch.optim.Optimizer):
         super().__setstate__(state)
         self._scratch = {}
         self._views = {}
+        self._cpu_buffers = {}
         self._compiled_fn = None
         self._warmup_checked = False
         self._fused_plans = _fused.Cache()
@@ -224,11 +228,12 @@ class Apollo(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, ms, bs, us, steps = [], [], [], [], [], []
+            params, grads, ms, bs, us, steps, states = [], [], [], [], [], [], []
             for p in group["params"]:
-                if p.grad is None:
+                g = p.grad
+                if g is None:
                     continue
-                if p.grad.is_sparse:
+                if g.is_sparse:
                     raise ValueError(
                         "Apollo does not support sparse gradients (e.g. nn.Embedding(sparse=True))"
                     )
@@ -247,16 +252,17 @@ class Apollo(torch.optim.Optimizer):
                     state["step"] += 1
                     continue
                 params.append(p)
-                grads.append(p.grad)
+                grads.append(g)
                 ms.append(state["exp_avg_grad"])
                 bs.append(state["approx_hessian"])
                 us.append(state["update"])
                 steps.append(state["step"])
+                states.append(state)
             if params:
-                self._update_group(group, params, grads, ms, bs, us, steps)
+                self._update_group(group, params, grads, ms, bs, us, steps, states)
         return loss
 
-    def _update_group(self, group, params, grads, ms, bs, us, steps) -> None:
+    def _update_group(self, group, params, grads, ms, bs, us, steps, states=None) -> None:
         hp = Hyper.from_group(group)
         if torch.compiler.is_compiling():  # a user's torch.compile is tracing this step
             # A tensor lr (as torch.optim documents for compiled steps) is read in the
@@ -279,20 +285,29 @@ class Apollo(torch.optim.Optimizer):
             params, grads, ms, bs, us, steps = self._compiled_update(
                 group, hp, params, grads, ms, bs, us, steps
             )
+            states = None  # a subset now: looked up again below
             if not params:
                 return
         # Eager paths: bucket by (device, dtype, step count) so every scalar that depends on
         # the step (alpha, lr_t) is one Python number per bucket.
         buckets: dict[tuple, list[int]] = {}
-        for i, (p, s) in enumerate(zip(params, steps, strict=True)):
-            buckets.setdefault((p.device, p.dtype, int(s.item())), []).append(i)
+        one_device = all(s.device == steps[0].device for s in steps)
+        counts = torch.stack(steps).tolist() if one_device else [s.item() for s in steps]
+        for i, (p, t) in enumerate(zip(params, counts, strict=True)):
+            buckets.setdefault((p.device, p.dtype, int(t)), []).append(i)
         foreach = group.get("foreach") is None or group["foreach"]
         for (device, dtype, t), idx in buckets.items():
             lr_t = lr_at_step(t, group["lr"], hp)
             sel = [params, grads, ms, bs, us]
             if len(buckets) > 1:
                 sel = [[lst[i] for i in idx] for lst in sel]
-            if foreach:
+            if foreach and device.type in BLOCKED_DEVICES:
+                buffers = self._cpu_buffers.setdefault(dtype, Buffers(dtype))
+                sts = [self.state[p] for p in params] if states is None else states
+                if len(buckets) > 1:
+                    sts = [sts[i] for i in idx]
+                cpu_apollo(sel[0], sel[1], sts, t, lr_t, hp, buffers)
+            elif foreach:
                 for lo, hi, scratch in self._chunks(device, dtype, sel[0]):
                     multi_tensor_apollo(*(x[lo:hi] for x in sel), scratch, t, lr_t, hp)
             else:

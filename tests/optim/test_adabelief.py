@@ -254,3 +254,30 @@ def test_compiled_step_is_one_graph_without_recompiles():
     assert not counters["recompiles"] and not counters["graph_break"]
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("wd_type", ["L2", "decoupled", "stable"])
+def test_cpu_batches_of_same_shape_tensors_equal_the_loop_bitwise(wd_type, monkeypatch):
+    """Same-shape small tensors share batch matrices (several batches of one shape here);
+    a larger one stays on the multi-tensor path: the loop's numbers, bit for bit."""
+    from optim import _cpu_batches
+
+    monkeypatch.setattr(_cpu_batches, "SMALL", 30)
+    monkeypatch.setattr(_cpu_batches, "BLOCK", 24)
+    shapes = [(2, 3, 2)] * 5 + [(7,)] * 3 + [(5, 8)]
+    results = []
+    for foreach in (True, False):
+        gen = torch.Generator().manual_seed(2)
+        params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+        opt = AdaBelief(params, lr=1e-2, weight_decay=0.1, weight_decay_type=wd_type,
+                        foreach=foreach)  # fmt: skip
+        for step in range(4):
+            for p, g in zip(params, _grads(params, step, skip_odd=(1,)), strict=True):
+                p.grad = g
+            opt.step()
+        results.append((params, opt))
+    (fast, opt), (loop, _) = results
+    for a, b in zip(fast, loop, strict=True):
+        assert torch.equal(a, b)
+    rows = {opt.state[p]["exp_avg"].untyped_storage().data_ptr() for p in fast[:5]}
+    assert len(rows) < 5  # the state of batched tensors shares batch matrices

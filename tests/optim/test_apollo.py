@@ -71,19 +71,29 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
-def test_parity_with_reference_and_foreach_equals_loop(cfg):
-    fast, ref = _run_pair(cfg, foreach=True)
+def test_parity_with_reference_foreach_and_loop(cfg):
+    fast, ref = _run_pair(cfg, foreach=True)  # on CPU: _apollo_cpu's blocked sweeps
     loop, ref2 = _run_pair(cfg, foreach=False)
     _assert_close(fast, ref)
     _assert_close(loop, ref2)
-    for a, b in zip(fast, loop, strict=True):
-        assert torch.equal(a, b)  # the multi-tensor path is the loop, bit for bit
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[1::4], ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_cpu_blocks_and_batches(cfg, monkeypatch):
+    # tiny limits: tensors above 5 elements are swept in blocks of 7 (several blocks each),
+    # smaller ones batched 7 // n at a time (several batches of one size)
+    monkeypatch.setattr(optim._cpu_batches, "SMALL", 5)
+    monkeypatch.setattr(optim._cpu_batches, "BLOCK", 7)
+    fast, ref = _run_pair(cfg, foreach=True, shapes=[*SHAPES, (2,), (2,), (2,), (3,), (40,)])
+    _assert_close(fast, ref)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[::5], ids=lambda c: "-".join(str(v) for v in c.values()))
-def test_foreach_in_chunks_and_without_out_loops_equals_loop(cfg, monkeypatch):
-    # small runs (some tensors larger than a run), and the copy + in-place op form that
-    # non-CPU devices use: still the loop, bit for bit
+def test_multi_tensor_path_equals_loop(cfg, monkeypatch):
+    # the torch._foreach_* path of other devices (CUDA with fused=False), run on CPU tensors:
+    # small runs (some tensors larger than a run) and the copy + in-place op form, which
+    # is the loop, bit for bit
+    monkeypatch.setattr(optim.apollo, "BLOCKED_DEVICES", ())
     monkeypatch.setattr(optim.apollo, "FOREACH_CHUNK", 10)
     monkeypatch.setattr(optim._apollo_foreach, "OUT_LOOP_DEVICES", ())
     fast, ref = _run_pair(cfg, foreach=True)
