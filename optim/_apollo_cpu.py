@@ -11,7 +11,7 @@ twice that, and on a CPU each op costs a few microseconds per tensor. So here:
   one ``torch.stack``, and the update is ~15 ops whatever k (the per-tensor sums are
   batched dot products) and one ``torch._foreach_add_`` into the parameters. A batch fits
   in cache, so the rule's two passes cost one pass over memory.
-* **Large tensors** are swept in blocks of ``BLOCK`` elements, twice: the first sweep
+* **Large tensors** are swept in blocks of ``SWEEP`` elements, twice: the first sweep
   accumulates the sums (reading g, m, B, d), the second updates (reading g, m, B, d, θ,
   writing m, B, d, θ); each block's temporaries stay in cache. The stable weight decay
   needs mean(D) before the last step, so it adds a third sweep over d and θ.
@@ -96,7 +96,7 @@ def _large(p, g, m, b, u, alpha: float, lr_t: float, hp: Hyper, scratch: Buffers
     """One contiguous tensor, swept block by block (see the module docstring)."""
     p, g, m, b, u = (x.view(-1) for x in (p, g, m, b, u))
     n = p.numel()
-    step = _cpu_batches.BLOCK
+    step = _cpu_batches.SWEEP
     blocks = [(a, min(a + step, n)) for a in range(0, n, step)]
     sums = torch.zeros(3, dtype=p.dtype)  # Σ Δ⊙d, Σ (d⊙d)², Σ B⊙d⊙d
     r = torch.zeros((), dtype=p.dtype)

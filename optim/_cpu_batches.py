@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 SMALL = 1 << 16  # tensors up to this size are batched with same-shape tensors
-BLOCK = 1 << 17  # elements per batch of small tensors, and per block of a large tensor
+BLOCK = 1 << 17  # elements per batch of small tensors
+SWEEP = 1 << 19  # elements per block of a large tensor's sweeps (in L3 with its temporaries)
 
 
 class Buffers:

@@ -4,11 +4,15 @@ The update follows ``spec/optimizers.md`` ("Apollo (and ApolloW)") step by step;
 the step numbers in the comments below are the spec's. Every reduction is over one
 parameter tensor ("parameter-wise"), never across tensors.
 
-Three implementations of the same rule live here and in ``_apollo_foreach.py``:
+Implementations of the same rule (here, ``_apollo_cpu.py``, ``_apollo_foreach.py`` and
+``_fused``):
 
+* ``fused`` (the default for CUDA tensors): Triton kernels, a constant number of launches
+  per group, counters on the device (``optim._fused``);
 * ``foreach=False``: a plain per-tensor loop (:func:`_single_tensor_apollo`);
-* ``foreach=True`` (default): the multi-tensor path, ``torch._foreach_*`` over runs
-  of tensors sharing device, dtype and step count, bit-identical to the loop;
+* ``foreach=True`` (default elsewhere): on CPU, same-shape batches of small tensors and
+  blocked sweeps over large ones (``_apollo_cpu``); on other devices ``torch._foreach_*``
+  over runs of tensors sharing device, dtype and step count, bit-identical to the loop;
 * tensor scalars, no ``.item()`` (``apollo_scalars`` then ``apollo_apply``): used when
   a user's ``torch.compile`` traces ``step()``, and with ``compiled=True``, which
   compiles both once (dynamic shapes) for every tensor of at least 64k elements; equal

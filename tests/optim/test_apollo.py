@@ -84,6 +84,7 @@ def test_cpu_blocks_and_batches(cfg, monkeypatch):
     # smaller ones batched 7 // n at a time (several batches of one size)
     monkeypatch.setattr(optim._cpu_batches, "SMALL", 5)
     monkeypatch.setattr(optim._cpu_batches, "BLOCK", 7)
+    monkeypatch.setattr(optim._cpu_batches, "SWEEP", 7)
     fast, ref = _run_pair(cfg, foreach=True, shapes=[*SHAPES, (2,), (2,), (2,), (3,), (40,)])
     _assert_close(fast, ref)
 
