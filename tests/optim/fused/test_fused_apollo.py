@@ -187,6 +187,10 @@ def test_state_dict_round_trip_and_unfused_checkpoints():
         torch.save(opt.state_dict(), buf)
         buf.seek(0)
         sd = torch.load(buf, weights_only=True)
+        for g in sd["param_groups"]:
+            # load_state_dict restores the saved groups' flags, as torch.optim does: resume
+            # the unfused checkpoint (host counters) with the fused path asked for
+            g["fused"] = True
         resumed = [torch.nn.Parameter(p.detach().clone()) for p in ps]
         opt2 = optim.Apollo(resumed, fused=True, **cfg)
         opt2.load_state_dict(sd)
