@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 from engine.distributed import Context, split_batch
 
+from .device_data import DeviceImages
+
 #: dataset -> (folder, train files, test files, label key)
 CIFAR = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
@@ -40,6 +42,8 @@ CIFAR = {
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
 }  # fmt: skip
 DATASETS = (*CIFAR, "imagenet", "digits")
+#: Values of ``data_pipeline`` (see :func:`pipeline`).
+PIPELINES = ("auto", "device", "loader")
 
 
 class DataError(ValueError):
@@ -220,11 +224,36 @@ def _check_labels(labels: np.ndarray, num_classes: int, root: Path) -> None:
         )
 
 
+def pipeline(config: Mapping[str, Any], device: torch.device) -> str:
+    """``data_pipeline`` resolved: ``device`` (CIFAR on the training device, see
+    :mod:`classification.device_data`) or ``loader`` (DataLoader workers). ``auto`` is
+    ``device`` for CIFAR on CUDA and ``loader`` otherwise (ImageNet and digits always)."""
+    choice, name = config["data_pipeline"], config["dataset"]
+    if choice not in PIPELINES:
+        raise ValueError(f"{config.get('config', '<config>')}: data_pipeline must be one of "
+                         f"{', '.join(PIPELINES)}, got {choice!r}")  # fmt: skip
+    if choice == "auto":
+        return "device" if name in CIFAR and device.type == "cuda" else "loader"
+    if choice == "device" and name not in CIFAR:
+        raise ValueError(
+            f"{config.get('config', '<config>')}: data_pipeline=device holds CIFAR-10/100 "
+            f"only; dataset {name} needs data_pipeline=loader"
+        )
+    return choice
+
+
 def build_loaders(
-    config: Mapping[str, Any], ctx: Context
-) -> tuple[DataLoader, DataLoader, DistributedSampler]:
+    config: Mapping[str, Any],
+    ctx: Context,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[Iterable, Iterable, DistributedSampler]:
     """Train loader (the global batch split over ranks, order seeded by ``seed`` and the epoch,
-    so a resumed run sees the same batches) and an eval loader (each rank a disjoint slice)."""
+    so a resumed run sees the same batches) and an eval loader (each rank a disjoint slice).
+
+    With :func:`pipeline` ``device`` both yield batches already on ``ctx.device`` (in
+    ``memory_format``); the sampler's ``set_epoch`` then also picks the augmentation draws."""
+    if pipeline(config, ctx.device) == "device":
+        return _device_loaders(config, ctx, memory_format)
     train_set, eval_set = build_datasets(config)
     sampler = DistributedSampler(
         train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config["seed"]
@@ -240,6 +269,33 @@ def build_loaders(
     shard = Subset(eval_set, range(ctx.rank, len(eval_set), ctx.world_size))
     eval_batch = max(1, config["eval_batch_size"] // ctx.world_size)
     return train, DataLoader(shard, batch_size=eval_batch, shuffle=False, **common), sampler
+
+
+def _device_loaders(
+    config: Mapping[str, Any], ctx: Context, memory_format: torch.memory_format
+) -> tuple[DeviceImages, DeviceImages, DistributedSampler]:
+    name, root, aug = config["dataset"], config["data_dir"], config["augmentation"]
+    if root is None or not Path(root).is_dir():
+        raise DataError(f"data directory {root} does not exist" if root else
+                        f"no data directory for {name}: pass --data-dir")  # fmt: skip
+    if aug["style"] != "cifar":
+        raise ValueError(f"data_pipeline=device applies augmentation.style cifar, got "
+                         f"{aug['style']!r}")  # fmt: skip
+    (train_x, train_y), (test_x, test_y) = (read_cifar(root, name, t) for t in (True, False))
+    for labels in (train_y, test_y):
+        _check_labels(labels, config["num_classes"], Path(root))
+    sampler = DistributedSampler(
+        range(len(train_y)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+        seed=config["seed"],
+    )  # fmt: skip
+    common = {"device": ctx.device, "aug": aug, "memory_format": memory_format}
+    batch = split_batch(config["batch_size"], ctx)
+    train = DeviceImages(train_x, train_y, sampler, batch_size=batch, train=True,
+                         seed=config["seed"], rank=ctx.rank, **common)  # fmt: skip
+    shard = range(ctx.rank, len(test_y), ctx.world_size)
+    eval_batch = max(1, config["eval_batch_size"] // ctx.world_size)
+    return train, DeviceImages(test_x, test_y, shard, batch_size=eval_batch, train=False,
+                               **common), sampler  # fmt: skip
 
 
 def download(dataset: str, root: str | Path) -> Path:

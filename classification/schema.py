@@ -9,4 +9,5 @@ SCHEMA = {
     "batch_size": int,
     "eval_batch_size": int,
     "augmentation": dict,
+    "data_pipeline": str,  # auto, device or loader: see classification.data.pipeline
 }

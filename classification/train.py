@@ -4,7 +4,8 @@
 
     python -m classification.train --config configs/cifar10.yaml --row Apollo --schedule cosine \
         --data-dir data/cifar10 [--out-dir O] [--seed N] [--epochs N] [--max-steps-per-epoch K] \
-        [--device {cpu,cuda}] [--amp {none,fp16,bf16}] [--print-config] [key=value ...]
+        [--device {cpu,cuda}] [--amp {none,fp16,bf16}] [--compile {none,default,reduce-overhead}]
+        [--print-config] [key=value ...]
     torchrun --standalone --nproc_per_node=8 -m classification.train ...   # same, on 8 GPUs
 
 Each epoch: train (``loss.backward(create_graph=spec.needs_create_graph)``, the optimizer's
@@ -13,23 +14,28 @@ top-1/top-5 on the test (val) set, step the epoch-based schedule, then write the
 ``metrics.jsonl`` and ``results.json`` (``engine.run``). Re-running the same command resumes
 from the last epoch's checkpoint (this task checkpoints at epoch ends only). Metrics are summed
 on the device and read once per epoch.
+
+Speed (docs/performance.md): on CUDA, CIFAR is held and augmented on the GPU
+(``data_pipeline: auto``; ``classification.device_data``), mixed precision trains in
+channels_last, and ``--compile reduce-overhead`` runs the model's forward and backward as CUDA
+graphs (``engine.compiling``; ``compile_s`` in ``metrics.jsonl`` is the time it took).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from engine import amp, checkpoint, cli, distributed, metrics
+from engine import amp, checkpoint, cli, compiling, distributed, metrics
 from engine import run as runs
 from engine.optimization import build_optimizer, build_schedule
 
-from .data import build_loaders
+from .data import build_loaders, pipeline
 from .models import build_model
 from .schema import SCHEMA
 
@@ -50,13 +56,18 @@ def correct_topk(logits: torch.Tensor, target: torch.Tensor, ks: Iterable[int]) 
 
 def train_one_epoch(
     ddp_model: torch.nn.Module,
-    loader: torch.utils.data.DataLoader,
+    loader: Iterable,
     create_graph: bool,
     run: runs.Run,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over the training set (or its first ``run.epoch_updates`` updates), each
-    update ``update_freq`` micro-batches; the metrics stay on the device until the end."""
+    update ``update_freq`` micro-batches; the metrics stay on the device until the end.
+
+    ``loader`` yields ``(images, target)`` batches (a DataLoader, or batches already on the
+    device); ``forward`` is ``ddp_model`` compiled (``engine.compiling``), default itself."""
     ctx, config = run.ctx, run.config
+    forward = forward or ddp_model
     ddp_model.train()
     meter = metrics.Meter(ctx.device)
     n = run.epoch_updates(math.ceil(len(loader) / config["update_freq"]))
@@ -76,7 +87,7 @@ def train_one_epoch(
             last = j == len(group) - 1
             with distributed.no_sync(ddp_model, skip_sync=create_graph or not last):
                 with amp.autocast(ctx.device, config["amp"]):
-                    logits = ddp_model(images)
+                    logits = forward(images)
                     loss = F.cross_entropy(logits, target)
                 weighted = loss if len(group) == 1 else loss * (target.numel() / samples)
                 amp.backward(weighted, run.scaler, create_graph=create_graph)
@@ -124,6 +135,14 @@ def evaluate(
     }
 
 
+def memory_format(device: torch.device, amp_mode: str) -> torch.memory_format:
+    """channels_last for mixed precision on CUDA (cuDNN's tensor-core convolutions work in
+    NHWC; NCHW would add a transpose around each), NCHW otherwise."""
+    if device.type == "cuda" and amp_mode != "none":
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The entry point; returns ``results.json``'s content on rank 0."""
     config, print_only = cli.parse_run_args("python -m classification.train", __doc__, SCHEMA, argv)
@@ -145,25 +164,37 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
 
 def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] | None:
     checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
-    model = build_model(config["model"], config["num_classes"]).to(ctx.device)
+    fmt = memory_format(ctx.device, config["amp"])
+    model = build_model(config["model"], config["num_classes"]).to(ctx.device, memory_format=fmt)
     optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
     if config["amp"] == "fp16" and spec.needs_create_graph:
         amp.batchnorm_in_float32(model)  # else every Hessian estimate is NaN (see engine.amp)
     schedule = build_schedule(optimizer, config)
     scaler = amp.grad_scaler(ctx.device, config["amp"])
+    mode, compile_note = compiling.compile_mode(config["compile"], spec.needs_create_graph)
     checkpoint.seed_everything(config["seed"] + ctx.rank)  # but different augmentation draws
     micro = {**config, "batch_size": config["batch_size"] // config["update_freq"]}
-    train_loader, eval_loader, sampler = build_loaders(micro, ctx)  # all before writing a file
-    with runs.start(config, ctx, metric=METRIC, mode="max", packages=PACKAGES) as run:
+    # all before writing a file
+    train_loader, eval_loader, sampler = build_loaders(micro, ctx, memory_format=fmt)
+    with runs.start(config, ctx, metric=METRIC, mode="max", packages=PACKAGES,
+                    also_resumable=("data_pipeline",)) as run:  # fmt: skip
         run.restore(model, optimizer, schedule, scaler)
         ddp_model = distributed.wrap(model, ctx)
-        run.log_start()
+        forward = compiling.Compiled(ddp_model, mode)
+        if compile_note:
+            run.log.warning(compile_note)
+        run.log_start(f"data pipeline {pipeline(config, ctx.device)}", f"compile {mode}",
+                      "channels_last" if fmt == torch.channels_last else "NCHW")  # fmt: skip
         while not run.finished:
             sampler.set_epoch(run.epoch)
             lr = optimizer.param_groups[0]["lr"]
             tic = time.perf_counter()
-            train_stats = train_one_epoch(ddp_model, train_loader, spec.needs_create_graph, run)
+            train_stats = train_one_epoch(
+                ddp_model, train_loader, spec.needs_create_graph, run, forward
+            )
             train_time = time.perf_counter() - tic
+            if mode != "none":  # host seconds of this epoch's updates that compiled
+                train_stats["compile_s"] = forward.take_seconds()
             distributed.broadcast_buffers(model, ctx)  # evaluate and save rank 0's BN statistics
             # the plain module: no DDP collectives, so uneven eval shards cannot hang a rank
             eval_stats = evaluate(model, eval_loader, config["amp"], ctx)
@@ -178,6 +209,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
                 f"{record['train_acc1']:.2f} | test loss {record['test_loss']:.4f} acc1 "
                 f"{record['test_acc1']:.2f} acc5 {record['test_acc5']:.2f} | "
                 f"{record['images_per_s']:.0f} img/s"
+                + (f" (compiling: {record['compile_s']:.1f} s)" if record.get("compile_s") else "")
             )
         return run.finish(model)
 

@@ -4,7 +4,8 @@
 
     python -m <task>.train --config FILE --row ROW [--schedule NAME] [--data-dir D] [--out-dir O]
         [--seed N] [--epochs N] [--max-updates N] [--max-steps-per-epoch K] [--device {cpu,cuda}]
-        [--amp {none,fp16,bf16}] [--workers N] [--plugin MODULE_OR_PATH ...] [--print-config]
+        [--amp {none,fp16,bf16}] [--compile {none,default,reduce-overhead}] [--workers N]
+        [--plugin MODULE_OR_PATH ...] [--print-config]
         [key=value ...]
 
 A task adds its own flags to :func:`build_parser`'s parser if it needs any, then calls
@@ -30,7 +31,7 @@ from . import config as cfg
 
 #: Flag destination -> config key (None: flag not given, the table decides).
 FLAG_KEYS = ("seed", "epochs", "max_updates", "max_steps_per_epoch", "device", "amp", "data_dir",
-             "out_dir", "workers")  # fmt: skip
+             "out_dir", "workers", "compile")  # fmt: skip
 
 
 class UsageError(ValueError):
@@ -69,6 +70,9 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--device", choices=cfg.DEVICES, help="default: cuda when available")
     p.add_argument("--amp", choices=cfg.AMP_MODES, help="mixed precision (default: the table's)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes per rank")
+    p.add_argument(
+        "--compile", choices=cfg.COMPILE_MODES, help="torch.compile the model (default: none)"
+    )
     p.add_argument(
         "--plugin",
         action="append",

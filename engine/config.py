@@ -62,6 +62,7 @@ COMMON_SCHEMA: dict[str, TypeSpec] = {
     "data_dir": (str, type(None)),
     "out_dir": (str, type(None)),
     "workers": int,
+    "compile": str,  # torch.compile mode of the model: none, default, reduce-overhead
     "optimizer": dict,
     "schedule": dict,
 }
@@ -69,6 +70,7 @@ COMMON_SCHEMA: dict[str, TypeSpec] = {
 COMMON_DEFAULTS: dict[str, Any] = {
     "epochs": None, "max_updates": None, "max_steps_per_epoch": None, "update_freq": 1,
     "checkpoint_every": 0, "keep_last": 0, "log_every": 0, "data_dir": None, "out_dir": None,
+    "compile": "none",
 }  # fmt: skip
 
 #: Keys of the ``schedule`` section; all but ``name`` and ``unit`` go to ``optim.Schedule``.
@@ -86,6 +88,7 @@ SCHEDULE_SCHEMA: dict[str, TypeSpec] = {
 }
 SCHEDULE_UNITS = ("epoch", "update")
 AMP_MODES = ("none", "fp16", "bf16")
+COMPILE_MODES = ("none", "default", "reduce-overhead")  # see engine.compiling
 DEVICES = ("cpu", "cuda")
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -258,6 +261,8 @@ def check_schedule(config: Mapping[str, Any], path: str = "<config>") -> None:
         )
     if config.get("amp", "none") not in AMP_MODES:
         raise ConfigError(f"{path}: amp must be one of {', '.join(AMP_MODES)}")
+    if config.get("compile", "none") not in COMPILE_MODES:
+        raise ConfigError(f"{path}: compile must be one of {', '.join(COMPILE_MODES)}")
     if config.get("device", "cpu") not in DEVICES:
         raise ConfigError(f"{path}: device must be one of {', '.join(DEVICES)}")
 

@@ -94,9 +94,9 @@ T = TypeVar("T")
 #: Config keys a resumed run may change: where and how it executes, how long (see above).
 RESUMABLE_CHANGES = ("config", "epochs", "max_updates", "max_steps_per_epoch", "device",
                      "workers", "data_dir", "out_dir", "plugins", "checkpoint_every",
-                     "log_every", "keep_last")  # fmt: skip
+                     "log_every", "keep_last", "compile")  # fmt: skip
 #: Config keys that may differ between a directory's finished results and a new run there.
-WHERE_KEYS = ("config", "device", "workers", "data_dir", "out_dir", "plugins")
+WHERE_KEYS = ("config", "device", "workers", "data_dir", "out_dir", "plugins", "compile")
 #: Offset between the seeds of successive epochs when ranks are reseeded (a large prime).
 _EPOCH_SEED_STRIDE = 1_000_003
 

@@ -1,0 +1,95 @@
+"""classification.train with the GPU-speed options, on the CPU: data_pipeline=device, --compile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from classification import train
+from engine import checkpoint, compiling
+from tests.classification.test_train import ROOT, run
+
+DEVICE_DATA = ["data_pipeline=device"]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def _history(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load(out / "checkpoint.pt")["model"]
+
+
+def test_device_pipeline_trains_and_resumes_bit_exactly(cifar_dir: Path, tmp_path: Path) -> None:
+    """2 epochs straight == 1 epoch, then the same command with --epochs 2 (the draws of an
+    epoch come from (seed, rank, epoch), not from what ran before)."""
+    straight = run(tmp_path / "a", cifar_dir, "SGD", *DEVICE_DATA)
+    run(tmp_path / "b", cifar_dir, "SGD", *DEVICE_DATA, epochs=1)
+    resumed = run(tmp_path / "b", cifar_dir, "SGD", *DEVICE_DATA)
+    assert straight["finished"] and resumed["finished"]
+    assert straight["model_sha256_by_rank"] == resumed["model_sha256_by_rank"]
+    assert _history(tmp_path / "a")[1]["train_samples"] == 16
+    log = (tmp_path / "a" / "train.log").read_text()
+    assert "data pipeline device, compile none, NCHW" in log
+    # a resume may switch pipelines (how the run executes, like --device)
+    more = run(tmp_path / "b", cifar_dir, "SGD", "data_pipeline=loader", epochs=3)
+    assert more["epochs_completed"] == 3
+
+
+def test_compiled_run_equals_eager_within_rounding(tmp_path: Path, monkeypatch) -> None:
+    """--compile default against eager. Inductor's C++ compile of even a tiny CNN takes
+    40-130 s on a busy 2-core CPU, so this test compiles with AOTAutograd and the eager
+    backend (the graphs Inductor would get, run as ATen ops); Inductor itself and CUDA
+    graphs are checked on a GPU by benchmarks/gpu_train_check.sh."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode, dynamic: real(
+        model, backend="aot_eager", dynamic=dynamic))  # fmt: skip
+
+    def digits(out: Path, *extra: str) -> dict:  # the quickstart's 3-layer CNN: quick to trace
+        return train.run(["--config", QUICKSTART, "--row", "Apollo", "--schedule", "cosine",
+                          "--out-dir", str(out), "--epochs", "1", "--max-steps-per-epoch", "3",
+                          "--device", "cpu", "batch_size=16", *extra])  # fmt: skip
+
+    eager = digits(tmp_path / "eager")
+    compiled = digits(tmp_path / "compiled", "--compile", "default")
+    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), rtol=1e-4, atol=1e-6), name
+    assert compiled["final"]["train_loss"] == pytest.approx(eager["final"]["train_loss"], 1e-5)
+    record = _history(tmp_path / "compiled")[0]
+    assert record["compile_s"] > 0 and "compile_s" not in _history(tmp_path / "eager")[0]
+    assert "(compiling: " in (tmp_path / "compiled" / "train.log").read_text()
+
+
+def test_compile_falls_back_to_eager_for_second_order(cifar_dir: Path, tmp_path: Path) -> None:
+    results = run(tmp_path, cifar_dir, "AdaHessian", "--compile", "reduce-overhead", epochs=1)
+    assert results["finished"]
+    log = (tmp_path / "train.log").read_text()
+    assert "compile=reduce-overhead ignored: torch.compile has no double backward" in log
+    assert "compile none" in log
+
+
+def test_compiled_counts_compile_time_per_new_shape(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode, dynamic: calls.append(mode) or model)
+    model = torch.nn.Linear(3, 2)
+    step = compiling.Compiled(model, "default")
+    assert calls == ["default"] and compiling.Compiled(model).take_seconds() == 0.0
+    step(torch.ones(4, 3))
+    assert step.take_seconds() > 0  # the first call of a shape
+    step(torch.ones(4, 3))
+    assert step.take_seconds() == 0.0  # seen: not counted
+    step(torch.ones(2, 3))  # the last, partial batch: compiles again
+    assert step.take_seconds() > 0
+    step.eval()
+    step(torch.ones(2, 3))  # another mode is another graph
+    assert step.take_seconds() > 0 and not model.training
+    with pytest.raises(ValueError, match="compile must be one of none, default, reduce-overhead"):
+        compiling.Compiled(model, "max-autotune")
+    assert train.memory_format(torch.device("cpu"), "bf16") == torch.contiguous_format
+    assert train.memory_format(torch.device("cuda"), "bf16") == torch.channels_last
+    assert train.memory_format(torch.device("cuda"), "none") == torch.contiguous_format
