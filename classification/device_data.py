@@ -78,8 +78,8 @@ class DeviceImages:
 
     def __init__(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        images: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
         indices: torch.utils.data.Sampler | Sequence[int],
         *,
         batch_size: int,
@@ -90,8 +90,8 @@ class DeviceImages:
         rank: int = 0,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # (N, H, W, C)
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        self.images = torch.as_tensor(images).to(device).contiguous()  # (N, H, W, C) uint8
+        self.labels = torch.as_tensor(labels).to(device=device, dtype=torch.int64)
         self.indices, self.batch_size, self.device = indices, batch_size, device
         self.train, self.seed, self.rank, self.memory_format = train, seed, rank, memory_format
         self.crop, self.padding = int(aug.get("crop") or 0), int(aug.get("padding") or 0)

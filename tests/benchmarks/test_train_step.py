@@ -1,0 +1,68 @@
+"""benchmarks.train_step on the CPU in tiny sizes: it runs each task's real loop and reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import train_step
+from classification import train as image_train
+from language_model import train as lm_train
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ["--device", "cpu", "--threads", "1", "--steps", "2", "--warmup", "1", "--rounds", "1"]
+TASKS = {
+    "cifar10": (image_train, ["--row", "Apollo", "--batch-size", "4", "model=cifar_resnet8"]),
+    "imagenet": (image_train, ["--row", "SGD", "--batch-size", "2", "model=resnet18",
+                               "num_classes=10", "augmentation.crop=32"]),
+    "lm1b": (lm_train, ["--row", "Adam", "--batch-size", "2", "--vocab-size", "300", "bptt=4",
+                        "model.hidden_size=16", "model.embed_dim=8", "model.cutoffs=[50, 100]"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("table", sorted(TASKS))
+def test_smoke(table: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    module, args = TASKS[table]
+    calls = []
+    real = module.train_one_epoch
+    monkeypatch.setattr(module, "train_one_epoch", lambda *a: calls.append(1) or real(*a))
+    out = tmp_path / "figures.json"
+    [result] = train_step.main(["--config", str(ROOT / f"configs/{table}.yaml"), *args, *QUICK,
+                                "--json", str(out)])  # fmt: skip
+    assert len(calls) == 2  # the warm-up and the timed round went through the task's loop
+    assert result["bare_s"] > 0 and result["loop_s"] > 0
+    assert result["loop_per_s"] == pytest.approx(result["samples_per_step"] / result["loop_s"])
+    schema = module.SCHEMA
+    _, samples = train_step.table_samples(str(ROOT / f"configs/{table}.yaml"), result["dataset"],
+                                          schema)  # fmt: skip
+    assert result["table_gpu_hours"] == pytest.approx(samples / result["loop_per_s"] / 3600)
+    printed = capsys.readouterr().out
+    assert "overhead" in printed and f"{result['loop_per_s']:,.0f}" in printed
+    assert json.loads(out.read_text())["results"][0]["row"] == result["row"]
+
+
+def test_table_size_from_the_config() -> None:
+    """9 rows x 7 seeds x (164 + 200 epochs) x 50,000 images; the LM: 5 rows x 7 x 20 epochs."""
+    runs, samples = train_step.table_samples(str(ROOT / "configs/cifar10.yaml"), "cifar10",
+                                             image_train.SCHEMA)  # fmt: skip
+    assert (runs, samples) == (126, 63 * 364 * 50_000)
+    runs, samples = train_step.table_samples(str(ROOT / "configs/lm1b.yaml"), "lm1b",
+                                             lm_train.SCHEMA)  # fmt: skip
+    assert (runs, samples) == (35, 35 * 20 * train_step.TRAIN_SIZE["lm1b"])
+
+
+def test_side_by_side_rates_add_up() -> None:
+    a = [{"bare_s": 0.5, "loop_s": 1.0, "row": "SGD"}]
+    b = [{"bare_s": 0.25, "loop_s": 1.0, "row": "SGD"}]
+    [summed] = train_step.sum_rates([a, b])
+    assert 2 / summed["bare_s"] == pytest.approx(2 + 4) and 2 / summed["loop_s"] == 2
+    assert a[0]["bare_s"] == 0.5  # the inputs are left alone
+
+
+def test_bad_flags_are_one_line_errors() -> None:
+    with pytest.raises(ValueError, match="--compile: unknown mode"):
+        train_step.parse(["--config", "c", "--row", "SGD", "--compile", "max"])
+    with pytest.raises(ValueError, match="--steps must be >= 1"):
+        train_step.parse(["--config", "c", "--row", "SGD", "--steps", "0"])
