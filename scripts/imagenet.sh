@@ -9,8 +9,8 @@
 #
 # Options: --gpus N (per run; >1 uses torchrun; 0 = CPU), --data-dir D, --out-root R,
 # --version V, --rows, --schedules, --seeds N (the first N of the table's seeds)
-# or --seed-list S1,S2, --plugin MODULE_OR_PATH (repeatable), --dry-run (print the commands);
-# see --help.
+# or --seed-list S1,S2, --plugin MODULE_OR_PATH (repeatable), --dry-run (print the commands),
+# --jobs-per-gpu N (N runs side by side on each GPU of CUDA_VISIBLE_DEVICES); see --help.
 # The first run that fails stops the sweep. Rows, schedules, seeds and every hyperparameter come
 # from the config; this script holds none.
 set -euo pipefail

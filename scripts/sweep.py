@@ -4,8 +4,8 @@
 
     python -m scripts.sweep (--config configs/cifar10.yaml | --table cifar10 [--version v1])
         [--rows SGD,Apollo] [--schedules cosine] [--seeds N | --seed-list 1,101] [--gpus N]
-        [--data-dir D] [--out-root runs] [--plugin MODULE_OR_PATH ...] [--dry-run]
-        [-- key=value ...]
+        [--jobs-per-gpu N] [--data-dir D] [--out-root runs] [--plugin MODULE_OR_PATH ...]
+        [--dry-run] [-- key=value ...]
 
 ``--table T --version V`` is ``configs/T.yaml`` for the current paper version and
 ``configs/V/T.yaml`` otherwise (``scripts/<table>.sh`` passes ``--table``). ``--seeds N`` is a
@@ -19,7 +19,8 @@ error line, not one per run. Re-running the sweep skips runs that finished with 
 (``engine.run.finished_results``) and resumes the others. The runs go one after another; the
 first that fails stops the sweep (its own one-line error is above the stop line). ``--gpus N``
 > 1 launches each run with ``torchrun --standalone --nproc_per_node=N``; ``--gpus 0`` trains on
-the CPU.
+the CPU. ``--jobs-per-gpu N`` runs N of them side by side on each GPU instead of one after
+another (``scripts.gpu_slots``: a small model leaves most of a large GPU idle).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 
 from engine import cli
 from engine import config as cfg
+from scripts import gpu_slots
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -218,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--version", default="current", help="paper version of --table: current, v1")
     p.add_argument("--gpus", type=int, default=1, help="GPUs per run (0: CPU; default 1)")
     p.add_argument("--data-dir", help="passed to every run")
+    p.add_argument("--jobs-per-gpu", type=int, metavar="N",
+                   help="N runs side by side on each GPU (scripts/gpu_slots.py)")  # fmt: skip
     args = p.parse_args(argv)
     if not args.config and not args.table:
         raise ValueError(f"{prog}: pass --config FILE or --table NAME")
@@ -226,6 +230,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.dry_run:
         for job in jobs:
             print(shlex.join(job.command))
+        return
+    if args.jobs_per_gpu is not None:
+        slot_gpus = gpu_slots.slots(gpu_slots.visible_gpus(), args.jobs_per_gpu, args.gpus)
+        todo = [job for job in jobs if not job.finished()]
+        print(f"{len(jobs)} runs ({len(jobs) - len(todo)} finished already), up to "
+              f"{len(slot_gpus)} at a time on GPU(s) {', '.join(sorted(set(slot_gpus)))}; each "
+              "run's output: <run dir>/stdout.log", flush=True)  # fmt: skip
+        code = gpu_slots.run_jobs(todo, slot_gpus)
+        if code:
+            print(f"{prog}: stopped by the failed run above", file=sys.stderr)
+            sys.exit(code)
         return
     for i, job in enumerate(jobs, 1):
         if job.finished():
