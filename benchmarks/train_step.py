@@ -100,12 +100,12 @@ def measure(args: argparse.Namespace, barrier: Any = None) -> list[dict[str, Any
     else:
         torch.set_flush_denormal(True)  # a diverging synthetic run must not time denormals
     ctx = distributed.setup(args.device)  # one process: pins the GPU, no process group
-    out = []
+    out, shared = [], {}  # rows of one compile mode share its compiled model
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.compile:
             for row in args.row:
                 config = resolve(args, row, mode, Path(tmp) / f"{mode}-{row}")
-                task = tasks.build(config, ctx, args)
+                task = tasks.build(config, ctx, args, shared)
                 # the run directory holds only what runs.start writes; no TensorBoard needed
                 with _no_tensorboard(), runs.start(config, ctx, metric=task.metric) as run:
                     task.attach(run)
@@ -119,6 +119,7 @@ def _rounds(task: tasks.Task, args: argparse.Namespace, device: torch.device,
     first_step = _timed(lambda: task.bare(1), device)  # compile, autotune, allocate
     task.bare(args.warmup - 1)
     task.loop(args.warmup)
+    check = task.compare_compiled()  # after warm-up: the graphs exist already
     bare, loop = [], []
     for _ in range(args.rounds):
         for phase, times in (("bare", bare), ("loop", loop)):
@@ -127,7 +128,7 @@ def _rounds(task: tasks.Task, args: argparse.Namespace, device: torch.device,
             fn = task.bare if phase == "bare" else task.loop
             times.append(_timed(lambda fn=fn: fn(args.steps), device) / args.steps)
     return {"bare_s": statistics.median(bare), "loop_s": statistics.median(loop),
-            "bare_rounds": bare, "loop_rounds": loop, "first_step_s": first_step,
+            "bare_rounds": bare, "loop_rounds": loop, "first_step_s": first_step, **check,
             "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30
             if device.type == "cuda" else None}  # fmt: skip
 
@@ -190,11 +191,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, procs: int) 
         f"{args.steps} timed updates per phase, median of {args.rounds} rounds after "
         f"{args.warmup} warm-up updates{side}",
     ]
-    tail = (
+    tail = [
         f"table h: hours of this device for the whole table ({n_runs} runs, {samples:,} {unit}) "
         f"at the loop's speed{side}; first bare step (compile, autotune): {firsts}"
-    )
-    return "\n".join([*head, *lines, tail])
+    ]
+    for r in results:
+        if r.get("logits_rel_diff") is not None:
+            tail.append(f"{r['row']}/{r['compile']} against eager, same weights and batch "
+                        f"(amp {r['amp']}): logits rel. diff {r['logits_rel_diff']:.1e}, "
+                        f"gradients {r['grads_rel_diff']:.1e} (largest over tensors)")  # fmt: skip
+    return "\n".join([*head, *lines, *tail])
 
 
 def describe(device: torch.device) -> str:

@@ -66,3 +66,26 @@ def test_bad_flags_are_one_line_errors() -> None:
         train_step.parse(["--config", "c", "--row", "SGD", "--compile", "max"])
     with pytest.raises(ValueError, match="--steps must be >= 1"):
         train_step.parse(["--config", "c", "--row", "SGD", "--steps", "0"])
+
+
+def test_compiled_rows_share_one_compiled_model(monkeypatch) -> None:
+    """Rows of one compile mode reuse its graphs (weights reset per row), and the compiled
+    model is compared with eager (dynamo with its eager backend here: cheap on a CPU)."""
+    import torch
+
+    compiled = []
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode, dynamic: compiled.append(mode)
+                        or real(model, backend="eager", dynamic=dynamic))  # fmt: skip
+    results = train_step.main(["--config", str(ROOT / "configs/cifar10.yaml"), "--row",
+                               "SGD,Apollo", "--compile", "none,default", "--batch-size", "4",
+                               "model=cifar_resnet8", *QUICK])  # fmt: skip
+    assert compiled == ["default"]  # once, for both rows
+    assert [(r["row"], r["compile"]) for r in results] == [
+        ("SGD", "none"),
+        ("Apollo", "none"),
+        ("SGD", "default"),
+        ("Apollo", "default"),
+    ]
+    assert results[0]["logits_rel_diff"] is None
+    assert results[2]["logits_rel_diff"] == 0.0 and results[3]["grads_rel_diff"] == 0.0
