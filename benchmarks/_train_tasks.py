@@ -55,11 +55,11 @@ class Task:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _loop(self, n: int, fn: Any) -> None:
-        """``n`` updates of the task's own epoch function, then the run's epoch end (which
-        resets the position in the epoch, as a real epoch end does)."""
+        """``n`` updates of the task's own epoch function; then the next call starts an epoch
+        again (the position reset, as at an epoch's end, without stepping the schedule)."""
         self.run.config["max_steps_per_epoch"] = n
         fn()
-        self.run.epoch_done({})
+        self.run.position = 0
 
     def compare_compiled(self) -> dict[str, float | None]:
         """How far the compiled model is from eager (none: not compiled)."""

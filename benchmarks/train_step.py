@@ -284,6 +284,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parse(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)  # the report's machine line; each copy sets its own
     results = measure_side_by_side(args) if args.procs > 1 else measure(args)
     print(report(results, args, args.procs), flush=True)
     if args.json:

@@ -12,7 +12,9 @@ module, not by ``torchvision.datasets.CIFAR10``, so checksums are checked only w
 pickles are untrusted input, so they are read by :func:`load_cifar_batch`, which builds only
 what the format holds and never runs code. Augmentation follows the paper (random crop with
 padding and horizontal flips for CIFAR, random-resized crops for ImageNet); every number comes
-from the config's ``augmentation`` section.
+from the config's ``augmentation`` section. ``data_pipeline`` picks where it runs
+(:func:`pipeline`): in DataLoader workers (``loader``), or for CIFAR on the training device
+itself (``device``, :mod:`classification.device_data`; ``auto`` does on CUDA).
 """
 
 from __future__ import annotations

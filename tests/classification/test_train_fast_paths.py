@@ -93,3 +93,34 @@ def test_compiled_counts_compile_time_per_new_shape(monkeypatch) -> None:
     assert train.memory_format(torch.device("cpu"), "bf16") == torch.contiguous_format
     assert train.memory_format(torch.device("cuda"), "bf16") == torch.channels_last
     assert train.memory_format(torch.device("cuda"), "none") == torch.contiguous_format
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts CUDA device syncs")
+def test_no_device_sync_per_update_on_cuda_with_cifar_on_the_gpu(
+    cifar_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The device pipeline (what --device cuda picks for CIFAR) adds no sync per update: an
+    epoch of 6 updates makes as many synchronizing calls as one of 2 (after a warm-up run)."""
+    import warnings
+
+    counted: list[int] = []
+    real = train.train_one_epoch
+
+    def one_epoch(*args):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                stats = real(*args)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counted.append(sum("synchroniz" in str(w.message) for w in caught))
+        return stats
+
+    monkeypatch.setattr(train, "train_one_epoch", one_epoch)
+    for steps in (1, 2, 6):
+        args = ["--device", "cuda", "--max-steps-per-epoch", str(steps), "--amp", "bf16"]
+        results = run(tmp_path / f"s{steps}", cifar_dir, "Apollo", *args, epochs=1)
+        assert "data pipeline device" in (tmp_path / f"s{steps}" / "train.log").read_text()
+        assert results["final"]["train_samples"] == min(8 * steps, 45)  # 45 training images
+    assert counted[1] == counted[2], counted
