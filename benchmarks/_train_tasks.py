@@ -25,8 +25,8 @@ LM1B_VOCAB = 793_471
 
 
 def schema(task: str) -> cfg.Schema:
-    """The task's config schema (``<task>.train.SCHEMA``)."""
-    return importlib.import_module(f"{task}.train").SCHEMA
+    """The task's config schema (``<task>.schema.SCHEMA``)."""
+    return importlib.import_module(f"{task}.schema").SCHEMA
 
 
 class Task:
