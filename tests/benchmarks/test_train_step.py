@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["--device", "cpu", "--threads", "1", "--steps", "2", "--warmup", "1", "--rounds", "1"]
 TASKS = {
     "cifar10": (image_train, ["--row", "Apollo", "--batch-size", "4", "model=cifar_resnet8"]),
-    "imagenet": (image_train, ["--row", "SGD", "--batch-size", "2", "model=resnet18",
+    "imagenet": (image_train, ["--row", "SGD", "--batch-size", "2", "model=squeezenet1_1",
                                "num_classes=10", "augmentation.crop=32"]),
     "lm1b": (lm_train, ["--row", "Adam", "--batch-size", "2", "--vocab-size", "300", "bptt=4",
                         "model.hidden_size=16", "model.embed_dim=8", "model.cutoffs=[50, 100]"]),
@@ -69,18 +69,18 @@ def test_bad_flags_are_one_line_errors() -> None:
 
 
 def test_compiled_rows_share_one_compiled_model(monkeypatch) -> None:
-    """Rows of one compile mode reuse its graphs (weights reset per row), and the compiled
-    model is compared with eager (dynamo with its eager backend here: cheap on a CPU)."""
+    """Rows of one compile mode reuse its compiled model (compiling ResNet-110 takes minutes),
+    and it is compared with eager. torch.compile is stood in for by the identity here (the
+    compiled path itself is tested in tests/classification/test_train_fast_paths.py)."""
     import torch
 
     compiled = []
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, mode, dynamic: compiled.append(mode)
-                        or real(model, backend="eager", dynamic=dynamic))  # fmt: skip
+    monkeypatch.setattr(torch, "compile", lambda model, mode, dynamic: compiled.append(model)
+                        or model)  # fmt: skip
     results = train_step.main(["--config", str(ROOT / "configs/cifar10.yaml"), "--row",
                                "SGD,Apollo", "--compile", "none,default", "--batch-size", "4",
                                "model=cifar_resnet8", *QUICK])  # fmt: skip
-    assert compiled == ["default"]  # once, for both rows
+    assert len(compiled) == 1  # once, for both rows
     assert [(r["row"], r["compile"]) for r in results] == [
         ("SGD", "none"),
         ("Apollo", "none"),
