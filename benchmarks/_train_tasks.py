@@ -244,4 +244,5 @@ def build(config: dict[str, Any], ctx: Context, args: argparse.Namespace,
         return ImageTask(config, ctx, args, {} if shared is None else shared)
     if config["task"] == "language_model":
         return LanguageModelTask(config, ctx, args)
-    raise ValueError(f"{config['config']}: no benchmark for task {config['task']!r}")
+    raise ValueError(f"{config['config']}: no benchmark here for task {config['task']!r} "
+                     "(translation: python -m benchmarks.nmt_step)")  # fmt: skip

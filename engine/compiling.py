@@ -23,6 +23,7 @@ compiled.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,6 +41,13 @@ def compile_mode(mode: str, create_graph: bool) -> tuple[str, str | None]:
             "a second-order optimizer); running eagerly"
         )
     return mode, None
+
+
+def refuse(config: Mapping[str, Any], why: str) -> None:
+    """For a task that runs eagerly: ``compile`` other than none is an error saying ``why``."""
+    if config["compile"] != "none":
+        raise ValueError(f"{config['config']}: compile={config['compile']} is for the image "
+                         f"models; {why} (use compile=none)")  # fmt: skip
 
 
 class Compiled:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from engine import amp, checkpoint, cli, distributed, metrics
+from engine import amp, checkpoint, cli, compiling, distributed, metrics
 from engine import run as runs
 from engine.optimization import build_optimizer, build_schedule
 
@@ -193,9 +193,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         cli.print_config(config)
         return None
     check_model_section(config)
-    if config["compile"] != "none":  # not launch-bound: cuDNN runs each LSTM layer in one call
-        raise ValueError(f"{config['config']}: compile={config['compile']} is for the image "
-                         "models; the language model runs eagerly (compile=none)")  # fmt: skip
+    compiling.refuse(config, "the LSTM is not launch-bound (cuDNN runs a layer in one call)")
     if config["update_freq"] != 1:
         raise ValueError(f"{config['config']}: update_freq must be 1 for the language model "
                          "(an update is one BPTT window of batch_size rows)")  # fmt: skip

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from engine import amp, checkpoint, cli, distributed, metrics
+from engine import amp, checkpoint, cli, compiling, distributed, metrics
 from engine import run as runs
 from engine.optimization import build_optimizer, build_schedule
 
@@ -187,6 +187,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if print_only:
         cli.print_config(config)
         return None
+    compiling.refuse(config, "translation batches change shape every update")
     if config["data_dir"] is None:
         raise ValueError("--data-dir: required (a directory written by nmt.preprocess)")
     data = ParallelData(config["data_dir"])  # bad data fails before the run directory is touched

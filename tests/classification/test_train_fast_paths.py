@@ -127,3 +127,10 @@ def test_no_device_sync_per_update_on_cuda_with_cifar_on_the_gpu(
         assert "data pipeline device, compile none, channels_last" in log
         assert results["final"]["train_samples"] == 8 * steps
     assert counted[1] == counted[2], counted
+
+
+def test_tasks_that_run_eagerly_refuse_compile() -> None:
+    config = {"config": "configs/lm1b.yaml", "compile": "default"}
+    with pytest.raises(ValueError, match=r"lm1b\.yaml: compile=default is for the image .*because"):
+        compiling.refuse(config, "because")
+    compiling.refuse({**config, "compile": "none"}, "because")
