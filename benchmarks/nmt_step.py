@@ -112,8 +112,10 @@ def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
             return seconds, sum(int(p.train.tgt_sizes[p.order.batches[i]].sum()) for i in done)
 
         def bare() -> tuple[float, int]:
-            # the same kind of batches, collated and moved beforehand
-            start = (run.update * per_update) % len(order)
+            # the batches the loop's last round trained on (shapes the device has seen, so
+            # neither side pays first-shape costs the other does not), collated and moved
+            # beforehand
+            start = ((run.update - args.updates) * per_update) % len(order)
             idx = [p.order.batches[order[(start + k) % len(order)]]
                    for k in range(args.updates * per_update)]  # fmt: skip
             batches = [p.train.collate(i).to(ctx.device) for i in idx]

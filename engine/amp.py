@@ -77,10 +77,11 @@ def step(
     scaler: torch.amp.GradScaler | None,
     clip_norm: float | None = None,
     parameters: Iterable[torch.nn.Parameter] | None = None,
-) -> float | None:
+) -> torch.Tensor | None:
     """Unscale, clip the total gradient norm if asked (LM, NMT: 1.0), step, update the scaler.
 
-    Returns the total gradient norm before clipping when ``clip_norm`` is set. With a scaler,
+    Returns the total gradient norm before clipping (a 0-d tensor on the device: reading it
+    would wait for the GPU, so the caller decides when) when ``clip_norm`` is set. With a scaler,
     a step whose gradients overflowed is skipped (GradScaler's rule).
     """
     norm = None
@@ -90,7 +91,7 @@ def step(
         params = parameters
         if params is None:
             params = [p for g in optimizer.param_groups for p in g["params"]]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, clip_norm))
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
     if scaler is not None:
         if getattr(optimizer, "needs_create_graph", False):  # Hz carries the loss scale too
             scaler.step(optimizer, loss_scale=scaler.get_scale())

@@ -117,11 +117,7 @@ def train_one_epoch(
             amp.backward(
                 batch_nll / batch_count.clamp(min=1), run.scaler, create_graph=create_graph
             )
-        if config["clip"] is not None:  # clipped here: amp.step's clip reads the norm on the host
-            if run.scaler is not None:
-                run.scaler.unscale_(run.optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
-        amp.step(run.optimizer, run.scaler)
+        amp.step(run.optimizer, run.scaler, clip_norm=config["clip"], parameters=model.parameters())
         run.optimizer.zero_grad(set_to_none=True)
         meter.add(nll=batch_nll, count=batch_count)
         run.update_done()

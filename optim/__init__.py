@@ -13,6 +13,7 @@ comparison by adding one file that calls :func:`optim.register`.
 from importlib import import_module as _import_module
 from pkgutil import iter_modules as _iter_modules
 
+from ._warmup import WarmupLRWarning
 from .adabelief import AdaBelief
 from .adahessian import AdaHessian
 from .apollo import Apollo
@@ -29,6 +30,7 @@ __all__ = [
     "Apollo",
     "OptimizerSpec",
     "Schedule",
+    "WarmupLRWarning",
     "create",
     "get",
     "lr_at",

@@ -114,3 +114,19 @@ def test_public_api_is_documented():
         obj = getattr(optim, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert obj.__doc__, f"optim.{name} has no docstring"
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_baselines_fused_only_on_cuda_and_only_when_not_chosen(name):
+    cpu = [torch.nn.Parameter(torch.zeros(3))]
+    opt = optim.create(name, cpu, lr=0.1)
+    assert not opt.param_groups[0]["fused"]  # CPU: the per-tensor/multi-tensor paths
+    if name == "sgd":
+        assert opt.param_groups[0]["foreach"] is False
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]  # param groups pass through
+    assert len(optim.create(name, groups, lr=0.1).param_groups[0]["params"]) == 1
+    if torch.cuda.is_available():
+        gpu = [torch.nn.Parameter(torch.zeros(3, device="cuda"))]
+        assert optim.create(name, gpu, lr=0.1).param_groups[0]["fused"] is True
+        chosen = optim.create(name, gpu, lr=0.1, foreach=True).param_groups[0]
+        assert chosen["foreach"] is True and not chosen["fused"]
