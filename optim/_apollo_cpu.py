@@ -1,6 +1,6 @@
 """Apollo's eager step on CPU, in cache-sized blocks (``Apollo(foreach=True)`` on CPU).
 
-The rule needs 13 tensor-sized transfers per element (spec steps 2-14: the per-tensor
+The rule needs 13 tensor-sized transfers per element (rule steps 2-14: the per-tensor
 sums of steps 5-9 read g, m, B, d before any element can be updated; the update reads
 g, m, B, d, θ and writes m, B, d, θ). Op by op, a ``torch._foreach_*`` step moves about
 twice that, and on a CPU each op costs a few microseconds per tensor. So here:

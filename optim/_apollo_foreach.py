@@ -3,8 +3,8 @@
 :func:`multi_tensor_apollo` performs, op for op, what ``apollo._single_tensor_apollo``
 does per tensor, so the two are bit-identical: on CPU every ``_foreach_*`` op runs the
 same per-tensor kernel, and the per-tensor scalars (stacked for the vector form) go
-through the same correctly rounded operations. Costs that matter on CPU (see the
-performance notes of ``spec/optimizers.md``): ‖d‖₄ comes from the 2-norm of d⊙d, which
+through the same correctly rounded operations. Costs that matter on CPU (measured: see
+``docs/performance.md``): ‖d‖₄ comes from the 2-norm of d⊙d, which
 step 9 needs anyway, instead of ``norm(p=4)``; the sums of products are BLAS dots (no
 temporary); Δ and D live in one reused scratch tensor and d⊙d in the update's own
 buffer, so a step allocates nothing the size of the parameters.
@@ -31,7 +31,7 @@ class Hyper(NamedTuple):
     """One group's hyperparameters, resolved for the update functions."""
 
     beta: float
-    eps_prime: float  # ε' of spec step 5: ε for belief, ε/σ for constant
+    eps_prime: float  # ε' of rule step 5: ε for belief, ε/σ for constant
     sigma: float
     belief: bool
     weight_decay: float
@@ -163,7 +163,7 @@ def _grad_delta(p, g, m, hp: Hyper) -> torch.Tensor:
 
 
 def _local_stats(p, g, m, b, u, hp: Hyper) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The reductions of spec steps 5-9 over one tensor, or over one shard of it:
+    """The reductions of rule steps 5-9 over one tensor, or over one shard of it:
     ``([Σ Δ⊙d, Σ (d⊙d)⊙(d⊙d), Σ B⊙d⊙d], ‖Δ‖∞)`` with d the previous update. Sums and
     maxima of shards combine into the whole tensor's (see ``_sharding.Shards``)."""
     delta = _grad_delta(p, g, m, hp)

@@ -1,6 +1,6 @@
 """Sharded parameters (FSDP2 / DTensor) and the checks that keep every update exact.
 
-Apollo's rule takes sums, norms and maxima over each *whole* parameter tensor (spec:
+Apollo's rule takes sums, norms and maxima over each *whole* parameter tensor (``docs/update_rules.md``:
 "parameter-wise"). Under FSDP2 a parameter is a ``DTensor`` whose local tensor is one
 rank's shard, so the optimizers run the elementwise work on the local shards and
 all-reduce each per-tensor reduction over the mesh dimensions the tensor is sharded on:

@@ -1,6 +1,6 @@
 """Learning rates given as tensors, and the in-optimizer warmup's interplay with schedulers.
 
-Apollo and AdaHessian warm up *inside* the optimizer (spec step 1): for the first
+Apollo and AdaHessian warm up *inside* the optimizer (rule step 1): for the first
 ``warmup`` steps the learning rate goes linearly from ``init_lr`` to the group's
 ``base_lr`` (its lr at construction) and the group's current ``lr`` is not read. That is
 the paper's rule and stays; but an LR scheduler that changes ``lr`` in those steps is

@@ -1,6 +1,6 @@
 """AdaBelief (Zhuang et al., 2020): Adam whose second moment tracks the "belief" (g - m)².
 
-The update rule is ``../shared/spec/optimizers.md`` ("AdaBelief"), steps 1-8, including the
+The update rule is ``docs/update_rules.md`` ("AdaBelief"), steps 1-8, including the
 reference quirk that ε is added into the stored ``exp_avg_var`` on every step (step 5).
 
 Two code paths compute the same numbers: a multi-tensor path built from ``torch._foreach_*``
@@ -53,7 +53,7 @@ def _validate(g: dict[str, Any]) -> None:
 class AdaBelief(torch.optim.Optimizer):
     """AdaBelief with L2, decoupled or stable weight decay.
 
-    Per step, for each parameter θ with gradient g (spec steps 1-8)::
+    Per step, for each parameter θ with gradient g (rule steps 1-8)::
 
         t += 1; c1 = 1 - β1^t; c2 = 1 - β2^t
         g = g + λθ                                    (L2 only; p.grad itself is untouched)

@@ -1,6 +1,6 @@
 """AdaHessian (Yao et al., 2021): Adam whose second moment is a Hutchinson Hessian diagonal.
 
-The update rule is ``../shared/spec/optimizers.md`` ("AdaHessian"), steps 1-7. The caller
+The update rule is ``docs/update_rules.md`` ("AdaHessian"), steps 1-7. The caller
 must build the gradient's graph (``loss.backward(create_graph=True)``); the registry reads
 ``AdaHessian.needs_create_graph`` so training loops never compare names.
 
@@ -68,7 +68,7 @@ def _validate(g: dict[str, Any]) -> None:
 class AdaHessian(torch.optim.Optimizer):
     """AdaHessian with decoupled weight decay and AdaHessian's in-optimizer warmup.
 
-    Per step (spec steps 1-7), for each parameter θ with gradient g::
+    Per step (rule steps 1-7), for each parameter θ with gradient g::
 
         D̂ = z ⊙ Hz, z Rademacher          (every update_each steps, else the previous D̂)
         D̂ = mean(|D̂|) over the kernel     (4-D θ with average_conv_kernel)
@@ -220,7 +220,7 @@ class AdaHessian(torch.optim.Optimizer):
         *,
         loss_scale: float | torch.Tensor | None = None,
     ) -> Any:
-        """One AdaHessian update (spec steps 1-7); ``closure`` re-evaluates the loss.
+        """One AdaHessian update (rule steps 1-7); ``closure`` re-evaluates the loss.
 
         ``loss_scale``: the factor the loss was multiplied by before ``backward`` (see the
         class docstring); without a GradScaler the gradients are divided by it too.
@@ -265,7 +265,7 @@ class AdaHessian(torch.optim.Optimizer):
             return loss
         fresh = {}
         for (group, p, _, state), d in zip(probed, estimates, strict=True):
-            if group["average_conv_kernel"] and p.dim() == 4:  # spec step 2
+            if group["average_conv_kernel"] and p.dim() == 4:  # rule step 2
                 d = d.abs().mean(dim=[2, 3], keepdim=True).expand_as(d).clone()
             if group["update_each"] > 1:  # kept for the steps that reuse it
                 state["hessian"] = d
@@ -334,7 +334,7 @@ class AdaHessian(torch.optim.Optimizer):
     def _update(self, group, p, g, d, state) -> None:
         beta1, beta2 = group["betas"]
         step = state["step"]
-        t = step.item()  # before this step (spec step 3)
+        t = step.item()  # before this step (rule step 3)
         lr = _lr_at(group, t)
         if group["weight_decay"] != 0:
             p.mul_(1.0 - lr * group["weight_decay"])
@@ -351,7 +351,7 @@ class AdaHessian(torch.optim.Optimizer):
     # ------------------------------------------------------------------ Hutchinson
 
     def _hutchinson(self, probed: list, scale: torch.Tensor | None) -> list:
-        """D̂ = z ⊙ Hz for the ``(group, p, g, state)`` in ``probed`` (spec step 1), divided
+        """D̂ = z ⊙ Hz for the ``(group, p, g, state)`` in ``probed`` (rule step 1), divided
         by the loss ``scale`` still in the graph of the gradients, averaged over ranks."""
         if not probed:
             return []

@@ -1,7 +1,7 @@
 """Apollo: an adaptive parameter-wise diagonal quasi-Newton method (Ma, 2020).
 
-The update follows ``spec/optimizers.md`` ("Apollo (and ApolloW)") step by step;
-the step numbers in the comments below are the spec's. Every reduction is over one
+The update follows ``docs/update_rules.md`` ("Apollo (and ApolloW)") step by step;
+the step numbers in the comments below are that page's. Every reduction is over one
 parameter tensor ("parameter-wise"), never across tensors.
 
 Implementations of the same rule (here, ``_apollo_cpu.py``, ``_apollo_foreach.py`` and
@@ -69,7 +69,7 @@ class Apollo(torch.optim.Optimizer):
     Args:
         params: parameters or parameter groups.
         lr: learning rate η after warmup (required; the paper uses 0.01-1.0).
-        beta: β of the bias-corrected moving average m of the gradient (spec steps 3-6).
+        beta: β of the bias-corrected moving average m of the gradient (rule steps 3-6).
         eps: ε of the rectification; the effective ε' is ε/σ for ``constant`` rebound.
         rebound: ``'constant'`` (D = max(|B|, σ)) or ``'belief'`` (D = max(|B|, ‖Δ‖∞) + ε'/α).
         sigma: σ, the constant rebound bound: 0.01 is the current paper, 1.0 the first version.
@@ -163,7 +163,7 @@ class Apollo(torch.optim.Optimizer):
             _check(not g.get("foreach"), "fused", fused, "fused and foreach are two paths")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; its ``base_lr`` (the warmup's target, spec step 1) is its lr now."""
+        """Add a group; its ``base_lr`` (the warmup's target, rule step 1) is its lr now."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         self._validate(group)
@@ -226,7 +226,7 @@ class Apollo(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one update (spec steps 1-14); ``closure`` re-evaluates the loss."""
+        """Perform one update (rule steps 1-14); ``closure`` re-evaluates the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -1,7 +1,7 @@
 """AdaBelief's fused step: two launches per parameter group (four with the stable decay).
 
 ``_scalars`` increments each tensor's device step counter and stores its bias corrections
-(one program per tensor); ``_apply`` then runs spec steps 2-8 over every block, reading
+(one program per tensor); ``_apply`` then runs rule steps 2-8 over every block, reading
 θ, g, m, s and writing θ, m, s: the 7 transfers of Adam. The stable decay divides by
 mean(denom), which needs the whole tensor first: ``_apply`` then stores m, s and
 denom's block sums, ``_stable_scalars`` the factor 1 - lr·λ/mean(denom), and ``_stable``

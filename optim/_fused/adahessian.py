@@ -1,4 +1,4 @@
-"""AdaHessian's fused update (spec steps 3-7): one launch per group and step count.
+"""AdaHessian's fused update (rule steps 3-7): one launch per group and step count.
 
 The Hutchinson product (step 1) stays autograd; this replaces the per-tensor update that
 follows it. AdaHessian decides on the host which steps draw a new probe (``update_each``),

@@ -1,6 +1,6 @@
 """Apollo's fused step: three launches per parameter group (five with the stable decay).
 
-1. ``_reduce``: per block, the partial sums of spec steps 5-9 (Σ Δ⊙d, Σ (d⊙d)², Σ B⊙d⊙d,
+1. ``_reduce``: per block, the partial sums of rule steps 5-9 (Σ Δ⊙d, Σ (d⊙d)², Σ B⊙d⊙d,
    max|Δ|), reading g, m, B, d (and θ for L2 decay);
 2. ``_scalars``: per tensor, the block totals and the scalars of steps 1, 3, 7-9 (lr_t, α,
    δ/s², the rebound bound) from the device step counter, which it increments;
@@ -44,7 +44,7 @@ def _reduce_block(
     sign, lam_l2, DTYPE: tl.constexpr, ALIGNED: tl.constexpr, HAS_L2: tl.constexpr,
 ):  # fmt: skip
     delta = load(g_tab, i, offs, mask, DTYPE, ALIGNED) * sign
-    if HAS_L2:  # spec step 2, on a copy of the gradient
+    if HAS_L2:  # rule step 2, on a copy of the gradient
         delta += lam_l2 * load(p_tab, i, offs, mask, DTYPE, ALIGNED)
     delta -= load(m_tab, i, offs, mask, DTYPE, ALIGNED)  # step 4
     d = load(d_tab, i, offs, mask, DTYPE, ALIGNED)

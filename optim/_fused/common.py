@@ -91,7 +91,7 @@ def tail(offs, numels, i):
 def address(table, i, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
     """Tensor ``i``'s address in an address table, as a typed pointer. ``ALIGNED``: every
     address of the launch is a multiple of 16 bytes (checked on the host), which with full
-    blocks lets the compiler issue 16-byte loads and stores."""
+    blocks lets the compiler emit 16-byte loads and stores."""
     ptr = tl.load(table + i).to(tl.pointer_type(DTYPE))
     if ALIGNED:
         ptr = tl.multiple_of(ptr, 16)
