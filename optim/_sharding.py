@@ -1,9 +1,10 @@
 """Sharded parameters (FSDP2 / DTensor) and the checks that keep every update exact.
 
-Apollo's rule takes sums, norms and maxima over each *whole* parameter tensor (``docs/update_rules.md``:
-"parameter-wise"). Under FSDP2 a parameter is a ``DTensor`` whose local tensor is one
-rank's shard, so the optimizers run the elementwise work on the local shards and
-all-reduce each per-tensor reduction over the mesh dimensions the tensor is sharded on:
+Apollo's rule takes sums, norms and maxima over each *whole* parameter tensor
+(``docs/update_rules.md``: "parameter-wise"). Under FSDP2 a parameter is a ``DTensor``
+whose local tensor is one rank's shard, so the optimizers run the elementwise work on the
+local shards and all-reduce each per-tensor reduction over the mesh dimensions the tensor
+is sharded on:
 the result equals a one-process run up to float rounding.
 
 FSDP1 hands the optimizer flat 1-D shards (a ``FlatParameter``, or flat views of the
