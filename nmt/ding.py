@@ -75,7 +75,10 @@ def write_corpus(
     for name, chosen in splits.items():
         for side, lang in ((1, "en"), (0, "de")):
             text = "".join(pair[side] + "\n" for pair in chosen)
-            (out / f"{name}.{lang}").write_text(text, encoding="utf-8")
+            path = out / f"{name}.{lang}"
+            # An unchanged file keeps its mtime, so nmt.preprocess finds its data up to date.
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                path.write_text(text, encoding="utf-8")
     return {name: len(chosen) for name, chosen in splits.items()}
 
 

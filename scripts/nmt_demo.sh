@@ -61,29 +61,51 @@ fi
   --test "$demo/corpus/test" --out-dir "$demo/data"
 
 # One process per row, one thread each (a small model gains little from threads, and two
-# processes use both cores of a small machine).
-pids=() names=()
+# processes use both cores of a small machine); at most --jobs at a time.
 IFS=, read -ra row_list <<< "$rows"
-running=0
-for row in "${row_list[@]}"; do
+log_of() { echo "$demo/current/$1/recipe/seed1/stdout.log"; }
+# Progress: each row's epoch lines (valid loss, tokens/s) as they are written.
+progress() {
+  local -A seen=()
+  local row n
+  while sleep 10; do
+    for row in "${row_list[@]}"; do
+      n=$(grep -c "valid loss" "$(log_of "$row")" 2>/dev/null) || n=0
+      if (( n > ${seen[$row]:-0} )); then
+        grep "valid loss" "$(log_of "$row")" | tail -n "+$(( ${seen[$row]:-0} + 1 ))" \
+          | sed "s/^[0-9-]* [0-9:]* /  $row: /"
+        seen[$row]=$n
+      fi
+    done
+  done
+}
+progress &
+progress_pid=$!
+trap 'kill "$progress_pid" 2>/dev/null || true' EXIT
+pids=() failed=0
+finish() {  # wait for the run with index $1, report its failure
+  if ! wait "${pids[$1]}"; then
+    echo "error: training ${row_list[$1]} failed; its log ends:" >&2
+    tail -n 5 "$(log_of "${row_list[$1]}")" >&2
+    failed=1
+  fi
+}
+for i in "${!row_list[@]}"; do
+  row="${row_list[$i]}"
+  (( i < jobs )) || finish $((i - jobs))
   run_dir="$demo/current/$row/recipe/seed1"
   mkdir -p "$run_dir"
   echo "training $row -> $run_dir (log: $run_dir/stdout.log)"
   OMP_NUM_THREADS=1 "$PY" -m nmt.train --config "$config" --row "$row" --device cpu \
     --data-dir "$demo/data" --out-dir "$run_dir" "${train_args[@]}" > "$run_dir/stdout.log" 2>&1 &
-  pids+=($!) names+=("$row")
-  running=$((running + 1))
-  if (( running >= jobs )); then wait -n; running=$((running - 1)); fi
+  pids+=($!)
 done
-failed=0
-for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    echo "error: training ${names[$i]} failed; its log ends:" >&2
-    tail -n 5 "$demo/current/${names[$i]}/recipe/seed1/stdout.log" >&2
-    failed=1
-  fi
-done
+for (( i = ${#pids[@]} > jobs ? ${#pids[@]} - jobs : 0; i < ${#pids[@]}; i++ )); do finish "$i"; done
+kill "$progress_pid" 2>/dev/null || true
 [[ $failed == 0 ]] || exit 1
+for row in "${row_list[@]}"; do
+  grep "valid loss" "$(log_of "$row")" | tail -n 1 | sed "s/^[0-9-]* [0-9:]* /  $row: /"  || true
+done
 echo "trained in $((SECONDS - start)) s; translating the test set"
 pids=()
 for row in "${row_list[@]}"; do

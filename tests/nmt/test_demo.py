@@ -1,0 +1,80 @@
+"""The CPU demo's sentence pairs (nmt.ding) and ``scripts/nmt_demo.sh`` end to end, shortened."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nmt.ding import sentence_pairs, write_corpus
+from tests.nmt.conftest import PAIRS, TEST, write_pairs
+from tests.scripts.conftest import ENV, REPO
+
+# Lines in the layout of Debian's /usr/share/trans/de-en: "de | de :: en | en".
+DICT = """\
+# Version :: 1.9
+Haus {n} | Das Haus ist sehr alt und klein. :: house | The house is very old and small.
+Garten {m} | Wir sitzen jeden Abend im Garten. :: garden | We sit in the garden every evening.
+Das Haus ist sehr alt und klein. :: The house is very old and small.
+kurz | Das ist kurz. :: short | That is short.
+etw. tun | Er hat etw. für uns getan, glaube ich. :: to do sth. | He did sth. for us, I think so.
+Zug {m} | Der Zug fährt heute um acht Uhr ab. :: train | The train leaves at eight today | extra
+Frage {f} | Wo ist der Bahnhof in dieser Stadt? :: question | Where is the station in this town?
+"""
+
+
+def test_sentence_pairs_keeps_whole_clean_example_sentences(tmp_path: Path) -> None:
+    path = tmp_path / "de-en"
+    path.write_text(DICT, encoding="utf-8")
+    assert list(sentence_pairs(path)) == [
+        ("Das Haus ist sehr alt und klein.", "The house is very old and small."),  # once
+        ("Wir sitzen jeden Abend im Garten.", "We sit in the garden every evening."),
+        ("Wo ist der Bahnhof in dieser Stadt?", "Where is the station in this town?"),
+    ]  # not: headwords, short sentences, placeholders, fields that do not correspond
+
+
+def test_write_corpus_splits_and_leaves_unchanged_files_alone(tmp_path: Path) -> None:
+    pairs = [(de, en) for en, de in PAIRS]
+    assert write_corpus(pairs, tmp_path, test_every=20) == {"train": 38, "test": 2}
+    test_en = (tmp_path / "test.en").read_text(encoding="utf-8").splitlines()
+    assert test_en == [PAIRS[19][0], PAIRS[39][0]]  # every 20th pair, English side in .en
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    write_corpus(pairs, tmp_path, test_every=20)  # a re-run: the preprocessing stays up to date
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == mtimes
+    with pytest.raises(ValueError, match="too few"):
+        write_corpus(pairs[:39], tmp_path / "few", test_every=20)
+
+
+@pytest.mark.slow
+def test_demo_trains_evaluates_prints_bleu_and_reruns_as_done(tmp_path: Path) -> None:
+    # 132 pairs: enough for the demo config's valid split (every 50th training line).
+    corpus = write_pairs(tmp_path / "pairs", (PAIRS + TEST) * 3)
+    out = tmp_path / "runs"
+    cmd = ["bash", str(REPO / "scripts" / "nmt_demo.sh"), "--corpus", corpus,
+           "--out-dir", str(out), "--max-updates", "2"]  # fmt: skip
+    first = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    table = [line for line in first.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table] == ["Method", "Adam", "Apollo"]
+    for row in ("Adam", "Apollo"):
+        run = out / "nmt_demo" / "current" / row / "recipe" / "seed1"
+        results = json.loads((run / "results.json").read_text())
+        assert results["finished"] and results["updates_completed"] == 2
+        assert results["metric"] == "bleu" and 0.0 <= results["final"]["bleu"] <= 100.0
+        assert (run / "test.paper.detok.txt").read_text(encoding="utf-8").count("\n") == 6
+        assert f"  {row}: epoch 1 update 2/2" in first.stdout  # its last epoch line
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "up to date" in again.stdout  # the data is not rebuilt
+    assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == table
+
+
+def test_demo_refuses_a_missing_corpus(tmp_path: Path) -> None:
+    cmd = ["bash", str(REPO / "scripts" / "nmt_demo.sh"), "--corpus", str(tmp_path / "none"),
+           "--out-dir", str(tmp_path / "runs")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "no such file" in proc.stderr and "Traceback" not in proc.stderr
