@@ -31,8 +31,6 @@ from torch.utils.data import Dataset, TensorDataset
 
 from engine.checkpoint import atomic_write
 
-from .data import DataError
-
 #: Images in the held-out test split (the last ones of ``load_digits``).
 TEST_SIZE = 360
 MODEL = "digits_cnn"
@@ -64,7 +62,7 @@ def cache_digits(path: str | Path) -> Path:
 
 def load_digits(data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(images, labels)``: uint8 (1797, 8, 8) in 0..16 and (1797,) in 0..9, from the cache
-    (written first if missing). :class:`DataError` naming the file if it is not the digits."""
+    (written first if missing). ``ValueError`` naming the file if it is not the digits."""
     path = Path(data_dir or default_data_dir()) / CACHE_NAME
     if not path.is_file():
         cache_digits(path)
@@ -72,14 +70,14 @@ def load_digits(data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndar
         with np.load(path, allow_pickle=False) as f:
             images, labels = f["images"], f["labels"]
     except Exception as exc:
-        raise DataError(
+        raise ValueError(
             f"unreadable digits file {path} ({type(exc).__name__}: {exc}); delete it and it "
             "is rebuilt from scikit-learn"
         ) from None
     if (images.shape, labels.shape, images.dtype, labels.dtype) != (
         (NUM_IMAGES, 8, 8), (NUM_IMAGES,), np.uint8, np.uint8
     ) or images.max() > 16 or labels.max() > 9:  # fmt: skip
-        raise DataError(
+        raise ValueError(
             f"{path} does not hold scikit-learn's digits (images {images.shape} "
             f"{images.dtype}, labels {labels.shape} {labels.dtype}); delete it and it is rebuilt"
         )

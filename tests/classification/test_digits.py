@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from classification import digits
-from classification.data import DataError
 
 CONFIG = {"augmentation": {"style": "none"}, "num_classes": 10}
 
@@ -35,8 +34,8 @@ def test_digits_are_cached_once_and_read_back_exactly(tmp_path, monkeypatch) -> 
 def test_a_damaged_digits_file_is_one_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "digits.npz"
     path.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(DataError, match=r"unreadable digits file .*digits\.npz.*delete it"):
+    with pytest.raises(ValueError, match=r"unreadable digits file .*digits\.npz.*delete it"):
         digits.load_digits(tmp_path)
     np.savez(path, images=np.zeros((10, 8, 8), np.uint8), labels=np.zeros(10, np.uint8))
-    with pytest.raises(DataError, match=r"digits\.npz does not hold scikit-learn's digits"):
+    with pytest.raises(ValueError, match=r"digits\.npz does not hold scikit-learn's digits"):
         digits.load_digits(tmp_path)
