@@ -38,6 +38,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+[[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "error: --jobs needs a number >= 1, got $jobs" >&2; exit 2; }
+
 start=$SECONDS
 demo="$out_dir/nmt_demo"
 mkdir -p "$demo"
@@ -64,10 +66,13 @@ fi
 # processes use both cores of a small machine); at most --jobs at a time.
 IFS=, read -ra row_list <<< "$rows"
 log_of() { echo "$demo/current/$1/recipe/seed1/stdout.log"; }
-# Progress: each row's epoch lines (valid loss, tokens/s) as they are written.
+# Progress: each row's new epoch lines (valid loss, tokens/s) as they are written.
 progress() {
   local -A seen=()
   local row n
+  for row in "${row_list[@]}"; do  # a resumed run's log holds its earlier epochs
+    seen[$row]=$(grep -c "valid loss" "$(log_of "$row")" 2>/dev/null) || seen[$row]=0
+  done
   while sleep 10; do
     for row in "${row_list[@]}"; do
       n=$(grep -c "valid loss" "$(log_of "$row")" 2>/dev/null) || n=0
@@ -97,7 +102,7 @@ for i in "${!row_list[@]}"; do
   mkdir -p "$run_dir"
   echo "training $row -> $run_dir (log: $run_dir/stdout.log)"
   OMP_NUM_THREADS=1 "$PY" -m nmt.train --config "$config" --row "$row" --device cpu \
-    --data-dir "$demo/data" --out-dir "$run_dir" "${train_args[@]}" > "$run_dir/stdout.log" 2>&1 &
+    --data-dir "$demo/data" --out-dir "$run_dir" "${train_args[@]}" >> "$run_dir/stdout.log" 2>&1 &
   pids+=($!)
 done
 for (( i = ${#pids[@]} > jobs ? ${#pids[@]} - jobs : 0; i < ${#pids[@]}; i++ )); do finish "$i"; done
