@@ -84,10 +84,12 @@ progress() {
     done
   done
 }
+pids=() failed=0
 progress &
 progress_pid=$!
-trap 'kill "$progress_pid" 2>/dev/null || true' EXIT
-pids=() failed=0
+# Background jobs of a script ignore Ctrl-C: stop them with it (re-running resumes them).
+trap 'kill "$progress_pid" "${pids[@]}" 2>/dev/null || true' EXIT
+trap 'echo "interrupted; the same command resumes" >&2; exit 130' INT TERM
 finish() {  # wait for the run with index $1, report its failure
   if ! wait "${pids[$1]}"; then
     echo "error: training ${row_list[$1]} failed; its log ends:" >&2

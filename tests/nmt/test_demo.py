@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,38 @@ def test_demo_refuses_a_missing_corpus(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_training_processes_too(tmp_path: Path) -> None:
+    """A script's background jobs ignore SIGINT: the demo must stop them itself."""
+    corpus = write_pairs(tmp_path / "pairs", (PAIRS + TEST) * 3)
+    out = tmp_path / "runs"
+    cmd = ["bash", str(REPO / "scripts" / "nmt_demo.sh"), "--corpus", corpus,
+           "--out-dir", str(out), "--max-updates", "100000"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    logs = [out / "nmt_demo" / "current" / row / "recipe" / "seed1" / "stdout.log"
+            for row in ("Adam", "Apollo")]  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not all(log.is_file() and "starting" in log.read_text() for log in logs):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "the same command resumes" in stderr
+    time.sleep(1)
+    assert not _processes_with(str(out)), "training processes outlived the script"
+
+
+def _processes_with(text: str) -> list[str]:
+    """Command lines of this machine's live processes that contain ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        if "nmt.train" in args and text in args:
+            found.append(args)
+    return found
