@@ -1,5 +1,5 @@
 """Every image-table row's hyperparameters against the paper's tables, typed in from
-spec/experiments.md (and the authors' READMEs), not read from the configs under test."""
+the paper and the authors' READMEs, not read from the configs under test."""
 
 from __future__ import annotations
 

@@ -228,7 +228,7 @@ def test_fp16_with_gradscaler_through_the_loop(cifar_dir: Path, tmp_path: Path) 
 
 
 def test_plugin_registers_an_optimizer(cifar_dir: Path, tmp_path: Path) -> None:
-    """--plugin imports the user's file before the optimizer is built (issue 5's quickstart)."""
+    """--plugin imports the user's file before the optimizer is built (as the quickstart does)."""
     plugin = tmp_path / "my_opt.py"
     plugin.write_text(
         "import torch, optim\n"

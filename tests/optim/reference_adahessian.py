@@ -1,4 +1,4 @@
-"""AdaHessian written straight from the spec (``optimizers.md``, "AdaHessian", steps 1-7).
+"""AdaHessian written straight from the spec (``docs/update_rules.md``, "AdaHessian", steps 1-7).
 
 Plain per-tensor float64 loop, no shared code with ``optim/adahessian.py``. Instead of
 drawing a probe, ``step`` takes the Hessian diagonal itself: the tests use separable losses,

@@ -1,4 +1,4 @@
-"""A plain per-tensor Apollo, written line by line from spec/optimizers.md (float64).
+"""A plain per-tensor Apollo, written line by line from docs/update_rules.md (float64).
 
 Deliberately unoptimised: no in-place tricks, ``norm(p=4)``, fresh tensors everywhere,
 Python numbers for every scalar. The tests compare ``optim.Apollo`` against it.

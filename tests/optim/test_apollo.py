@@ -1,4 +1,4 @@
-"""Apollo against the plain reference loop of spec/optimizers.md, in float64.
+"""Apollo against the plain reference loop of docs/update_rules.md, in float64.
 
 The generic checks every registered optimizer gets (state_dict round trip,
 Rosenbrock, ...) live in test_conformance.py; this file is Apollo's own rule.
