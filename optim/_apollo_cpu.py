@@ -101,7 +101,7 @@ def _large(p, g, m, b, u, alpha: float, lr_t: float, hp: Hyper, scratch: Buffers
     sums = torch.zeros(3, dtype=p.dtype)  # Σ Δ⊙d, Σ (d⊙d)², Σ B⊙d⊙d
     r = torch.zeros((), dtype=p.dtype)
     for a, z in blocks:  # first sweep: the sums of steps 5-9
-        delta = _delta(p[a:z], g[a:z], m[a:z], hp, scratch(0, z - a))
+        delta = delta_into(p[a:z], g[a:z], m[a:z], hp, scratch(0, z - a))
         w = torch.mul(u[a:z], u[a:z], out=scratch(1, z - a))
         sums += torch.stack((torch.dot(delta, u[a:z]), torch.dot(w, w), torch.dot(b[a:z], w)))
         if hp.belief:
@@ -109,7 +109,7 @@ def _large(p, g, m, b, u, alpha: float, lr_t: float, hp: Hyper, scratch: Buffers
     c = _c(sums[0], sums[1], sums[2], alpha, hp)
     total_d = torch.zeros((), dtype=p.dtype)
     for a, z in blocks:  # second sweep: the update
-        delta = _delta(p[a:z], g[a:z], m[a:z], hp, scratch(0, z - a))
+        delta = delta_into(p[a:z], g[a:z], m[a:z], hp, scratch(0, z - a))
         m[a:z].add_(delta, alpha=alpha)  # step 6
         w = torch.mul(u[a:z], u[a:z], out=scratch(1, z - a))
         b[a:z].addcmul_(w, c)  # step 10
@@ -134,7 +134,7 @@ def _large(p, g, m, b, u, alpha: float, lr_t: float, hp: Hyper, scratch: Buffers
                 p[a:z].add_(u[a:z], alpha=-lr_t)
 
 
-def _delta(p, g, m, hp: Hyper, out: torch.Tensor) -> torch.Tensor:
+def delta_into(p, g, m, hp: Hyper, out: torch.Tensor) -> torch.Tensor:
     """Δ = g - m (steps 2 and 4) into ``out``; p.grad itself is never modified."""
     if hp.maximize or hp.l2:
         if hp.maximize:

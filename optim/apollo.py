@@ -34,7 +34,7 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
 from . import _fused
-from ._apollo_cpu import Buffers, cpu_apollo
+from ._apollo_cpu import Buffers, cpu_apollo, delta_into
 from ._apollo_foreach import (
     Hyper,
     apollo_apply,
@@ -379,17 +379,7 @@ def _single_tensor_apollo(
     """The per-tensor loop; op for op the same as :func:`multi_tensor_apollo`."""
     alpha = (1 - hp.beta) / (1 - hp.beta ** (t + 1))  # step 3 (t counted before this step)
     for p, g, m, b, u in zip(params, grads, ms, bs, us, strict=True):
-        delta = buf[: p.numel()].view_as(p)  # p.grad itself is never modified
-        if hp.maximize or hp.l2:
-            if hp.maximize:
-                torch.neg(g, out=delta)
-            else:
-                delta.copy_(g)
-            if hp.l2:
-                delta.add_(p, alpha=hp.weight_decay)  # step 2
-            delta.sub_(m)  # step 4: Δ = g - m
-        else:
-            torch.sub(g, m, out=delta)  # step 4
+        delta = delta_into(p, g, m, hp, buf[: p.numel()].view_as(p))  # steps 2 and 4
         x = torch.dot(flat(delta), flat(u))  # Σ Δ⊙d, d the previous update
         m.add_(delta, alpha=alpha)  # step 6
         if hp.belief:
