@@ -50,19 +50,29 @@ def test_write_corpus_splits_and_leaves_unchanged_files_alone(tmp_path: Path) ->
         write_corpus(pairs[:39], tmp_path / "few", test_every=20)
 
 
-@pytest.mark.slow
-def test_demo_trains_evaluates_prints_bleu_and_reruns_as_done(tmp_path: Path) -> None:
-    # 132 pairs: enough for the demo config's valid split (every 50th training line).
+def _demo(tmp_path: Path, *args: str) -> tuple[list[str], Path]:
+    """The demo's command on 132 test pairs (enough for the demo config's valid split, every
+    50th training line), and its --out-dir."""
     corpus = write_pairs(tmp_path / "pairs", (PAIRS + TEST) * 3)
     out = tmp_path / "runs"
     cmd = ["bash", str(REPO / "scripts" / "nmt_demo.sh"), "--corpus", corpus,
-           "--out-dir", str(out), "--max-updates", "2"]  # fmt: skip
+           "--out-dir", str(out), *args]  # fmt: skip
+    return cmd, out
+
+
+def _run_dir(out: Path, row: str) -> Path:
+    return out / "nmt_demo" / "current" / row / "recipe" / "seed1"
+
+
+@pytest.mark.slow
+def test_demo_trains_evaluates_prints_bleu_and_reruns_as_done(tmp_path: Path) -> None:
+    cmd, out = _demo(tmp_path, "--max-updates", "2")
     first = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     table = [line for line in first.stdout.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in table] == ["Method", "Adam", "Apollo"]
     for row in ("Adam", "Apollo"):
-        run = out / "nmt_demo" / "current" / row / "recipe" / "seed1"
+        run = _run_dir(out, row)
         results = json.loads((run / "results.json").read_text())
         assert results["finished"] and results["updates_completed"] == 2
         assert results["metric"] == "bleu" and 0.0 <= results["final"]["bleu"] <= 100.0
@@ -86,14 +96,10 @@ def test_demo_refuses_a_missing_corpus(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ctrl_c_stops_the_training_processes_too(tmp_path: Path) -> None:
     """A script's background jobs ignore SIGINT: the demo must stop them itself."""
-    corpus = write_pairs(tmp_path / "pairs", (PAIRS + TEST) * 3)
-    out = tmp_path / "runs"
-    cmd = ["bash", str(REPO / "scripts" / "nmt_demo.sh"), "--corpus", corpus,
-           "--out-dir", str(out), "--max-updates", "100000"]  # fmt: skip
+    cmd, out = _demo(tmp_path, "--max-updates", "100000")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    logs = [out / "nmt_demo" / "current" / row / "recipe" / "seed1" / "stdout.log"
-            for row in ("Adam", "Apollo")]  # fmt: skip
+    logs = [_run_dir(out, row) / "stdout.log" for row in ("Adam", "Apollo")]
     deadline = time.monotonic() + 300
     while not all(log.is_file() and "starting" in log.read_text() for log in logs):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
