@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,27 @@ def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def imagenet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_imagefolder(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture
+def sync_counts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Synchronizing CUDA calls of each classification training epoch, one entry per epoch, as
+    ``torch.cuda.set_sync_debug_mode("warn")`` flags them."""
+    from classification import train
+
+    counted: list[int] = []
+    real = train.train_one_epoch
+
+    def one_epoch(*args):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                stats = real(*args)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counted.append(sum("synchroniz" in str(w.message) for w in caught))
+        return stats
+
+    monkeypatch.setattr(train, "train_one_epoch", one_epoch)
+    return counted

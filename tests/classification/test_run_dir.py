@@ -303,28 +303,11 @@ def _counting(real, name: str, reads: list[str]):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts CUDA device syncs")
-def test_no_device_sync_per_update_on_cuda(tmp_path: Path, monkeypatch) -> None:
+def test_no_device_sync_per_update_on_cuda(tmp_path: Path, sync_counts: list[int]) -> None:
     """torch.cuda.set_sync_debug_mode('warn') flags every synchronizing CUDA call: a training
     epoch of 6 updates makes as many as one of 2 (after a warm-up run: cuDNN's autotuning)."""
-    import warnings
-
-    counted: list[int] = []
-    real_epoch = train.train_one_epoch
-
-    def one_epoch(*args):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                stats = real_epoch(*args)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        counted.append(sum("synchroniz" in str(w.message) for w in caught))
-        return stats
-
-    monkeypatch.setattr(train, "train_one_epoch", one_epoch)
     for steps in (1, 2, 6):
         args = argv(tmp_path / f"s{steps}", epochs=1)
         args[args.index("--device") + 1] = "cuda"
         train.run([*args[:-1], str(steps)])
-    assert counted[1] == counted[2], counted
+    assert sync_counts[1] == sync_counts[2], sync_counts

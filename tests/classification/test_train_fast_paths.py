@@ -98,35 +98,18 @@ def test_compiled_counts_compile_time_per_new_shape(monkeypatch) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts CUDA device syncs")
 @pytest.mark.parametrize("row", ["SGD", "Apollo"])  # the loop alone; with Apollo's step
 def test_no_device_sync_per_update_on_cuda_with_cifar_on_the_gpu(
-    row: str, cifar_dir: Path, tmp_path: Path, monkeypatch
+    row: str, cifar_dir: Path, tmp_path: Path, sync_counts: list[int]
 ) -> None:
     """The device pipeline (what --device cuda picks for CIFAR), bf16 and channels_last add no
     sync per update: an epoch of 5 updates makes as many synchronizing calls as one of 2 (after
     a warm-up run; all batches full, so cuDNN autotunes one shape)."""
-    import warnings
-
-    counted: list[int] = []
-    real = train.train_one_epoch
-
-    def one_epoch(*args):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                stats = real(*args)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        counted.append(sum("synchroniz" in str(w.message) for w in caught))
-        return stats
-
-    monkeypatch.setattr(train, "train_one_epoch", one_epoch)
     for steps in (1, 2, 5):
         args = ["--device", "cuda", "--max-steps-per-epoch", str(steps), "--amp", "bf16"]
         results = run(tmp_path / f"s{steps}", cifar_dir, row, *args, epochs=1)
         log = (tmp_path / f"s{steps}" / "train.log").read_text()
         assert "data pipeline device, compile none, channels_last" in log
         assert results["final"]["train_samples"] == 8 * steps
-    assert counted[1] == counted[2], counted
+    assert sync_counts[1] == sync_counts[2], sync_counts
 
 
 def test_tasks_that_run_eagerly_refuse_compile() -> None:
