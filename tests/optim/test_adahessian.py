@@ -57,6 +57,13 @@ def _run_pair(kwargs, steps=20, skip_odd=(), scheduler=None):
     params = _params()
     ref_params = [p.detach().clone() for p in params]
     opt = AdaHessian(params, seed=0, **kwargs)
+    step_with_reference(opt, params, ref_params, kwargs, steps, skip_odd, scheduler)
+    return params, ref_params
+
+
+def step_with_reference(opt, params, ref_params, kwargs, steps, skip_odd=(), scheduler=None):
+    """``steps`` steps of ``opt`` over ``params`` and of the float64 reference rule over
+    ``ref_params`` on the same separable loss (exact gradients and Hessian diagonals)."""
     ref = ReferenceAdaHessian(**kwargs)
     sched = scheduler(opt) if scheduler else None
     for step in range(steps):
@@ -67,7 +74,6 @@ def _run_pair(kwargs, steps=20, skip_odd=(), scheduler=None):
         ref.step(ref_params, *exact_grads_and_diags(ref_params, step, skip_odd), lr)
         if sched:
             sched.step()
-    return params, ref_params
 
 
 PARITY_CASES = {

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from optim.adahessian import AdaHessian
-from tests.optim.reference_adahessian import ReferenceAdaHessian
-from tests.optim.test_adahessian import PARITY_CASES, exact_grads_and_diags, separable_loss
+from tests.optim.test_adahessian import PARITY_CASES, step_with_reference
 
 from .common import DEVICE, assert_fp32_close
 
@@ -24,16 +23,7 @@ def _run(kwargs, steps=6, skip_odd=(), scheduler=None):
     params = [x.to(DEVICE).requires_grad_() for x in init]
     ref_params = [x.double() for x in init]
     opt = AdaHessian(params, seed=0, fused=True, **kwargs)
-    ref = ReferenceAdaHessian(**kwargs)
-    sched = scheduler(opt) if scheduler else None
-    for step in range(steps):
-        opt.zero_grad(set_to_none=True)
-        separable_loss(params, step, skip_odd).backward(create_graph=True)
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        ref.step(ref_params, *exact_grads_and_diags(ref_params, step, skip_odd), lr)
-        if sched:
-            sched.step()
+    step_with_reference(opt, params, ref_params, kwargs, steps, skip_odd, scheduler)
     return params, ref_params, opt
 
 
