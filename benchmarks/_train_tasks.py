@@ -67,15 +67,19 @@ class Task:
 
     def describe(self) -> dict[str, Any]:
         params = sum(p.numel() for p in self.model.parameters())
-        return {"amp": self.config["amp"], "batch": self.config["batch_size"],
-                "what": f"{self.name}, {params:,} parameters"}  # fmt: skip
+        return {
+            "amp": self.config["amp"],
+            "batch": self.config["batch_size"],
+            "what": f"{self.name}, {params:,} parameters",
+        }
 
 
 class ImageTask(Task):
     """classification: ``train_one_epoch`` over the pipeline ``train.py`` would pick."""
 
-    def __init__(self, config: dict[str, Any], ctx: Context, args: argparse.Namespace,
-                 shared: dict) -> None:  # fmt: skip
+    def __init__(
+        self, config: dict[str, Any], ctx: Context, args: argparse.Namespace, shared: dict
+    ) -> None:
         from classification import data, device_data
         from classification import train as task
         from classification.models import build_model
@@ -84,7 +88,8 @@ class ImageTask(Task):
         self.task, self.name = task, config["model"]
         self.fmt = task.memory_format(self.device, config["amp"])
         model = build_model(config["model"], config["num_classes"]).to(
-            self.device, memory_format=self.fmt)  # fmt: skip
+            self.device, memory_format=self.fmt
+        )
         # One model per compile mode, its weights reset for each row: a row after the first
         # reuses the compiled graphs (compiling ResNet-110 takes minutes) and the CUDA graphs'
         # parameter addresses stay valid (load_state_dict copies in place).
@@ -107,17 +112,29 @@ class ImageTask(Task):
         g = torch.Generator(self.device).manual_seed(config["seed"])
         labels = torch.randint(0, classes, (n,), generator=g, device=self.device)
         if self.pipeline == "device":  # CIFAR-sized uint8 images, augmented as in training
-            images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g,
-                                   device=self.device)  # fmt: skip
+            images = torch.randint(
+                0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g, device=self.device
+            )
             sampler = DistributedSampler(range(n), num_replicas=1, rank=0, seed=config["seed"])
             self.loader: Any = device_data.DeviceImages(
-                images, labels, sampler, batch_size=batch, device=self.device, aug=aug,
-                train=True, seed=config["seed"], memory_format=self.fmt)  # fmt: skip
+                images,
+                labels,
+                sampler,
+                batch_size=batch,
+                device=self.device,
+                aug=aug,
+                train=True,
+                seed=config["seed"],
+                memory_format=self.fmt,
+            )
             layout = self.fmt
         else:  # what a DataLoader hands over: a float batch in (pinned) host memory
             x = torch.randn(batch, channels, crop, crop)
-            self.loader = Repeat(x.pin_memory() if self.device.type == "cuda" else x,
-                                 labels[:batch].cpu(), math.ceil(n / batch))  # fmt: skip
+            self.loader = Repeat(
+                x.pin_memory() if self.device.type == "cuda" else x,
+                labels[:batch].cpu(),
+                math.ceil(n / batch),
+            )
             layout = torch.contiguous_format
         # the bare step's batch, in the loop's layout: one compiled graph serves both
         x = torch.randn((batch, channels, crop, crop), generator=g, device=self.device)
@@ -132,8 +149,12 @@ class ImageTask(Task):
 
     def loop(self, n: int) -> None:
         create_graph = self.spec.needs_create_graph
-        self._loop(n, lambda: self.task.train_one_epoch(
-            self.model, self.loader, create_graph, self.run, self.forward))  # fmt: skip
+        self._loop(
+            n,
+            lambda: self.task.train_one_epoch(
+                self.model, self.loader, create_graph, self.run, self.forward
+            ),
+        )
 
     def compare_compiled(self) -> dict[str, float | None]:
         """Logits and gradients of the compiled model against eager on the bare step's batch,
@@ -154,13 +175,20 @@ class ImageTask(Task):
         def rel(a: torch.Tensor, b: torch.Tensor) -> float:
             return float((a - b).norm() / b.norm().clamp(min=1e-30))
 
-        return {"logits_rel_diff": rel(lc, le),
-                "grads_rel_diff": max(rel(c, e) for c, e in zip(gc, ge, strict=True))}  # fmt: skip
+        return {
+            "logits_rel_diff": rel(lc, le),
+            "grads_rel_diff": max(rel(c, e) for c, e in zip(gc, ge, strict=True)),
+        }
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "dataset": self.config["dataset"], "unit": "img",
-                "samples_per_step": self.config["batch_size"], "pipeline": self.pipeline,
-                "channels_last": self.fmt == torch.channels_last}  # fmt: skip
+        return {
+            **super().describe(),
+            "dataset": self.config["dataset"],
+            "unit": "img",
+            "samples_per_step": self.config["batch_size"],
+            "pipeline": self.pipeline,
+            "channels_last": self.fmt == torch.channels_last,
+        }
 
 
 class LanguageModelTask(Task):
@@ -198,14 +226,23 @@ class LanguageModelTask(Task):
 
     def loop(self, n: int) -> None:
         create_graph = self.spec.needs_create_graph
-        self._loop(n, lambda: self.task.train_one_epoch(
-            self.model, self.model, self.stream, create_graph, self.run, {}))  # fmt: skip
+        self._loop(
+            n,
+            lambda: self.task.train_one_epoch(
+                self.model, self.model, self.stream, create_graph, self.run, {}
+            ),
+        )
 
     def describe(self) -> dict[str, Any]:
         c = self.config
-        return {**super().describe(), "dataset": "lm1b", "unit": "tok",
-                "samples_per_step": c["batch_size"] * c["bptt"], "pipeline": "TokenStream",
-                "channels_last": False}  # fmt: skip
+        return {
+            **super().describe(),
+            "dataset": "lm1b",
+            "unit": "tok",
+            "samples_per_step": c["batch_size"] * c["bptt"],
+            "pipeline": "TokenStream",
+            "channels_last": False,
+        }
 
 
 def zipf_tokens(vocab: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -237,12 +274,15 @@ class _Shared:
         self.module, self.forward = module, forward
 
 
-def build(config: dict[str, Any], ctx: Context, args: argparse.Namespace,
-          shared: dict | None = None) -> Task:  # fmt: skip
+def build(
+    config: dict[str, Any], ctx: Context, args: argparse.Namespace, shared: dict | None = None
+) -> Task:
     """The task of ``config['task']`` (``shared``: what rows may reuse, see ImageTask)."""
     if config["task"] == "classification":
         return ImageTask(config, ctx, args, {} if shared is None else shared)
     if config["task"] == "language_model":
         return LanguageModelTask(config, ctx, args)
-    raise ValueError(f"{config['config']}: no benchmark here for task {config['task']!r} "
-                     "(translation: python -m benchmarks.nmt_step)")  # fmt: skip
+    raise ValueError(
+        f"{config['config']}: no benchmark here for task {config['task']!r} "
+        "(translation: python -m benchmarks.nmt_step)"
+    )

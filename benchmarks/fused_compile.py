@@ -68,9 +68,19 @@ def _variants() -> dict[str, tuple]:
         for belief, wdt, maximize, lr in itertools.product(
             (False, True), ("L2", "decoupled", "stable"), (False, True), (0.1, torch.tensor(0.1))
         ):
-            group = dict(weight_decay=0.1, weight_decay_type=wdt, maximize=maximize, lr=lr,
-                         rebound="belief" if belief else "constant", sigma=0.01, eps=1e-4,
-                         warmup=5, init_lr=1e-4, beta=0.9, betas=(0.9, 0.999))  # fmt: skip
+            group = dict(
+                weight_decay=0.1,
+                weight_decay_type=wdt,
+                maximize=maximize,
+                lr=lr,
+                rebound="belief" if belief else "constant",
+                sigma=0.01,
+                eps=1e-4,
+                warmup=5,
+                init_lr=1e-4,
+                beta=0.9,
+                betas=(0.9, 0.999),
+            )
             apollo.Plan(ps, z(), z(), z(), steps).step(z(), group)
             if not belief and not maximize:
                 adabelief.Plan(ps, z(), z(), steps).step(z(), group)

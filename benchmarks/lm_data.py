@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         lm_rate, mem_rate = rates["lmdb"], rates["memory"]
         corpus.close()
-    print(f"batch {args.batch_size} x bptt {args.bptt}, {n:,} tokens per epoch, "
-          f"median of {args.repeats} epochs")  # fmt: skip
+    print(
+        f"batch {args.batch_size} x bptt {args.bptt}, {n:,} tokens per epoch, "
+        f"median of {args.repeats} epochs"
+    )
     print(f"LMDB reader      {lm_rate / 1e6:8.1f} M tokens/s")
     print(f"in-memory NumPy  {mem_rate / 1e6:8.1f} M tokens/s")
     print(f"LMDB / in-memory {lm_rate / mem_rate:8.2f}")

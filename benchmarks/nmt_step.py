@@ -63,9 +63,16 @@ def synthetic_data(root: Path, vocab_size: int, pairs: int, preprocess: dict, se
             np.save(tokens_path, tokens)
             np.save(offsets_path, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         splits[split] = {"sentences": n}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "source_lang": "en",
-            "target_lang": "de", "vocab_size": len(d), "preprocess": preprocess,
-            "splits": splits, "fingerprint": "synthetic"}  # fmt: skip
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "source_lang": "en",
+        "target_lang": "de",
+        "vocab_size": len(d),
+        "preprocess": preprocess,
+        "splits": splits,
+        "fingerprint": "synthetic",
+    }
     (root / META).write_text(json.dumps(meta), encoding="utf-8")
     return ParallelData(root)
 
@@ -73,8 +80,13 @@ def synthetic_data(root: Path, vocab_size: int, pairs: int, preprocess: dict, se
 def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
     table_file, vocab = MODELS[model_name]
     table = cfg.load_table(ROOT / table_file)
-    overrides = ["valid_generation=none", "checkpoint_every=0", "keep_last=0", "log_every=0",
-                 f"max_updates={args.updates}"]  # fmt: skip
+    overrides = [
+        "valid_generation=none",
+        "checkpoint_every=0",
+        "keep_last=0",
+        "log_every=0",
+        f"max_updates={args.updates}",
+    ]
     if args.max_tokens:
         overrides += [f"max_tokens={args.max_tokens}", f"tokens_per_update={args.max_tokens}"]
     config = cfg.resolve(
@@ -86,10 +98,14 @@ def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
         overrides=overrides,
     )
     tokens = (args.rounds + 1) * 2 * args.updates * config["tokens_per_update"]
-    data = synthetic_data(tmp / f"data_{model_name}", vocab, max(tokens // 30, 2000),
-                          config["preprocess"])  # fmt: skip
-    config.update(out_dir=str(tmp / f"run_{model_name}"), data_dir=str(data.path),
-                  data_fingerprint={"fingerprint": "synthetic"})  # fmt: skip
+    data = synthetic_data(
+        tmp / f"data_{model_name}", vocab, max(tokens // 30, 2000), config["preprocess"]
+    )
+    config.update(
+        out_dir=str(tmp / f"run_{model_name}"),
+        data_dir=str(data.path),
+        data_fingerprint={"fingerprint": "synthetic"},
+    )
     ctx = distributed.setup(args.device)
     train.prepare(config, ctx, data)
     with runs.start(config, ctx, metric="valid_loss", mode="min") as run:
@@ -116,8 +132,10 @@ def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
             # neither side pays first-shape costs the other does not), collated and moved
             # beforehand
             start = ((run.update - args.updates) * per_update) % len(order)
-            idx = [p.order.batches[order[(start + k) % len(order)]]
-                   for k in range(args.updates * per_update)]  # fmt: skip
+            idx = [
+                p.order.batches[order[(start + k) % len(order)]]
+                for k in range(args.updates * per_update)
+            ]
             batches = [p.train.collate(i).to(ctx.device) for i in idx]
             model, optimizer = p.model, run.optimizer
             model.train()
@@ -143,14 +161,20 @@ def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
                 rates[name].append(n / seconds)
         params = sum(t.numel() for t in p.model.parameters())
     loop_rate, bare_rate = (statistics.median(rates[k]) for k in ("loop", "bare"))
-    return {"model": model_name, "params": params, "tokens_per_update":
-            config["tokens_per_update"], "loop": loop_rate, "bare": bare_rate,
-            "overhead": bare_rate / loop_rate - 1}  # fmt: skip
+    return {
+        "model": model_name,
+        "params": params,
+        "tokens_per_update": config["tokens_per_update"],
+        "loop": loop_rate,
+        "bare": bare_rate,
+        "overhead": bare_rate / loop_rate - 1,
+    }
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.nmt_step",
-                                description=__doc__.split("\n")[0])  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.nmt_step", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--models", default="demo,base", help="comma-separated: base, demo")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
@@ -162,14 +186,19 @@ def main() -> None:
         help="tokens per update (default: the config's; CPU default 1024 for base)",
     )
     p.add_argument("--threads", type=int, help="torch threads (CPU)")
-    args = p.parse_args()  # fmt: skip
+    args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    where = (torch.cuda.get_device_name() if args.device == "cuda"
-             else platform.processor() or platform.machine())  # fmt: skip
-    print(f"nmt_step on {args.device} ({where}), amp {args.amp}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {args.rounds} rounds of {args.updates} updates "
-          "each side")  # fmt: skip
+    where = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    print(
+        f"nmt_step on {args.device} ({where}), amp {args.amp}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {args.rounds} rounds of {args.updates} updates "
+        "each side"
+    )
     print("| model | parameters | tokens/update | loop tokens/s | bare tokens/s | loop overhead |")
     print("|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:

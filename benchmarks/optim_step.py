@@ -347,10 +347,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sets", default="resnet110,lstm,transformer")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument(
-        "--steps", type=int, default=None,
+        "--steps",
+        type=int,
+        default=None,
         help="CPU: timed steps per row (median; default 9). CUDA: steps per row per round "
         "(default 10)",
-    )  # fmt: skip
+    )
     ap.add_argument("--rounds", type=int, default=7, help="CUDA: rounds (median; default 7)")
     ap.add_argument("--compiled", action="store_true", help="add torch.compile'd Apollo")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -367,8 +369,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("benchmarks.optim_step: --device cuda, but torch sees no CUDA device")
     print("machine:", machine(args.device))
     if cuda:
-        print(f"median of {args.rounds} rounds x {steps} steps per row, CUDA events, rows "
-              "interleaved round by round")  # fmt: skip
+        print(
+            f"median of {args.rounds} rounds x {steps} steps per row, CUDA events, rows "
+            "interleaved round by round"
+        )
     if args.compiled:  # report a cold compile, not one served from the on-disk cache
         from torch._inductor import config as inductor_config
 

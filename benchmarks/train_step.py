@@ -114,8 +114,9 @@ def measure(args: argparse.Namespace, barrier: Any = None) -> list[dict[str, Any
     return out
 
 
-def _rounds(task: tasks.Task, args: argparse.Namespace, device: torch.device,
-            barrier: Any) -> dict[str, Any]:  # fmt: skip
+def _rounds(
+    task: tasks.Task, args: argparse.Namespace, device: torch.device, barrier: Any
+) -> dict[str, Any]:
     first_step = _timed(lambda: task.bare(1), device)  # compile, autotune, allocate
     task.bare(args.warmup - 1)
     task.loop(args.warmup)
@@ -127,10 +128,17 @@ def _rounds(task: tasks.Task, args: argparse.Namespace, device: torch.device,
                 barrier.wait(timeout=900)  # every copy times the same phase together
             fn = task.bare if phase == "bare" else task.loop
             times.append(_timed(lambda fn=fn: fn(args.steps), device) / args.steps)
-    return {"bare_s": statistics.median(bare), "loop_s": statistics.median(loop),
-            "bare_rounds": bare, "loop_rounds": loop, "first_step_s": first_step, **check,
-            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30
-            if device.type == "cuda" else None}  # fmt: skip
+    return {
+        "bare_s": statistics.median(bare),
+        "loop_s": statistics.median(loop),
+        "bare_rounds": bare,
+        "loop_rounds": loop,
+        "first_step_s": first_step,
+        **check,
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda"
+        else None,
+    }
 
 
 class _no_tensorboard:
@@ -149,8 +157,20 @@ def resolve(args: argparse.Namespace, row: str, mode: str, out_dir: Path) -> dic
     """The run config ``train.py`` would resolve for this row (plus the benchmark's flags)."""
     table = cfg.load_table(args.config)
     schema = tasks.schema(table["task"])
-    argv = ["--config", args.config, "--row", row, "--device", args.device,
-            "--compile", mode, "--out-dir", str(out_dir), "--epochs", "1000000"]  # fmt: skip
+    argv = [
+        "--config",
+        args.config,
+        "--row",
+        row,
+        "--device",
+        args.device,
+        "--compile",
+        mode,
+        "--out-dir",
+        str(out_dir),
+        "--epochs",
+        "1000000",
+    ]
     if args.schedule:
         argv += ["--schedule", args.schedule]
     elif len(cfg.schedule_names(table)) > 1:
@@ -160,8 +180,9 @@ def resolve(args: argparse.Namespace, row: str, mode: str, out_dir: Path) -> dic
     overrides = list(args.overrides)
     if args.batch_size:
         overrides.append(f"batch_size={args.batch_size}")
-    config, _ = cli.parse_run_args("python -m benchmarks.train_step", "", schema,
-                                   [*argv, *overrides])  # fmt: skip
+    config, _ = cli.parse_run_args(
+        "python -m benchmarks.train_step", "", schema, [*argv, *overrides]
+    )
     return config
 
 
@@ -171,15 +192,19 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, procs: int) 
     sample_key = results[0]["dataset"]
     n_runs, samples = table_samples(args.config, sample_key, tasks.schema(table["task"]))
     unit = results[0]["unit"]
-    lines = [f"{'row':<11} {'compile':<15} {'bare ' + unit + '/s':>14} {'loop ' + unit + '/s':>14}"
-             f" {'bare ms':>8} {'loop ms':>8} {'overhead':>8} {'table h':>11}"]  # fmt: skip
+    lines = [
+        f"{'row':<11} {'compile':<15} {'bare ' + unit + '/s':>14} {'loop ' + unit + '/s':>14}"
+        f" {'bare ms':>8} {'loop ms':>8} {'overhead':>8} {'table h':>11}"
+    ]
     for r in results:
         per = r["samples_per_step"] * procs
         bare, loop = per / r["bare_s"], per / r["loop_s"]
         hours = samples / loop / 3600
-        lines.append(f"{r['row']:<11} {r['compile']:<15} {bare:>14,.0f} {loop:>14,.0f} "
-                     f"{1e3 * r['bare_s']:>8.2f} {1e3 * r['loop_s']:>8.2f} "
-                     f"{r['loop_s'] / r['bare_s'] - 1:>+8.1%} {hours:>11,.1f}")  # fmt: skip
+        lines.append(
+            f"{r['row']:<11} {r['compile']:<15} {bare:>14,.0f} {loop:>14,.0f} "
+            f"{1e3 * r['bare_s']:>8.2f} {1e3 * r['loop_s']:>8.2f} "
+            f"{r['loop_s'] / r['bare_s'] - 1:>+8.1%} {hours:>11,.1f}"
+        )
         r.update(bare_per_s=bare, loop_per_s=loop, table_gpu_hours=hours)
     first, side = results[0], f" ({procs} processes side by side, summed)" if procs > 1 else ""
     layout = "channels_last" if first["channels_last"] else "NCHW"
@@ -197,9 +222,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, procs: int) 
     ]
     for r in results:
         if r.get("logits_rel_diff") is not None:
-            tail.append(f"{r['row']}/{r['compile']} against eager, same weights and batch "
-                        f"(amp {r['amp']}): logits rel. diff {r['logits_rel_diff']:.1e}, "
-                        f"gradients {r['grads_rel_diff']:.1e} (largest over tensors)")  # fmt: skip
+            tail.append(
+                f"{r['row']}/{r['compile']} against eager, same weights and batch "
+                f"(amp {r['amp']}): logits rel. diff {r['logits_rel_diff']:.1e}, "
+                f"gradients {r['grads_rel_diff']:.1e} (largest over tensors)"
+            )
     return "\n".join([*head, *lines, *tail])
 
 
@@ -226,8 +253,9 @@ def measure_side_by_side(args: argparse.Namespace) -> list[dict[str, Any]]:
     seconds per update that rate would take one process)."""
     context = multiprocessing.get_context("spawn")
     barrier, queue = context.Barrier(args.procs), context.Queue()
-    workers = [context.Process(target=_child, args=(args, barrier, queue))
-               for _ in range(args.procs)]  # fmt: skip
+    workers = [
+        context.Process(target=_child, args=(args, barrier, queue)) for _ in range(args.procs)
+    ]
     for w in workers:
         w.start()
     answers = [queue.get() for _ in workers]
@@ -251,22 +279,30 @@ def sum_rates(copies: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.train_step",
-                                description=__doc__.split("\n\n")[0])  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--config", required=True, help="a table, e.g. configs/cifar10.yaml")
     p.add_argument("--row", required=True, help="row(s), comma-separated: SGD,Apollo")
     p.add_argument("--schedule", help="default: the table's first")
     p.add_argument("--device", choices=cfg.DEVICES, default=cli.default_device())
     p.add_argument("--amp", choices=cfg.AMP_MODES, help="default: the table's")
-    p.add_argument("--compile", default="none",
-                   help=f"mode(s), comma-separated, of {', '.join(cfg.COMPILE_MODES)}")  # fmt: skip
+    p.add_argument(
+        "--compile",
+        default="none",
+        help=f"mode(s), comma-separated, of {', '.join(cfg.COMPILE_MODES)}",
+    )
     p.add_argument("--batch-size", type=int, help="default: the table's (global) batch")
     p.add_argument("--steps", type=int, default=50, help="timed updates per phase and round")
     p.add_argument("--warmup", type=int, default=20, help="untimed updates first (each phase)")
     p.add_argument("--rounds", type=int, default=3, help="bare/loop rounds (median reported)")
     p.add_argument("--procs", type=int, default=1, help="copies side by side on the device")
-    p.add_argument("--vocab-size", type=int, default=tasks.LM1B_VOCAB,
-                   help="language model: vocabulary size (default: 1B Words')")  # fmt: skip
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=tasks.LM1B_VOCAB,
+        help="language model: vocabulary size (default: 1B Words')",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -289,8 +325,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     results = measure_side_by_side(args) if args.procs > 1 else measure(args)
     print(report(results, args, args.procs), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()},
-                                               "results": results}, indent=2) + "\n")  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {"args": {k: v for k, v in vars(args).items()}, "results": results}, indent=2
+            )
+            + "\n"
+        )
     return results
 
 

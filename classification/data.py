@@ -39,10 +39,14 @@ from .device_data import DeviceImages
 
 #: dataset -> (folder, train files, test files, label key)
 CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                "labels"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+    ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
-}  # fmt: skip
+}
 DATASETS = (*CIFAR, "imagenet", "digits")
 #: Values of ``data_pipeline`` (see :func:`pipeline`).
 PIPELINES = ("auto", "device", "loader")
@@ -232,8 +236,10 @@ def pipeline(config: Mapping[str, Any], device: torch.device) -> str:
     ``device`` for CIFAR on CUDA and ``loader`` otherwise (ImageNet and digits always)."""
     choice, name = config["data_pipeline"], config["dataset"]
     if choice not in PIPELINES:
-        raise ValueError(f"{config.get('config', '<config>')}: data_pipeline must be one of "
-                         f"{', '.join(PIPELINES)}, got {choice!r}")  # fmt: skip
+        raise ValueError(
+            f"{config.get('config', '<config>')}: data_pipeline must be one of "
+            f"{', '.join(PIPELINES)}, got {choice!r}"
+        )
     if choice == "auto":
         return "device" if name in CIFAR and device.type == "cuda" else "loader"
     if choice == "device" and name not in CIFAR:
@@ -278,26 +284,44 @@ def _device_loaders(
 ) -> tuple[DeviceImages, DeviceImages, DistributedSampler]:
     name, root, aug = config["dataset"], config["data_dir"], config["augmentation"]
     if root is None or not Path(root).is_dir():
-        raise DataError(f"data directory {root} does not exist" if root else
-                        f"no data directory for {name}: pass --data-dir")  # fmt: skip
+        raise DataError(
+            f"data directory {root} does not exist"
+            if root
+            else f"no data directory for {name}: pass --data-dir"
+        )
     if aug["style"] != "cifar":
-        raise ValueError(f"data_pipeline=device applies augmentation.style cifar, got "
-                         f"{aug['style']!r}")  # fmt: skip
+        raise ValueError(
+            f"data_pipeline=device applies augmentation.style cifar, got {aug['style']!r}"
+        )
     (train_x, train_y), (test_x, test_y) = (read_cifar(root, name, t) for t in (True, False))
     for labels in (train_y, test_y):
         _check_labels(labels, config["num_classes"], Path(root))
     sampler = DistributedSampler(
-        range(len(train_y)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+        range(len(train_y)),
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=True,
         seed=config["seed"],
-    )  # fmt: skip
+    )
     common = {"device": ctx.device, "aug": aug, "memory_format": memory_format}
     batch = split_batch(config["batch_size"], ctx)
-    train = DeviceImages(train_x, train_y, sampler, batch_size=batch, train=True,
-                         seed=config["seed"], rank=ctx.rank, **common)  # fmt: skip
+    train = DeviceImages(
+        train_x,
+        train_y,
+        sampler,
+        batch_size=batch,
+        train=True,
+        seed=config["seed"],
+        rank=ctx.rank,
+        **common,
+    )
     shard = range(ctx.rank, len(test_y), ctx.world_size)
     eval_batch = max(1, config["eval_batch_size"] // ctx.world_size)
-    return train, DeviceImages(test_x, test_y, shard, batch_size=eval_batch, train=False,
-                               **common), sampler  # fmt: skip
+    return (
+        train,
+        DeviceImages(test_x, test_y, shard, batch_size=eval_batch, train=False, **common),
+        sampler,
+    )
 
 
 def download(dataset: str, root: str | Path) -> Path:

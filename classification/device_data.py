@@ -37,8 +37,9 @@ def draw_params(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` crop offsets (n, 2) (row, column) and flips (n,) bool, on the generator's device."""
     device = generator.device
-    offsets = torch.randint(0, size + 2 * padding - crop + 1, (n, 2), generator=generator,
-                            device=device)  # fmt: skip
+    offsets = torch.randint(
+        0, size + 2 * padding - crop + 1, (n, 2), generator=generator, device=device
+    )
     if not hflip:
         return offsets, torch.zeros(n, dtype=torch.bool, device=device)
     return offsets, torch.rand(n, generator=generator, device=device) < 0.5
@@ -116,7 +117,8 @@ class DeviceImages:
             idx = order[start : start + self.batch_size]
             x = self.images[idx]
             if gen is not None:
-                offsets, flips = draw_params(len(idx), size, self.crop, self.padding,
-                                             self.hflip, gen)  # fmt: skip
+                offsets, flips = draw_params(
+                    len(idx), size, self.crop, self.padding, self.hflip, gen
+                )
                 x = crop_flip(x, offsets, flips, self.crop, self.padding)
             yield normalize(x, self.mean, self.std, self.memory_format), self.labels[idx]

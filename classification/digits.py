@@ -74,9 +74,12 @@ def load_digits(data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndar
             f"unreadable digits file {path} ({type(exc).__name__}: {exc}); delete it and it "
             "is rebuilt from scikit-learn"
         ) from None
-    if (images.shape, labels.shape, images.dtype, labels.dtype) != (
-        (NUM_IMAGES, 8, 8), (NUM_IMAGES,), np.uint8, np.uint8
-    ) or images.max() > 16 or labels.max() > 9:  # fmt: skip
+    if (
+        (images.shape, labels.shape, images.dtype, labels.dtype)
+        != ((NUM_IMAGES, 8, 8), (NUM_IMAGES,), np.uint8, np.uint8)
+        or images.max() > 16
+        or labels.max() > 9
+    ):
         raise ValueError(
             f"{path} does not hold scikit-learn's digits (images {images.shape} "
             f"{images.dtype}, labels {labels.shape} {labels.dtype}); delete it and it is rebuilt"
@@ -99,8 +102,9 @@ def build_datasets(config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
     """Train and test sets as tensors (N, 1, 8, 8), standardised with the training statistics."""
     style = config["augmentation"].get("style")
     if style != "none":
-        raise ValueError(f"dataset digits takes no augmentation: set augmentation.style=none, "
-                         f"got {style!r}")  # fmt: skip
+        raise ValueError(
+            f"dataset digits takes no augmentation: set augmentation.style=none, got {style!r}"
+        )
     if config["num_classes"] != 10:
         raise ValueError(
             f"dataset digits has 10 classes, but num_classes is {config['num_classes']}"
@@ -121,11 +125,16 @@ class DigitsCNN(nn.Module):
         super().__init__()
         a, b, c = widths
         self.features = nn.Sequential(
-            nn.Conv2d(1, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(inplace=True),
-            nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b),
+            nn.Conv2d(1, a, 3, padding=1, bias=False),
+            nn.BatchNorm2d(a),
             nn.ReLU(inplace=True),
-            nn.Conv2d(b, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(b),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(b, c, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+        )
         self.fc = nn.Linear(c, num_classes)
         for m in self.modules():  # the same initialisation as the CIFAR ResNet
             if isinstance(m, nn.Conv2d):

@@ -92,15 +92,18 @@ def train_one_epoch(
                 weighted = loss if len(group) == 1 else loss * (target.numel() / samples)
                 amp.backward(weighted, run.scaler, create_graph=create_graph)
             (c1,) = correct_topk(logits.float(), target, ks=(1,))
-            meter.add(loss=loss.detach().double() * target.numel(), correct1=c1,
-                      count=target.numel())  # fmt: skip
+            meter.add(
+                loss=loss.detach().double() * target.numel(), correct1=c1, count=target.numel()
+            )
         amp.step(run.optimizer, run.scaler)
         run.update_done()
         if run.log_due():
             s = meter.read(ctx)
-            run.log.info(f"{run.step_label(n)} train loss {s['loss'] / s['count']:.4f} acc "
-                         f"{100.0 * s['correct1'] / s['count']:.2f} lr "
-                         f"{run.optimizer.param_groups[0]['lr']:.3g}")  # fmt: skip
+            run.log.info(
+                f"{run.step_label(n)} train loss {s['loss'] / s['count']:.4f} acc "
+                f"{100.0 * s['correct1'] / s['count']:.2f} lr "
+                f"{run.optimizer.param_groups[0]['lr']:.3g}"
+            )
     run.optimizer.zero_grad(set_to_none=True)  # frees the graph create_graph kept alive
     sums = meter.read(ctx)
     n = max(sums.get("count", 0.0), 1.0)
@@ -113,9 +116,11 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, loader: torch.utils.data.DataLoader, amp_mode: str,
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    amp_mode: str,
     ctx: distributed.Context,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Loss and top-1/top-5 accuracy (%) over every rank's slice of the eval set."""
     model.eval()
     meter = metrics.Meter(ctx.device)
@@ -155,8 +160,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             "(it checkpoints at epoch ends; its data loader cannot resume mid-epoch)"
         )
     if config["batch_size"] % config["update_freq"]:
-        raise ValueError(f"{config['config']}: batch_size {config['batch_size']} does not split "
-                         f"into update_freq={config['update_freq']} micro-batches")  # fmt: skip
+        raise ValueError(
+            f"{config['config']}: batch_size {config['batch_size']} does not split "
+            f"into update_freq={config['update_freq']} micro-batches"
+        )
     with distributed.process_group(config["device"]) as ctx:
         torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed input sizes: autotune
         return _train(config, ctx)
@@ -176,15 +183,19 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
     micro = {**config, "batch_size": config["batch_size"] // config["update_freq"]}
     # all before writing a file
     train_loader, eval_loader, sampler = build_loaders(micro, ctx, memory_format=fmt)
-    with runs.start(config, ctx, metric=METRIC, mode="max", packages=PACKAGES,
-                    also_resumable=("data_pipeline",)) as run:  # fmt: skip
+    with runs.start(
+        config, ctx, metric=METRIC, mode="max", packages=PACKAGES, also_resumable=("data_pipeline",)
+    ) as run:
         run.restore(model, optimizer, schedule, scaler)
         ddp_model = distributed.wrap(model, ctx)
         forward = compiling.Compiled(ddp_model, mode)
         if compile_note:
             run.log.warning(compile_note)
-        run.log_start(f"data pipeline {pipeline(config, ctx.device)}", f"compile {mode}",
-                      "channels_last" if fmt == torch.channels_last else "NCHW")  # fmt: skip
+        run.log_start(
+            f"data pipeline {pipeline(config, ctx.device)}",
+            f"compile {mode}",
+            "channels_last" if fmt == torch.channels_last else "NCHW",
+        )
         while not run.finished:
             sampler.set_epoch(run.epoch)
             lr = optimizer.param_groups[0]["lr"]
@@ -198,11 +209,15 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
             distributed.broadcast_buffers(model, ctx)  # evaluate and save rank 0's BN statistics
             # the plain module: no DDP collectives, so uneven eval shards cannot hang a rank
             eval_stats = evaluate(model, eval_loader, config["amp"], ctx)
-            record = run.epoch_done({
-                "lr": lr, **train_stats, **eval_stats,
-                "images_per_s": train_stats["train_samples"] / max(train_time, 1e-9),
-                "epoch_time_s": time.perf_counter() - tic,
-            })  # fmt: skip
+            record = run.epoch_done(
+                {
+                    "lr": lr,
+                    **train_stats,
+                    **eval_stats,
+                    "images_per_s": train_stats["train_samples"] / max(train_time, 1e-9),
+                    "epoch_time_s": time.perf_counter() - tic,
+                }
+            )
             run.snapshot()
             run.record(
                 f"{run.progress_label()} lr {lr:.3g} | train loss {record['train_loss']:.4f} acc "

@@ -142,8 +142,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             "move it away to start over"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        what = f"a {type(state).__name__}" if not isinstance(state, dict) else (
-            f"format {state['format']!r}" if "format" in state else "no 'format' key")  # fmt: skip
+        what = (
+            f"a {type(state).__name__}"
+            if not isinstance(state, dict)
+            else (f"format {state['format']!r}" if "format" in state else "no 'format' key")
+        )
         raise CheckpointError(
             f"{path} is not a checkpoint of this project ({what}; expected {FORMAT!r}); "
             "move it away to start over"
@@ -164,8 +167,9 @@ def epoch_path(folder: str | Path, epoch: int) -> Path:
 
 def epoch_paths(folder: str | Path) -> list[Path]:
     """The folder's epoch checkpoints, oldest first."""
-    found = [(int(m.group(1)), p) for p in Path(folder).iterdir()
-             if (m := _EPOCH_FILE.match(p.name))]  # fmt: skip
+    found = [
+        (int(m.group(1)), p) for p in Path(folder).iterdir() if (m := _EPOCH_FILE.match(p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -227,8 +231,9 @@ def average(paths: Sequence[str | Path]) -> dict[str, Any]:
         if newest is None or progress > newest[0]:
             newest = (progress, state)
     n = len(paths)
-    averaged = {k: v.div_(n) if v.is_floating_point() else v.floor_divide_(n)
-                for k, v in total.items()}  # fmt: skip
+    averaged = {
+        k: v.div_(n) if v.is_floating_point() else v.floor_divide_(n) for k, v in total.items()
+    }
     assert newest is not None
     return {**newest[1], "model": averaged, "averaged_from": [str(p) for p in paths]}
 

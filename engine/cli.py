@@ -30,8 +30,18 @@ from typing import Any
 from . import config as cfg
 
 #: Flag destination -> config key (None: flag not given, the table decides).
-FLAG_KEYS = ("seed", "epochs", "max_updates", "max_steps_per_epoch", "device", "amp", "data_dir",
-             "out_dir", "workers", "compile")  # fmt: skip
+FLAG_KEYS = (
+    "seed",
+    "epochs",
+    "max_updates",
+    "max_steps_per_epoch",
+    "device",
+    "amp",
+    "data_dir",
+    "out_dir",
+    "workers",
+    "compile",
+)
 
 
 class UsageError(ValueError):
@@ -55,8 +65,9 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     ``description`` is printed verbatim by ``--help``: a task passes its module docstring,
     whose examples are its own.
     """
-    p = Parser(prog=prog, description=description,
-               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = Parser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="the table file (configs/<table>.yaml)")
     p.add_argument("--row", required=True, help="a row of that table (its 'rows' section)")
     p.add_argument("--schedule", help="a schedule of that table (default: its only one)")
@@ -64,8 +75,11 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="run directory; re-running with it resumes")
     p.add_argument("--seed", type=int, help="default: the table's first seed")
     p.add_argument("--epochs", type=int, help="the run's length in epochs (default: the table's)")
-    p.add_argument("--max-updates", type=int,
-                   help="the run's length in optimizer updates (default: the table's)")  # fmt: skip
+    p.add_argument(
+        "--max-updates",
+        type=int,
+        help="the run's length in optimizer updates (default: the table's)",
+    )
     p.add_argument("--max-steps-per-epoch", type=int, help="cut each epoch short (smoke tests)")
     p.add_argument("--device", choices=cfg.DEVICES, help="default: cuda when available")
     p.add_argument("--amp", choices=cfg.AMP_MODES, help="mixed precision (default: the table's)")
@@ -181,8 +195,10 @@ def main(entry: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | Non
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume from the last checkpoint",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "interrupted; re-run the same command to resume from the last checkpoint",
+            file=sys.stderr,
+        )
         sys.exit(130)
     except BrokenPipeError:  # output piped into `head`: not an error
         sys.stderr.close()

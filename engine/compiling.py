@@ -46,8 +46,10 @@ def compile_mode(mode: str, create_graph: bool) -> tuple[str, str | None]:
 def refuse(config: Mapping[str, Any], why: str) -> None:
     """For a task that runs eagerly: ``compile`` other than none is an error saying ``why``."""
     if config["compile"] != "none":
-        raise ValueError(f"{config['config']}: compile={config['compile']} is for the image "
-                         f"models; {why} (use compile=none)")  # fmt: skip
+        raise ValueError(
+            f"{config['config']}: compile={config['compile']} is for the image "
+            f"models; {why} (use compile=none)"
+        )
 
 
 class Compiled:

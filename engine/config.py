@@ -68,10 +68,17 @@ COMMON_SCHEMA: dict[str, TypeSpec] = {
 }
 #: Values of the common keys a table may leave out.
 COMMON_DEFAULTS: dict[str, Any] = {
-    "epochs": None, "max_updates": None, "max_steps_per_epoch": None, "update_freq": 1,
-    "checkpoint_every": 0, "keep_last": 0, "log_every": 0, "data_dir": None, "out_dir": None,
+    "epochs": None,
+    "max_updates": None,
+    "max_steps_per_epoch": None,
+    "update_freq": 1,
+    "checkpoint_every": 0,
+    "keep_last": 0,
+    "log_every": 0,
+    "data_dir": None,
+    "out_dir": None,
     "compile": "none",
-}  # fmt: skip
+}
 
 #: Keys of the ``schedule`` section; all but ``name`` and ``unit`` go to ``optim.Schedule``.
 SCHEDULE_SCHEMA: dict[str, TypeSpec] = {

@@ -57,8 +57,10 @@ class RunDirLock:
         self.fd = fd
         clean_temp_files(self.folder)
         if previous != "unknown":  # a clean release empties the file: its holder was killed
-            return f"{self.folder} was locked by PID {previous}, which ended without " \
-                   "releasing it (killed?); taking over"  # fmt: skip
+            return (
+                f"{self.folder} was locked by PID {previous}, which ended without "
+                "releasing it (killed?); taking over"
+            )
         return None
 
     def release(self) -> None:

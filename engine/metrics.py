@@ -111,8 +111,9 @@ def _cpu_model() -> str:
 def _git_info() -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True,
-                                 timeout=10, check=True)  # fmt: skip
+            out = subprocess.run(
+                ["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10, check=True
+            )
             return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
@@ -155,8 +156,9 @@ def best_record(
     history: Sequence[Mapping[str, Any]], metric: str, mode: str = "max"
 ) -> dict[str, Any] | None:
     """The epoch record with the best finite ``metric`` (the earliest on ties)."""
-    scored = [r for r in history
-              if isinstance(r.get(metric), int | float) and math.isfinite(r[metric])]  # fmt: skip
+    scored = [
+        r for r in history if isinstance(r.get(metric), int | float) and math.isfinite(r[metric])
+    ]
     if not scored:
         return None
     pick = max if mode == "max" else min
@@ -214,9 +216,15 @@ def finish(
     digests = gather_objects(state_digest(model.state_dict()), ctx)
     if not ctx.is_main:
         return None
-    results = write_results(out_dir, config, history, metric=metric, mode=mode,
-                            finished=finished,
-                            extra={"model_sha256_by_rank": digests})  # fmt: skip
+    results = write_results(
+        out_dir,
+        config,
+        history,
+        metric=metric,
+        mode=mode,
+        finished=finished,
+        extra={"model_sha256_by_rank": digests},
+    )
     best = results["best"]
     if best is None:
         log.info(f"done: no epoch has a finite {metric}")

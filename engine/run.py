@@ -92,9 +92,21 @@ from .optimization import restore_schedule
 T = TypeVar("T")
 
 #: Config keys a resumed run may change: where and how it executes, how long (see above).
-RESUMABLE_CHANGES = ("config", "epochs", "max_updates", "max_steps_per_epoch", "device",
-                     "workers", "data_dir", "out_dir", "plugins", "checkpoint_every",
-                     "log_every", "keep_last", "compile")  # fmt: skip
+RESUMABLE_CHANGES = (
+    "config",
+    "epochs",
+    "max_updates",
+    "max_steps_per_epoch",
+    "device",
+    "workers",
+    "data_dir",
+    "out_dir",
+    "plugins",
+    "checkpoint_every",
+    "log_every",
+    "keep_last",
+    "compile",
+)
 #: Config keys that may differ between a directory's finished results and a new run there.
 WHERE_KEYS = ("config", "device", "workers", "data_dir", "out_dir", "plugins", "compile")
 #: Offset between the seeds of successive epochs when ranks are reseeded (a large prime).
@@ -157,8 +169,9 @@ class Run:
         self.writer: Any = metrics.NullWriter()
 
     # -- opening --------------------------------------------------------------------------
-    def _open(self, packages: tuple[str, ...], also_resumable: tuple[str, ...],
-              takeover: str | None) -> None:  # fmt: skip
+    def _open(
+        self, packages: tuple[str, ...], also_resumable: tuple[str, ...], takeover: str | None
+    ) -> None:
         if self.checkpoint_path.exists():
             state = checkpoint.load(self.checkpoint_path)
             check_resumable(state["config"], self.config, self.checkpoint_path, also_resumable)
@@ -187,8 +200,10 @@ class Run:
         """A resume may lengthen or shorten the run only where that changes nothing done."""
         saved, path = state["config"], self.checkpoint_path
         sized_by = schedule_sized_by(saved)
-        for key, done, unit in (("epochs", state["epoch"], "epochs"),
-                                ("max_updates", state["update"], "updates")):  # fmt: skip
+        for key, done, unit in (
+            ("epochs", state["epoch"], "epochs"),
+            ("max_updates", state["update"], "updates"),
+        ):
             old, new = saved.get(key), self.config.get(key)
             if old == new:
                 continue
@@ -273,12 +288,18 @@ class Run:
             where = f"resuming after epoch {self.epoch}"
         else:
             where = "starting"
-        bounds = [f"{c[k]} {unit}" for k, unit in (("epochs", "epochs"), ("max_updates", "updates"))
-                  if c.get(k) is not None]  # fmt: skip
+        bounds = [
+            f"{c[k]} {unit}"
+            for k, unit in (("epochs", "epochs"), ("max_updates", "updates"))
+            if c.get(k) is not None
+        ]
         length = " or ".join(bounds) + (" (whichever comes first)" if len(bounds) > 1 else "")
-        parts = [f"{c['row']} / {c['schedule']['name']} / seed {c['seed']}: {where}", length,
-                 *details, f"{self.ctx.world_size} rank(s) on {self.ctx.device.type} -> "
-                 f"{self.out_dir}"]  # fmt: skip
+        parts = [
+            f"{c['row']} / {c['schedule']['name']} / seed {c['seed']}: {where}",
+            length,
+            *details,
+            f"{self.ctx.world_size} rank(s) on {self.ctx.device.type} -> {self.out_dir}",
+        ]
         self.log.info(", ".join(parts))
 
     # -- progress -------------------------------------------------------------------------
@@ -358,12 +379,17 @@ class Run:
 
         def write() -> None:
             state = {
-                "config": self.config, "epoch": self.epoch, "update": self.update,
-                "position": self.position, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "config": self.config,
+                "epoch": self.epoch,
+                "update": self.update,
+                "position": self.position,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "ranks": ranks, "history": self.history,
-            }  # fmt: skip
+                "ranks": ranks,
+                "history": self.history,
+            }
             keep = self.config.get("keep_last") or 0
             if keep and self.position == 0:
                 path = checkpoint.epoch_path(self.out_dir, self.epoch)
@@ -381,8 +407,14 @@ class Run:
 
         def write() -> None:
             metrics.write_metrics(self.out_dir, self.history)
-            metrics.write_results(self.out_dir, self.config, self.history, metric=self.metric,
-                                  mode=self.mode, finished=self.finished)  # fmt: skip
+            metrics.write_results(
+                self.out_dir,
+                self.config,
+                self.history,
+                metric=self.metric,
+                mode=self.mode,
+                finished=self.finished,
+            )
             last = self.history[-1]
             metrics.log_scalars(self.writer, last, last["epoch"], skip=("epoch", "update"))
 
@@ -392,9 +424,17 @@ class Run:
 
     def finish(self, model: torch.nn.Module) -> dict[str, Any] | None:
         """The end of a run, on every rank: see :func:`engine.metrics.finish`."""
-        return metrics.finish(self.out_dir, self.config, self.history, model, self.ctx, self.log,
-                              metric=self.metric, mode=self.mode,
-                              finished=self.finished)  # fmt: skip
+        return metrics.finish(
+            self.out_dir,
+            self.config,
+            self.history,
+            model,
+            self.ctx,
+            self.log,
+            metric=self.metric,
+            mode=self.mode,
+            finished=self.finished,
+        )
 
 
 # -- helpers a train.py or the scripts use --------------------------------------------------

@@ -191,8 +191,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     check_model_section(config)
     compiling.refuse(config, "the LSTM is not launch-bound (cuDNN runs a layer in one call)")
     if config["update_freq"] != 1:
-        raise ValueError(f"{config['config']}: update_freq must be 1 for the language model "
-                         "(an update is one BPTT window of batch_size rows)")  # fmt: skip
+        raise ValueError(
+            f"{config['config']}: update_freq must be 1 for the language model "
+            "(an update is one BPTT window of batch_size rows)"
+        )
     if config["data_dir"] is None:
         raise ValueError("--data-dir: required (the LMDB written by language_model.preprocess)")
     corpus = Corpus(config["data_dir"])  # bad data fails before the run directory is touched
@@ -224,8 +226,10 @@ def _train(config: dict[str, Any], ctx: distributed.Context, corpus: Corpus) -> 
         resume = run.restore(model, optimizer, schedule, scaler)
         # The adaptive softmax skips tail clusters that no target of a batch falls in.
         ddp_model = distributed.wrap(model, ctx, find_unused_parameters=True)
-        run.log_start(f"{sum(p.numel() for p in model.parameters()):,} parameters",
-                      f"{train_stream.steps_per_epoch()} steps/epoch")  # fmt: skip
+        run.log_start(
+            f"{sum(p.numel() for p in model.parameters()):,} parameters",
+            f"{train_stream.steps_per_epoch()} steps/epoch",
+        )
         while not run.finished:
             lr = optimizer.param_groups[0]["lr"]
             tic = time.perf_counter()

@@ -99,9 +99,14 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         move = {"non_blocking": True} if device.type == "cuda" else {}
-        return Batch(self.ids, *(t.to(device, **move) for t in (
-            self.src_tokens, self.src_lengths, self.prev_output_tokens, self.target)),
-            self.ntokens)  # fmt: skip
+        return Batch(
+            self.ids,
+            *(
+                t.to(device, **move)
+                for t in (self.src_tokens, self.src_lengths, self.prev_output_tokens, self.target)
+            ),
+            self.ntokens,
+        )
 
 
 class Split:

@@ -70,8 +70,10 @@ def write_corpus(
         raise ValueError(f"{len(pairs)} sentence pairs are too few for a demo")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    splits = {"train": [p for i, p in enumerate(pairs, 1) if i % test_every],
-              "test": [p for i, p in enumerate(pairs, 1) if not i % test_every]}  # fmt: skip
+    splits = {
+        "train": [p for i, p in enumerate(pairs, 1) if i % test_every],
+        "test": [p for i, p in enumerate(pairs, 1) if not i % test_every],
+    }
     for name, chosen in splits.items():
         for side, lang in ((1, "en"), (0, "de")):
             text = "".join(pair[side] + "\n" for pair in chosen)

@@ -87,8 +87,11 @@ def evaluate_run(
     options = generation_options(config, name)
     paths = checkpoint.epoch_paths(run_dir)[-n:] or [run_dir / "checkpoint.pt"]
     done = results.get("evaluation") or {}
-    same = (done.get("checkpoints") == [p.name for p in paths] and done.get("generation") == name
-            and done.get("split") == split_name)  # fmt: skip
+    same = (
+        done.get("checkpoints") == [p.name for p in paths]
+        and done.get("generation") == name
+        and done.get("split") == split_name
+    )
     if same and not force:
         print(f"{run_dir}: evaluated already (BLEU {done['bleu']:.2f}); --force to redo")
         return None
@@ -101,9 +104,14 @@ def evaluate_run(
     model.load_state_dict(checkpoint.average(paths)["model"])
     model.to(dev).eval()
     mode = amp_mode or config["amp"]
-    hyps = translate(model, split, list(range(len(split))), options,
-                     batch_size=batch_size or config["decode_batch_size"],
-                     autocast=lambda: amp.autocast(dev, mode))  # fmt: skip
+    hyps = translate(
+        model,
+        split,
+        list(range(len(split))),
+        options,
+        batch_size=batch_size or config["decode_batch_size"],
+        autocast=lambda: amp.autocast(dev, mode),
+    )
     hyp_text = [remove_bpe(d.decode(h)) for h in hyps]
     tgt = data.target_lang
     refs = data.text(split_name, tgt, "tok")
@@ -116,21 +124,34 @@ def evaluate_run(
     (run_dir / f"{stem}.detok.txt").write_text("".join(h + "\n" for h in detok_text), "utf-8")
     bleu = tokenized_bleu(hyp_text, refs, split_compounds=True)
     record: dict[str, Any] = {
-        "split": split_name, "sentences": len(split), "generation": name, "options": options,
-        "checkpoints": [p.name for p in paths], "bleu": bleu.score, "bleu_detail": str(bleu),
-        "bleu_without_compound_split": tokenized_bleu(hyp_text, refs,
-                                                      split_compounds=False).score,
-        "hypotheses": f"{stem}.hyp.txt", "sacrebleu": None, "sacrebleu_signature": None,
-    }  # fmt: skip
+        "split": split_name,
+        "sentences": len(split),
+        "generation": name,
+        "options": options,
+        "checkpoints": [p.name for p in paths],
+        "bleu": bleu.score,
+        "bleu_detail": str(bleu),
+        "bleu_without_compound_split": tokenized_bleu(hyp_text, refs, split_compounds=False).score,
+        "hypotheses": f"{stem}.hyp.txt",
+        "sacrebleu": None,
+        "sacrebleu_signature": None,
+    }
     raw = data.text(split_name, tgt, "raw")
     if raw is not None:
         record["sacrebleu"], record["sacrebleu_signature"] = sacrebleu_score(detok_text, raw)
     scores = {"bleu": record["bleu"], "sacrebleu": record["sacrebleu"]}
     last = dict(results.get("final") or {})
-    metrics.write_json(run_dir / "results.json", {
-        **results, "metric": "bleu", "mode": "max", "final": {**last, **scores},
-        "best": {**last, **scores}, "evaluation": record,
-    })  # fmt: skip
+    metrics.write_json(
+        run_dir / "results.json",
+        {
+            **results,
+            "metric": "bleu",
+            "mode": "max",
+            "final": {**last, **scores},
+            "best": {**last, **scores},
+            "evaluation": record,
+        },
+    )
     return record
 
 
@@ -153,17 +174,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--amp", choices=("none", "fp16", "bf16"), help="default: the run's")
     p.add_argument("--batch-size", type=int, help="sentences per beam-search batch")
     p.add_argument("--force", action="store_true", help="evaluate again")
-    args = p.parse_args(argv)  # fmt: skip
+    args = p.parse_args(argv)
     if args.average_last is not None and args.average_last < 1:
         raise ValueError(f"--average-last must be >= 1, got {args.average_last}")
     for run_dir in run_dirs(args.run_dir):
-        record = evaluate_run(run_dir, data_dir=args.data_dir, average_last=args.average_last,
-                              generation=args.generation, split_name=args.split,
-                              device=args.device, amp_mode=args.amp, batch_size=args.batch_size,
-                              force=args.force)  # fmt: skip
+        record = evaluate_run(
+            run_dir,
+            data_dir=args.data_dir,
+            average_last=args.average_last,
+            generation=args.generation,
+            split_name=args.split,
+            device=args.device,
+            amp_mode=args.amp,
+            batch_size=args.batch_size,
+            force=args.force,
+        )
         if record is not None:
-            sacre = (f"; sacreBLEU {record['sacrebleu']:.2f} {record['sacrebleu_signature']}"
-                     if record["sacrebleu"] is not None else "")  # fmt: skip
+            sacre = (
+                f"; sacreBLEU {record['sacrebleu']:.2f} {record['sacrebleu_signature']}"
+                if record["sacrebleu"] is not None
+                else ""
+            )
             print(
                 f"{run_dir}: {record['split']} BLEU {record['bleu']:.2f} (tokenized, compound-"
                 f"split; {record['bleu_without_compound_split']:.2f} without){sacre}; averaged "

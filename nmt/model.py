@@ -92,9 +92,13 @@ class Attention(nn.Module):
         if key_padding_mask is not None:  # True = padding; SDPA wants True = attend
             mask = ~key_padding_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal and cache is None,
-        )  # fmt: skip
+        )
         b, h, t, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
 
@@ -111,8 +115,15 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, dim: int, ffn: int, heads: int, dropout: float, attn_dropout: float,
-                 act_dropout: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        ffn: int,
+        heads: int,
+        dropout: float,
+        attn_dropout: float,
+        act_dropout: float,
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(dim, heads, attn_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(dim, eps=1e-5)
@@ -128,8 +139,15 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, dim: int, ffn: int, heads: int, dropout: float, attn_dropout: float,
-                 act_dropout: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        ffn: int,
+        heads: int,
+        dropout: float,
+        attn_dropout: float,
+        act_dropout: float,
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(dim, heads, attn_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(dim, eps=1e-5)
@@ -139,8 +157,13 @@ class DecoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(dim, eps=1e-5)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, memory: Tensor, memory_padding_mask: Tensor,
-                cache: dict[str, Tensor] | None = None) -> Tensor:  # fmt: skip
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        memory_padding_mask: Tensor,
+        cache: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         h = self.self_attn(x, causal=True, cache=cache, prefix="self_")
         x = self.self_attn_layer_norm(x + F.dropout(h, self.dropout, self.training))
         h = self.encoder_attn(
@@ -210,8 +233,9 @@ class Transformer(nn.Module):
             x = layer(x, padding_mask)
         return EncoderOut(x, padding_mask)
 
-    def decode(self, prev_output_tokens: Tensor, enc: EncoderOut,
-               cache: Cache | None = None) -> Tensor:  # fmt: skip
+    def decode(
+        self, prev_output_tokens: Tensor, enc: EncoderOut, cache: Cache | None = None
+    ) -> Tensor:
         """Logits (B, T, V); with ``cache``, only for the last position of ``prev_output_tokens``
         (all rows the same length, no padding: beam search's prefixes)."""
         positions = self._positions(prev_output_tokens)
@@ -259,9 +283,18 @@ def label_smoothed_loss(
     return (1.0 - epsilon - eps_i) * nll + eps_i * smooth, nll
 
 
-MODEL_KEYS = ("embed_dim", "ffn_dim", "heads", "encoder_layers", "decoder_layers", "dropout",
-              "attention_dropout", "activation_dropout", "max_positions",
-              "share_all_embeddings")  # fmt: skip
+MODEL_KEYS = (
+    "embed_dim",
+    "ffn_dim",
+    "heads",
+    "encoder_layers",
+    "decoder_layers",
+    "dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "max_positions",
+    "share_all_embeddings",
+)
 
 
 def build_model(section: dict, vocab_size: int, pad: int, where: str = "config") -> Transformer:

@@ -176,11 +176,16 @@ def _build(opts: Options, roles: dict, root: Path, workers: int) -> dict[str, An
             shutil.copyfile(tok.path("test", lang), root / f"test.{lang}.tok.txt")
     shutil.rmtree(work)
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "source_lang": opts.source_lang, "target_lang": opts.target_lang,
-        "vocab_size": len(dictionary), "dtype": dtype.str, "bpe_merges_learned": n_merges,
-        "preprocess": asdict(opts), "splits": stats,
-    }  # fmt: skip
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "source_lang": opts.source_lang,
+        "target_lang": opts.target_lang,
+        "vocab_size": len(dictionary),
+        "dtype": dtype.str,
+        "bpe_merges_learned": n_merges,
+        "preprocess": asdict(opts),
+        "splits": stats,
+    }
 
 
 def _remove_stale_partials(out_dir: Path) -> None:
@@ -213,23 +218,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = build_parser()
     args = p.parse_args(argv)
     opts = options_from_config(args.config, args.overrides)
-    path, written = preprocess(opts, args.train, args.out_dir, valid=args.valid, test=args.test,
-                               workers=args.workers, overwrite=args.overwrite)  # fmt: skip
+    path, written = preprocess(
+        opts,
+        args.train,
+        args.out_dir,
+        valid=args.valid,
+        test=args.test,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
     if not written:
         print(f"{path} is up to date with its inputs and options; nothing to do")
         return
     meta = json.loads((path / META).read_text(encoding="utf-8"))
     for split, s in meta["splits"].items():
         tokens = ", ".join(f"{n:,} {lang} tokens" for lang, n in s["tokens"].items())
-        print(f"{split}: {s['sentences']:,} pairs of {s['lines']:,} ({s['dropped']:,} filtered "
-              f"out), {tokens}")  # fmt: skip
-    print(f"wrote {path} (dictionary {meta['vocab_size']:,} symbols, "
-          f"{meta['bpe_merges_learned']:,} BPE merges)")  # fmt: skip
+        print(
+            f"{split}: {s['sentences']:,} pairs of {s['lines']:,} ({s['dropped']:,} filtered "
+            f"out), {tokens}"
+        )
+    print(
+        f"wrote {path} (dictionary {meta['vocab_size']:,} symbols, "
+        f"{meta['bpe_merges_learned']:,} BPE merges)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nmt.preprocess",
-                                description=__doc__.split("\n\n")[0])  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m nmt.preprocess", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--config", required=True, help="a table with a preprocess section")
     p.add_argument(
         "--train",
@@ -248,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes (default: the available cores)")
     p.add_argument("--overwrite", action="store_true", help="replace a different existing one")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. bpe_merges=8000")
-    return p  # fmt: skip
+    return p
 
 
 if __name__ == "__main__":

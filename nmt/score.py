@@ -38,9 +38,11 @@ class Bleu:
 
     def __str__(self) -> str:
         p = "/".join(f"{x:.1f}" for x in self.precisions)
-        return (f"BLEU = {self.score:.2f} {p} (BP={self.brevity_penalty:.3f}, "
-                f"ratio={self.hyp_len / max(self.ref_len, 1):.3f}, hyp_len={self.hyp_len}, "
-                f"ref_len={self.ref_len})")  # fmt: skip
+        return (
+            f"BLEU = {self.score:.2f} {p} (BP={self.brevity_penalty:.3f}, "
+            f"ratio={self.hyp_len / max(self.ref_len, 1):.3f}, hyp_len={self.hyp_len}, "
+            f"ref_len={self.ref_len})"
+        )
 
 
 def _ngrams(words: list[str], n: int) -> Counter:
@@ -110,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="detokenized hypotheses vs the raw reference, sacreBLEU 13a",
     )
-    args = p.parse_args(argv)  # fmt: skip
+    args = p.parse_args(argv)
     hyps, refs = _lines(args.hyp), _lines(args.ref)
     if len(hyps) != len(refs):
         raise ValueError(f"{args.hyp} has {len(hyps)} lines but {args.ref} has {len(refs)}")

@@ -95,9 +95,11 @@ def beam_search(
             if len(finalized[sent]) < beam:
                 row = int(cand_rows[j, c])
                 logprob = float(cand_scores[j, c])
-                finalized[sent].append(Hypothesis(
-                    tokens[row, 1 : step + 1].tolist(), logprob / (step + 1) ** lenpen, logprob
-                ))  # fmt: skip
+                finalized[sent].append(
+                    Hypothesis(
+                        tokens[row, 1 : step + 1].tolist(), logprob / (step + 1) ** lenpen, logprob
+                    )
+                )
             if len(finalized[sent]) == beam or step == max_len[sent]:
                 done.add(j)
         keep = [j for j in range(n) if j not in done]
@@ -160,8 +162,14 @@ def translate(
         chunk = order[start : start + batch_size]
         batch = split.collate([indices[i] for i in chunk])
         with autocast():
-            hyps = beam_search(model, batch.src_tokens.to(device), pad=d.pad, eos=d.eos,
-                               max_positions=model.max_positions, **options)  # fmt: skip
+            hyps = beam_search(
+                model,
+                batch.src_tokens.to(device),
+                pad=d.pad,
+                eos=d.eos,
+                max_positions=model.max_positions,
+                **options,
+            )
         for i, best in zip(chunk, hyps, strict=True):
             out[i] = best[0].tokens if best else []
     return out

@@ -63,8 +63,11 @@ class Options:
                 raise ValueError(f"{where}: preprocess.{f.name} must be {f.type}, got {value!r}")
             values[f.name] = value
         opts = cls(**values)
-        if (opts.source_lang == opts.target_lang or min(opts.min_len, opts.valid_every) < 0
-                or opts.bpe_merges < 1):  # fmt: skip
+        if (
+            opts.source_lang == opts.target_lang
+            or min(opts.min_len, opts.valid_every) < 0
+            or opts.bpe_merges < 1
+        ):
             raise ValueError(f"{where}: bad preprocess section {values}")
         return opts
 
@@ -183,8 +186,9 @@ def bpe_chunk(job: tuple[list[tuple[str, str]], str, Options, str]) -> dict[str,
     for s, t in pairs:
         pair: tuple[str, str] | None = (bpe.segment(s).strip(), bpe.segment(t).strip())
         if kind != "test":
-            pair = clean_pair(*pair, ratio=opts.max_len_ratio, min_len=opts.min_len,
-                              max_len=opts.max_len)  # fmt: skip
+            pair = clean_pair(
+                *pair, ratio=opts.max_len_ratio, min_len=opts.min_len, max_len=opts.max_len
+            )
         if pair is None:
             out["dropped"] += 1
             continue
@@ -219,8 +223,9 @@ def parallel(fn: Callable, jobs: Iterable, workers: int, bar: tqdm, size: Callab
 
 
 def progress_bar(desc: str, total: int) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="pairs", file=sys.stderr, mininterval=1.0,
-                disable=None)  # fmt: skip
+    return tqdm(
+        total=total, desc=desc, unit="pairs", file=sys.stderr, mininterval=1.0, disable=None
+    )
 
 
 class TextFiles:
@@ -251,8 +256,10 @@ class TextFiles:
                 f.close()
 
     def pairs(self, split: str) -> Iterator[list[tuple[str, str]]]:
-        with self.path(split, self.langs[0]).open(encoding="utf-8") as fs, \
-                self.path(split, self.langs[1]).open(encoding="utf-8") as ft:  # fmt: skip
+        with (
+            self.path(split, self.langs[0]).open(encoding="utf-8") as fs,
+            self.path(split, self.langs[1]).open(encoding="utf-8") as ft,
+        ):
             lines = zip(fs, ft, strict=True)
             while block := list(itertools.islice(lines, CHUNK)):
                 yield [(s.rstrip("\n"), t.rstrip("\n")) for s, t in block]
@@ -279,8 +286,15 @@ def learn_bpe_codes(words: Counter, merges: int, min_frequency: int, codes: Path
     return learned
 
 
-def encode_split(text: TextFiles, split: str, dictionary: Dictionary, root: Path, dtype: np.dtype,
-            n_pairs: int, n_tokens: Sequence[int]) -> None:  # fmt: skip
+def encode_split(
+    text: TextFiles,
+    split: str,
+    dictionary: Dictionary,
+    root: Path,
+    dtype: np.dtype,
+    n_pairs: int,
+    n_tokens: Sequence[int],
+) -> None:
     """Write one split's arrays, a block of pairs at a time (the corpus never sits in memory)."""
     for side, lang in enumerate(text.langs):
         tokens_path, offsets_path = array_paths(root, split, lang)

@@ -73,9 +73,11 @@ def update_freq(config: Mapping[str, Any], world_size: int) -> int:
 def check_data(config: Mapping[str, Any], data: ParallelData) -> None:
     """The data directory must be prepared as the config's ``preprocess`` section says."""
     if data.meta["preprocess"] != config["preprocess"]:
-        diffs = [f"{k}={data.meta['preprocess'].get(k)!r} (config: {v!r})"
-                 for k, v in config["preprocess"].items()
-                 if data.meta["preprocess"].get(k) != v]  # fmt: skip
+        diffs = [
+            f"{k}={data.meta['preprocess'].get(k)!r} (config: {v!r})"
+            for k, v in config["preprocess"].items()
+            if data.meta["preprocess"].get(k) != v
+        ]
         raise ValueError(
             f"--data-dir {data.path} was prepared with {', '.join(diffs) or 'other options'}; "
             "prepare it with this config, or pass the same preprocess.KEY=VALUE overrides"
@@ -100,8 +102,9 @@ def train_epoch(
     before = dict(resume.get("sums") or {}).get("tokens", 0.0)
     tic = time.perf_counter()
     updates = order.updates(run.epoch, run.position)
-    for u, mine, group in metrics.progress(updates, ctx, total=n - run.position,
-                                           desc=f"epoch {run.epoch + 1}"):  # fmt: skip
+    for u, mine, group in metrics.progress(
+        updates, ctx, total=n - run.position, desc=f"epoch {run.epoch + 1}"
+    ):
         if u >= n:
             break
         # fairseq's normalisation: the gradient of the update's summed loss over its tokens
@@ -151,8 +154,13 @@ def validate(
     no compound splitting, as fairseq's ``--eval-tokenized-bleu``). Both are split over ranks."""
     model.eval()
     d = split.dictionary
-    batches = token_batches(split.src_sizes, split.tgt_sizes, config["max_tokens"], seed=None,
-                            batch_multiple=config["batch_multiple"])  # fmt: skip
+    batches = token_batches(
+        split.src_sizes,
+        split.tgt_sizes,
+        config["max_tokens"],
+        seed=None,
+        batch_multiple=config["batch_multiple"],
+    )
     if config["max_steps_per_epoch"]:
         batches = batches[: config["max_steps_per_epoch"]]
     meter = metrics.Meter(ctx.device)
@@ -164,17 +172,29 @@ def validate(
         meter.add(loss=loss, nll=nll, tokens=batch.ntokens)
     s = meter.read(ctx)
     tokens = max(s.get("tokens", 0.0), 1.0)
-    out = {"valid_loss": s.get("loss", 0.0) / tokens, "valid_nll_loss": s.get("nll", 0.0) / tokens,
-           "valid_ppl": perplexity(s.get("nll", 0.0), tokens)}  # fmt: skip
+    out = {
+        "valid_loss": s.get("loss", 0.0) / tokens,
+        "valid_nll_loss": s.get("nll", 0.0) / tokens,
+        "valid_ppl": perplexity(s.get("nll", 0.0), tokens),
+    }
     if config["valid_generation"] == NO_BLEU:
         return out
     sentences = sorted(int(i) for b in batches for i in b)
     mine = sentences[ctx.rank :: ctx.world_size]
     options = generation_options(dict(config), config["valid_generation"])
-    hyps = translate(model, split, mine, options, batch_size=config["decode_batch_size"],
-                     autocast=lambda: amp.autocast(ctx.device, config["amp"]))  # fmt: skip
-    decoded = dict(pair for part in distributed.gather_objects(list(zip(mine, hyps, strict=True)),
-                                                               ctx) for pair in part)  # fmt: skip
+    hyps = translate(
+        model,
+        split,
+        mine,
+        options,
+        batch_size=config["decode_batch_size"],
+        autocast=lambda: amp.autocast(ctx.device, config["amp"]),
+    )
+    decoded = dict(
+        pair
+        for part in distributed.gather_objects(list(zip(mine, hyps, strict=True)), ctx)
+        for pair in part
+    )
     hyp_text = [remove_bpe(d.decode(decoded[i])) for i in sentences]
     ref_text = [remove_bpe(d.decode(split.tgt.sentence(i))) for i in sentences]
     out["valid_bleu"] = tokenized_bleu(hyp_text, ref_text, split_compounds=False).score
@@ -195,8 +215,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     for name in (config["generation"], config["valid_generation"]):
         if name != NO_BLEU:
             generation_options(config, name)
-    config["data_fingerprint"] = {"fingerprint": data.meta["fingerprint"],
-                                  "vocab_size": len(data.dictionary)}  # fmt: skip
+    config["data_fingerprint"] = {
+        "fingerprint": data.meta["fingerprint"],
+        "vocab_size": len(data.dictionary),
+    }
     with distributed.process_group(config["device"]) as ctx:
         return _train(config, ctx, data)
 
@@ -223,29 +245,41 @@ def build(config: dict[str, Any], run: runs.Run, data: ParallelData) -> Parts:
     """Batches, model, optimizer, schedule and scaler, restored from the run's checkpoint."""
     ctx = run.ctx
     train, valid = data.split("train"), data.split("valid")
-    batches = token_batches(train.src_sizes, train.tgt_sizes, config["max_tokens"],
-                            seed=config["seed"],
-                            batch_multiple=config["batch_multiple"])  # fmt: skip
-    order = EpochOrder(batches, seed=config["seed"], update_freq=config["update_freq"],
-                       rank=ctx.rank, world_size=ctx.world_size)  # fmt: skip
+    batches = token_batches(
+        train.src_sizes,
+        train.tgt_sizes,
+        config["max_tokens"],
+        seed=config["seed"],
+        batch_multiple=config["batch_multiple"],
+    )
+    order = EpochOrder(
+        batches,
+        seed=config["seed"],
+        update_freq=config["update_freq"],
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
     if order.updates_per_epoch() == 0:
         raise ValueError(
             f"--data-dir {data.path}: {len(batches)} batches, fewer than one update needs "
             f"({config['update_freq']} x {ctx.world_size}); lower tokens_per_update"
         )
     checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
-    model = build_model(config["model"], len(data.dictionary), data.dictionary.pad,
-                        config["config"]).to(ctx.device)  # fmt: skip
+    model = build_model(
+        config["model"], len(data.dictionary), data.dictionary.pad, config["config"]
+    ).to(ctx.device)
     optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
     schedule = build_schedule(optimizer, config)
     scaler = amp.grad_scaler(ctx.device, config["amp"])
     checkpoint.seed_everything(config["seed"] + ctx.rank)  # but different dropout draws
     resume = run.restore(model, optimizer, schedule, scaler)
     ddp_model = distributed.wrap(model, ctx)
-    run.log_start(f"{sum(p.numel() for p in model.parameters()):,} parameters",
-                  f"{len(train):,} pairs in {len(batches):,} batches",
-                  f"{order.updates_per_epoch():,} updates/epoch of {config['update_freq']} "
-                  f"micro-batch(es) per rank")  # fmt: skip
+    run.log_start(
+        f"{sum(p.numel() for p in model.parameters()):,} parameters",
+        f"{len(train):,} pairs in {len(batches):,} batches",
+        f"{order.updates_per_epoch():,} updates/epoch of {config['update_freq']} "
+        f"micro-batch(es) per rank",
+    )
     return Parts(model, ddp_model, spec, train, valid, order, resume)
 
 
@@ -253,19 +287,20 @@ def _train(config: dict[str, Any], ctx: distributed.Context, data: ParallelData)
     prepare(config, ctx, data)
     bleu = config["valid_generation"] != NO_BLEU
     metric, mode = ("valid_bleu", "max") if bleu else ("valid_loss", "min")
-    with runs.start(config, ctx, metric=metric, mode=mode, packages=PACKAGES,
-                    also_resumable=("update_freq",)) as run:  # fmt: skip
+    with runs.start(
+        config, ctx, metric=metric, mode=mode, packages=PACKAGES, also_resumable=("update_freq",)
+    ) as run:
         p = build(config, run, data)
         resume = p.resume
         while not run.finished:
             tic = time.perf_counter()
-            stats = train_epoch(p.model, p.ddp_model, p.train, p.order,
-                                p.spec.needs_create_graph, run, resume)  # fmt: skip
+            stats = train_epoch(
+                p.model, p.ddp_model, p.train, p.order, p.spec.needs_create_graph, run, resume
+            )
             resume = {}
             stats.update(validate(p.model, p.valid, config, ctx))
             lr = run.optimizer.param_groups[0]["lr"]
-            record = run.epoch_done({"lr": lr, **stats,
-                                     "epoch_time_s": time.perf_counter() - tic})  # fmt: skip
+            record = run.epoch_done({"lr": lr, **stats, "epoch_time_s": time.perf_counter() - tic})
             run.snapshot()
             bleu_text = f" | valid BLEU {record['valid_bleu']:.2f}" if bleu else ""
             run.record(

@@ -38,8 +38,19 @@ def batched_adabelief(
             sel = idx[j : j + rows]
             ps, gs, sts = ([x[i] for i in sel] for x in (params, grads, states))
             torch._foreach_add_([st["step"] for st in sts], 1.0)  # step 1
-            _batch(ps, gs, buffers.batch(ps, sts, STATE), t + 1, lr, beta1, beta2, eps,
-                   weight_decay, weight_decay_type, buffers)  # fmt: skip
+            _batch(
+                ps,
+                gs,
+                buffers.batch(ps, sts, STATE),
+                t + 1,
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                weight_decay_type,
+                buffers,
+            )
     return rest
 
 

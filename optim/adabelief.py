@@ -193,11 +193,17 @@ class AdaBelief(torch.optim.Optimizer):
             return tensors
         buffers = self._cpu_buffers.setdefault(dtype, Buffers(dtype))
         rest = batched_adabelief(
-            params, tensors[1], [self.state[p] for p in params], lr=lr,
-            beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
-            weight_decay=group["weight_decay"], weight_decay_type=group["weight_decay_type"],
+            params,
+            tensors[1],
+            [self.state[p] for p in params],
+            lr=lr,
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            weight_decay_type=group["weight_decay_type"],
             buffers=buffers,
-        )  # fmt: skip
+        )
         return tensors if len(rest) == len(params) else tuple([x[i] for i in rest] for x in tensors)
 
 
@@ -208,9 +214,19 @@ def _plan(params, exp_avgs, exp_avg_vars, steps):
 
 
 def _single_tensor_adabelief(
-    params, grads, exp_avgs, exp_avg_vars, steps, *, lr, beta1, beta2, eps, weight_decay,
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_vars,
+    steps,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
     weight_decay_type,
-) -> None:  # fmt: skip
+) -> None:
     for p, g, m, s, step in zip(params, grads, exp_avgs, exp_avg_vars, steps, strict=True):
         step += 1
         t = _get_value(step)
@@ -236,9 +252,19 @@ def _single_tensor_adabelief(
 
 
 def _multi_tensor_adabelief(
-    params, grads, exp_avgs, exp_avg_vars, steps, *, lr, beta1, beta2, eps, weight_decay,
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_vars,
+    steps,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
     weight_decay_type,
-) -> None:  # fmt: skip
+) -> None:
     tensors = [params, grads, exp_avgs, exp_avg_vars, steps]
     grouped = torch.optim.Optimizer._group_tensors_by_device_and_dtype(tensors)
     split = weight_decay_type != "stable" or weight_decay == 0  # stable needs whole tensors
@@ -255,9 +281,14 @@ def _multi_tensor_adabelief(
         )
         for chunk in chunks:
             _multi_tensor_update(
-                *chunk, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                *chunk,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=eps,
+                weight_decay=weight_decay,
                 weight_decay_type=weight_decay_type,
-            )  # fmt: skip
+            )
 
 
 def _sharded_adabelief(params, grads, exp_avgs, exp_avg_vars, steps, **hyper) -> None:

@@ -23,8 +23,20 @@ from engine import config as cfg
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path("docs/hyperparameters.md")
 #: Column order for optimizer arguments; others follow alphabetically.
-FIRST = ("lr", "weight_decay", "weight_decay_type", "eps", "betas", "beta", "momentum",
-         "nesterov", "rebound", "sigma", "warmup", "init_lr")  # fmt: skip
+FIRST = (
+    "lr",
+    "weight_decay",
+    "weight_decay_type",
+    "eps",
+    "betas",
+    "beta",
+    "momentum",
+    "nesterov",
+    "rebound",
+    "sigma",
+    "warmup",
+    "init_lr",
+)
 
 
 def table_files(root: Path) -> list[Path]:

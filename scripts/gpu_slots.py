@@ -56,8 +56,10 @@ def slots(gpus: Sequence[str], per_gpu: int, gpus_per_run: int = 1) -> list[str]
         raise ValueError(f"--jobs-per-gpu must be >= 1, got {per_gpu}")
     if gpus_per_run < 1:
         raise ValueError("--jobs-per-gpu needs GPUs: --gpus must be >= 1")
-    groups = [",".join(gpus[i : i + gpus_per_run])
-              for i in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)]  # fmt: skip
+    groups = [
+        ",".join(gpus[i : i + gpus_per_run])
+        for i in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)
+    ]
     if not groups:
         raise ValueError(
             f"--gpus {gpus_per_run} per run, but {len(gpus)} GPU(s) are visible "
@@ -96,8 +98,12 @@ def run_jobs(
                 job.run_dir.mkdir(parents=True, exist_ok=True)
                 log = open(job.run_dir / "stdout.log", "a", encoding="utf-8")  # closed when it ends
                 gpus = slot_gpus[slot]
-                proc = start(job.command, stdout=log, stderr=subprocess.STDOUT,
-                             env={**env, "CUDA_VISIBLE_DEVICES": gpus})  # fmt: skip
+                proc = start(
+                    job.command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**env, "CUDA_VISIBLE_DEVICES": gpus},
+                )
                 running[slot] = (proc, i, job, time.perf_counter(), log)
                 say(f"[{i}/{total}] GPU {gpus}: {job.label}: {shlex.join(job.command)}")
             if failed and todo:
@@ -115,8 +121,10 @@ def run_jobs(
                 elif failed:
                     say(f"[{i}/{total}] {job.label}: stopped (resumes on the next start)")
                 else:
-                    say(f"[{i}/{total}] {job.label}: FAILED (exit status {code}); the end of "
-                        f"{job.run_dir / 'stdout.log'}:")  # fmt: skip
+                    say(
+                        f"[{i}/{total}] {job.label}: FAILED (exit status {code}); the end of "
+                        f"{job.run_dir / 'stdout.log'}:"
+                    )
                     failed = code if 0 < code < 128 else 1
                     tail = (job.run_dir / "stdout.log").read_text(errors="replace")
                     say("\n".join("    " + x for x in tail.splitlines()[-8:]))

@@ -61,32 +61,66 @@ def _one(**rows: tuple[float, float]) -> dict[str, dict[str, tuple[float, float]
 #: (table, paper_version) -> the paper's table.
 PAPER: dict[tuple[str, str], PaperTable] = {
     ("cifar10", "current"): PaperTable(
-        "ResNet-110 on CIFAR-10, top-1 test accuracy (%)", "test_acc1", True,
-        _image(_IMAGE_CURRENT, _CIFAR)),
+        "ResNet-110 on CIFAR-10, top-1 test accuracy (%)",
+        "test_acc1",
+        True,
+        _image(_IMAGE_CURRENT, _CIFAR),
+    ),
     ("imagenet", "current"): PaperTable(
-        "ResNeXt-50 on ImageNet, top-1 validation accuracy (%)", "test_acc1", True,
-        _image(_IMAGE_CURRENT, _IMAGENET)),
+        "ResNeXt-50 on ImageNet, top-1 validation accuracy (%)",
+        "test_acc1",
+        True,
+        _image(_IMAGE_CURRENT, _IMAGENET),
+    ),
     ("cifar10", "v1"): PaperTable(
-        "ResNet-110 on CIFAR-10, top-1 test accuracy (%), first version", "test_acc1", True,
-        _image(_IMAGE_V1, _CIFAR)),
+        "ResNet-110 on CIFAR-10, top-1 test accuracy (%), first version",
+        "test_acc1",
+        True,
+        _image(_IMAGE_V1, _CIFAR),
+    ),
     ("imagenet", "v1"): PaperTable(
-        "ResNeXt-50 on ImageNet, top-1 validation accuracy (%), first version", "test_acc1", True,
-        _image(_IMAGE_V1, _IMAGENET)),
+        "ResNeXt-50 on ImageNet, top-1 validation accuracy (%), first version",
+        "test_acc1",
+        True,
+        _image(_IMAGE_V1, _IMAGENET),
+    ),
     ("lm1b", "current"): PaperTable(
-        "2-layer LSTM on One Billion Words, test perplexity", "test_ppl", False,
-        _one(SGD=(32.65, 0.13), Adam=(36.68, 0.21), RAdam=(36.20, 0.38),
-             AdaBelief=(32.83, 0.18), Apollo=(31.94, 0.09))),
+        "2-layer LSTM on One Billion Words, test perplexity",
+        "test_ppl",
+        False,
+        _one(
+            SGD=(32.65, 0.13),
+            Adam=(36.68, 0.21),
+            RAdam=(36.20, 0.38),
+            AdaBelief=(32.83, 0.18),
+            Apollo=(31.94, 0.09),
+        ),
+    ),
     ("lm1b", "v1"): PaperTable(
-        "2-layer LSTM on One Billion Words, test perplexity, first version", "test_ppl", False,
-        _one(Adam=(36.68, 0.21), RAdam=(36.20, 0.38), Apollo=(32.21, 0.13))),
+        "2-layer LSTM on One Billion Words, test perplexity, first version",
+        "test_ppl",
+        False,
+        _one(Adam=(36.68, 0.21), RAdam=(36.20, 0.38), Apollo=(32.21, 0.13)),
+    ),
     ("wmt14", "current"): PaperTable(
-        "Transformer-base on WMT-14 En-De, test BLEU", "bleu", True,
-        _one(SGD=(26.59, 0.07), Adam=(27.84, 0.12), RAdam=(28.15, 0.15),
-             AdaBelief=(28.14, 0.11), Apollo=(28.34, 0.10))),
+        "Transformer-base on WMT-14 En-De, test BLEU",
+        "bleu",
+        True,
+        _one(
+            SGD=(26.59, 0.07),
+            Adam=(27.84, 0.12),
+            RAdam=(28.15, 0.15),
+            AdaBelief=(28.14, 0.11),
+            Apollo=(28.34, 0.10),
+        ),
+    ),
     ("wmt14", "v1"): PaperTable(
-        "Transformer-base on WMT-14 En-De, test BLEU, first version", "bleu", True,
-        _one(Adam=(27.83, 0.06), RAdam=(28.11, 0.17), Apollo=(28.32, 0.12))),
-}  # fmt: skip
+        "Transformer-base on WMT-14 En-De, test BLEU, first version",
+        "bleu",
+        True,
+        _one(Adam=(27.83, 0.06), RAdam=(28.11, 0.17), Apollo=(28.32, 0.12)),
+    ),
+}
 
 
 def reported(table: str, version: str, row: str, schedule: str) -> tuple[float, float] | None:
@@ -105,8 +139,9 @@ def markdown(table: str, version: str) -> str:
     heads = ["result" if s == ANY else s for s in schedules]
     lines = [f"| Method | {' | '.join(heads)} |", "|---" * (len(heads) + 1) + "|"]
     for row, cells in paper.cells.items():
-        values = [f"{cells[s][0]:.2f} ({cells[s][1]:.2f})" if s in cells else "–"
-                  for s in schedules]  # fmt: skip
+        values = [
+            f"{cells[s][0]:.2f} ({cells[s][1]:.2f})" if s in cells else "–" for s in schedules
+        ]
         lines.append(f"| {row} | {' | '.join(values)} |")
     return "\n".join(lines)
 

@@ -16,8 +16,11 @@ from typing import Any
 
 LOSS_KEYS = ("train_loss", "loss")
 #: How a metric key reads on an axis or in a table caption.
-METRIC_NAMES = {"test_acc1": "top-1 test accuracy (%)", "test_ppl": "test perplexity",
-                "bleu": "test BLEU"}  # fmt: skip
+METRIC_NAMES = {
+    "test_acc1": "top-1 test accuracy (%)",
+    "test_ppl": "test perplexity",
+    "bleu": "test BLEU",
+}
 LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
@@ -60,10 +63,18 @@ def label_line_ends(ax: Any, ends: Sequence[tuple[str, float, float, str]]) -> N
     if overflow > 0:
         placed = [p - overflow for p in placed]
     for (_, name, color, x, y), frac in zip(points, placed, strict=True):
-        ax.annotate(name, xy=(x, y), xycoords="data", xytext=(1.02, frac),
-                    textcoords="axes fraction", va="center", fontsize=7, color=color,
-                    arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6},
-                    annotation_clip=False)  # fmt: skip
+        ax.annotate(
+            name,
+            xy=(x, y),
+            xycoords="data",
+            xytext=(1.02, frac),
+            textcoords="axes fraction",
+            va="center",
+            fontsize=7,
+            color=color,
+            arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6},
+            annotation_clip=False,
+        )
 
 
 def plot_groups(
@@ -83,27 +94,35 @@ def plot_groups(
             drawn, ends = False, {}
             for i, row in enumerate(lay["rows"]):
                 runs = groups.get((lay["table"], lay["version"], sched, row), [])
-                loss_key = next((k for k in LOSS_KEYS if any(
-                    k in r for run in runs for r in run.history)), LOSS_KEYS[0])  # fmt: skip
+                loss_key = next(
+                    (k for k in LOSS_KEYS if any(k in r for run in runs for r in run.history)),
+                    LOSS_KEYS[0],
+                )
                 for ax, key in ((ax_loss, loss_key), (ax_metric, metric)):
                     epochs, mean, std = _series(runs, key)
                     if not epochs:
                         continue
                     drawn = True
                     style = row_style(i)
-                    ax.plot(epochs, mean, label=f"{row} (n={len(runs)})", markersize=4,
-                            markevery=max(1, len(epochs) // 15), **style)  # fmt: skip
+                    ax.plot(
+                        epochs,
+                        mean,
+                        label=f"{row} (n={len(runs)})",
+                        markersize=4,
+                        markevery=max(1, len(epochs) // 15),
+                        **style,
+                    )
                     low = [m - s for m, s in zip(mean, std, strict=True)]
                     high = [m + s for m, s in zip(mean, std, strict=True)]
-                    ax.fill_between(epochs, low, high, color=style["color"], alpha=0.12,
-                                    linewidth=0)  # fmt: skip
+                    ax.fill_between(
+                        epochs, low, high, color=style["color"], alpha=0.12, linewidth=0
+                    )
                     ends.setdefault(ax, []).append((row, epochs[-1], mean[-1], style["color"]))
             if not drawn:
                 plt.close(fig)
                 continue
             ax_loss.set_yscale("log")
-            ax_loss.set(xlabel="epoch", ylabel="training loss (log scale)",
-                        title="training loss")  # fmt: skip
+            ax_loss.set(xlabel="epoch", ylabel="training loss (log scale)", title="training loss")
             name = METRIC_NAMES.get(metric, metric)
             if "ppl" in metric:
                 ax_metric.set_yscale("log")
@@ -113,8 +132,14 @@ def plot_groups(
                 label_line_ends(ax, ends.get(ax, []))
             fig.suptitle(f"{lay['table']} ({lay['version']}), schedule {sched}")
             handles, labels = ax_metric.get_legend_handles_labels()
-            fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8,
-                       frameon=False)  # fmt: skip
+            fig.legend(
+                handles,
+                labels,
+                loc="lower center",
+                ncol=min(len(labels), 5),
+                fontsize=8,
+                frameon=False,
+            )
             fig.tight_layout(rect=(0, 0.02 + 0.045 * -(-len(labels) // 5), 1, 1))
             path = out / f"curves_{lay['table']}_{lay['version']}_{sched}.png"
             fig.savefig(path, dpi=110)

@@ -40,8 +40,17 @@ from scripts import paper_results
 from scripts.plot_curves import LOSS_KEYS, METRIC_NAMES
 
 #: Config keys that may differ between the seeds of one cell (where and on what it ran).
-IGNORED_KEYS = ("config", "seed", "out_dir", "data_dir", "workers", "device", "plugins",
-                "provenance", "earlier_starts")  # fmt: skip
+IGNORED_KEYS = (
+    "config",
+    "seed",
+    "out_dir",
+    "data_dir",
+    "workers",
+    "device",
+    "plugins",
+    "provenance",
+    "earlier_starts",
+)
 RUN_FILES = ("config.json", "results.json", "metrics.jsonl", "checkpoint.pt")
 
 
@@ -56,8 +65,12 @@ class Run:
     def key(self) -> tuple[str, str, str, str]:
         """(table, paper_version, schedule, row): the cell this run belongs to."""
         r = self.results
-        return (str(r.get("table")), str(r.get("paper_version")), str(r["schedule"]),
-                str(r.get("row")))  # fmt: skip
+        return (
+            str(r.get("table")),
+            str(r.get("paper_version")),
+            str(r["schedule"]),
+            str(r.get("row")),
+        )
 
     @property
     def seed(self) -> Any:
@@ -170,8 +183,9 @@ def fingerprint(config: Mapping[str, Any]) -> str:
 
 
 def _difference(config: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
-    ours, theirs = (_flat({k: v for k, v in c.items() if k not in IGNORED_KEYS})
-                    for c in (config, reference))  # fmt: skip
+    ours, theirs = (
+        _flat({k: v for k, v in c.items() if k not in IGNORED_KEYS}) for c in (config, reference)
+    )
     keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     shown = [f"{k}={ours.get(k)!r} (others: {theirs.get(k)!r})" for k in keys[:3]]
     return ", ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
@@ -192,8 +206,10 @@ def select(runs: Sequence[Run]) -> tuple[dict[tuple, list[Run]], list[tuple[Path
         seen: dict[Any, Path] = {}
         for run, fp in zip(group, prints, strict=True):
             if fp != best:
-                why = (f"different config from the {counts[best]} other run(s) of "
-                       f"{'/'.join(key)}: {_difference(run.config, reference)}")  # fmt: skip
+                why = (
+                    f"different config from the {counts[best]} other run(s) of "
+                    f"{'/'.join(key)}: {_difference(run.config, reference)}"
+                )
                 skipped.append((run.path, why))
             elif run.seed in seen:
                 skipped.append((run.path, f"repeats seed {run.seed} of {seen[run.seed]}"))
@@ -243,12 +259,17 @@ def table_layout(cells: Sequence[Cell], groups: Mapping[tuple, list[Run]]) -> li
         paper = paper_results.PAPER.get((table, version))
         if paper:
             rows_pref = list(paper.cells) + rows_pref
-        layouts.append({
-            "table": table, "version": version, "paper": paper, "cells": mine,
-            "rows": _order((r for r, _ in mine), list(dict.fromkeys(rows_pref))),
-            "schedules": _order((s for _, s in mine), list(dict.fromkeys(scheds_pref))),
-            "metric": next(iter(mine.values())).metric,
-        })  # fmt: skip
+        layouts.append(
+            {
+                "table": table,
+                "version": version,
+                "paper": paper,
+                "cells": mine,
+                "rows": _order((r for r, _ in mine), list(dict.fromkeys(rows_pref))),
+                "schedules": _order((s for _, s in mine), list(dict.fromkeys(scheds_pref))),
+                "metric": next(iter(mine.values())).metric,
+            }
+        )
     return layouts
 
 
@@ -293,19 +314,27 @@ def _value(layout: Mapping[str, Any], row: str, sched: str, what: str) -> str:
 def caption(layout: Mapping[str, Any], pick: str) -> str:
     name = METRIC_NAMES.get(layout["metric"], layout["metric"])
     epoch = "best epoch" if pick == "best" else "last epoch"
-    source = (f"; the paper's numbers: {layout['paper'].title}" if layout["paper"]
-              else "; the paper has no such table")  # fmt: skip
-    return (f"{layout['table']} (paper version {layout['version']}): {name} at the {epoch}, "
-            f"mean (sample std) over seeds{source}")  # fmt: skip
+    source = (
+        f"; the paper's numbers: {layout['paper'].title}"
+        if layout["paper"]
+        else "; the paper has no such table"
+    )
+    return (
+        f"{layout['table']} (paper version {layout['version']}): {name} at the {epoch}, "
+        f"mean (sample std) over seeds{source}"
+    )
 
 
 def markdown(layouts: Sequence[Mapping[str, Any]], pick: str) -> str:
     parts = []
     for lay in layouts:
         cols = _columns(lay)
-        lines = [f"**{caption(lay, pick)}**", "",
-                 "| Method | " + " | ".join(h for _, _, h in cols) + " |",
-                 "|---" + "|---:" * len(cols) + "|"]  # fmt: skip
+        lines = [
+            f"**{caption(lay, pick)}**",
+            "",
+            "| Method | " + " | ".join(h for _, _, h in cols) + " |",
+            "|---" + "|---:" * len(cols) + "|",
+        ]
         for row in lay["rows"]:
             values = [_value(lay, row, s, w) or "–" for s, w, _ in cols]
             lines.append(f"| {row} | " + " | ".join(values) + " |")
@@ -314,8 +343,14 @@ def markdown(layouts: Sequence[Mapping[str, Any]], pick: str) -> str:
 
 
 def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                 ("#", r"\#"), ("–", "--")):  # fmt: skip
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("–", "--"),
+    ):
         text = text.replace(a, b)
     return text
 
@@ -325,18 +360,48 @@ def latex(layouts: Sequence[Mapping[str, Any]], pick: str) -> str:
     for lay in layouts:
         cols = _columns(lay)
         head = " & ".join(["Method", *(_tex(h) for _, _, h in cols)])
-        body = [" & ".join([_tex(row), *(_tex(_value(lay, row, s, w) or "--") for s, w, _ in cols)])
-                + r" \\" for row in lay["rows"]]  # fmt: skip
-        parts.append("\n".join([
-            "\\begin{table}[t]", "\\centering", f"\\caption{{{_tex(caption(lay, pick))}}}",
-            f"\\begin{{tabular}}{{l{'r' * len(cols)}}}", "\\toprule", head + r" \\", "\\midrule",
-            *body, "\\bottomrule", "\\end{tabular}", "\\end{table}",
-        ]))  # fmt: skip
+        body = [
+            " & ".join([_tex(row), *(_tex(_value(lay, row, s, w) or "--") for s, w, _ in cols)])
+            + r" \\"
+            for row in lay["rows"]
+        ]
+        parts.append(
+            "\n".join(
+                [
+                    "\\begin{table}[t]",
+                    "\\centering",
+                    f"\\caption{{{_tex(caption(lay, pick))}}}",
+                    f"\\begin{{tabular}}{{l{'r' * len(cols)}}}",
+                    "\\toprule",
+                    head + r" \\",
+                    "\\midrule",
+                    *body,
+                    "\\bottomrule",
+                    "\\end{tabular}",
+                    "\\end{table}",
+                ]
+            )
+        )
     return "% requires \\usepackage{booktabs}\n" + "\n\n".join(parts) + "\n"
 
 
-CSV_FIELDS = ("table", "paper_version", "schedule", "row", "metric", "pick", "n", "seeds", "mean",
-              "std", "cell", "paper", "train_loss_mean", "train_loss_std", "run_dirs")  # fmt: skip
+CSV_FIELDS = (
+    "table",
+    "paper_version",
+    "schedule",
+    "row",
+    "metric",
+    "pick",
+    "n",
+    "seeds",
+    "mean",
+    "std",
+    "cell",
+    "paper",
+    "train_loss_mean",
+    "train_loss_std",
+    "run_dirs",
+)
 
 
 def write_csv(path: Path, cells: Sequence[Cell], pick: str) -> None:
@@ -347,15 +412,25 @@ def write_csv(path: Path, cells: Sequence[Cell], pick: str) -> None:
             table, version, sched, row = c.key
             sd = statistics.stdev(c.values) if c.n > 1 else None
             loss_sd = statistics.stdev(c.losses) if len(c.losses) > 1 else None
-            writer.writerow({
-                "table": table, "paper_version": version, "schedule": sched, "row": row,
-                "metric": c.metric, "pick": pick, "n": c.n,
-                "seeds": " ".join(str(s) for s in c.seeds),
-                "mean": statistics.fmean(c.values) if c.values else "", "std": sd,
-                "cell": c.text(), "paper": c.paper(),
-                "train_loss_mean": statistics.fmean(c.losses) if c.losses else "",
-                "train_loss_std": loss_sd, "run_dirs": ";".join(str(p) for p in c.paths),
-            })  # fmt: skip
+            writer.writerow(
+                {
+                    "table": table,
+                    "paper_version": version,
+                    "schedule": sched,
+                    "row": row,
+                    "metric": c.metric,
+                    "pick": pick,
+                    "n": c.n,
+                    "seeds": " ".join(str(s) for s in c.seeds),
+                    "mean": statistics.fmean(c.values) if c.values else "",
+                    "std": sd,
+                    "cell": c.text(),
+                    "paper": c.paper(),
+                    "train_loss_mean": statistics.fmean(c.losses) if c.losses else "",
+                    "train_loss_std": loss_sd,
+                    "run_dirs": ";".join(str(p) for p in c.paths),
+                }
+            )
 
 
 def report(
@@ -384,24 +459,38 @@ def report(
         md = text + (f"\nSkipped run directories:\n\n{notes}" if notes else "")
         (out / "table.md").write_text(md, encoding="utf-8")
         (out / "table.tex").write_text(latex(layouts, pick), encoding="utf-8")
-        ordered = [lay["cells"][(r, s)] for lay in layouts for r in lay["rows"]
-                   for s in lay["schedules"] if (r, s) in lay["cells"]]  # fmt: skip
+        ordered = [
+            lay["cells"][(r, s)]
+            for lay in layouts
+            for r in lay["rows"]
+            for s in lay["schedules"]
+            if (r, s) in lay["cells"]
+        ]
         write_csv(out / "table.csv", ordered, pick)
         written += [out / "table.md", out / "table.tex", out / "table.csv"]
         if plots:
             from scripts.plot_curves import plot_groups
 
             written += plot_groups(groups, out, layouts)
-    return {"cells": cells, "skipped": skipped, "written": written, "markdown": text,
-            "run_dirs": dirs}  # fmt: skip
+    return {
+        "cells": cells,
+        "skipped": skipped,
+        "written": written,
+        "markdown": text,
+        "run_dirs": dirs,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m scripts.report", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_GLOB")
     p.add_argument("--out", default="runs/report", help="output folder (default: runs/report)")
-    p.add_argument("--pick", choices=("best", "final"), default="best",
-                   help="each run's metric at its best epoch (the paper's) or last")  # fmt: skip
+    p.add_argument(
+        "--pick",
+        choices=("best", "final"),
+        default="best",
+        help="each run's metric at its best epoch (the paper's) or last",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
     args = p.parse_args(argv)
     result = report(args.runs, args.out, args.pick, plots=not args.no_plots)

@@ -39,8 +39,9 @@ def _summary(results: dict) -> str:
     best, final = results.get("best") or {}, results.get("final") or {}
     metric = results.get("metric", "")
     loss = final.get("train_loss")
-    return (f"{metric} {best.get(metric, float('nan')):.2f} (best epoch {best.get('epoch')})"
-            + (f", final train loss {loss:.4f}" if loss is not None else ""))  # fmt: skip
+    return f"{metric} {best.get(metric, float('nan')):.2f} (best epoch {best.get('epoch')})" + (
+        f", final train loss {loss:.4f}" if loss is not None else ""
+    )
 
 
 def _init_worker(threads: int | None) -> None:
@@ -73,8 +74,9 @@ def _run(job: tuple[list[str], Path]) -> tuple[Path, str | None, float]:
                 print(f"error: {error}", file=log)
             except Exception as exc:
                 traceback.print_exc(file=log)
-                error = (f"crashed ({type(exc).__name__}: {exc}); traceback in "
-                         f"{run_dir / 'stdout.log'}")  # fmt: skip
+                error = (
+                    f"crashed ({type(exc).__name__}: {exc}); traceback in {run_dir / 'stdout.log'}"
+                )
     return run_dir, error, time.perf_counter() - tic
 
 
@@ -95,9 +97,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     total, width = len(runs), len(str(len(runs)))
     todo = [job for job in runs if job.finished() is None]
-    print(f"{total} runs of {args.config} ({total - len(todo)} finished already), "
-          f"{min(args.jobs, max(len(todo), 1))} at a time; each run's log: <run dir>/stdout.log",
-          flush=True)  # fmt: skip
+    print(
+        f"{total} runs of {args.config} ({total - len(todo)} finished already), "
+        f"{min(args.jobs, max(len(todo), 1))} at a time; each run's log: <run dir>/stdout.log",
+        flush=True,
+    )
     if not todo:
         return
     start, done = time.perf_counter(), total - len(todo)
@@ -117,10 +121,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             results = job.finished() if error is None else None
             if results is None:
-                raise ValueError(f"{job.label}: {error or 'did not finish'} (stopped the table; "
-                                 "the other runs resume when it is run again)")  # fmt: skip
-            print(f"{label} {_summary(results)}  [{seconds:.1f} s, "
-                  f"{time.perf_counter() - start:.0f} s so far]", flush=True)  # fmt: skip
+                raise ValueError(
+                    f"{job.label}: {error or 'did not finish'} (stopped the table; "
+                    "the other runs resume when it is run again)"
+                )
+            print(
+                f"{label} {_summary(results)}  [{seconds:.1f} s, "
+                f"{time.perf_counter() - start:.0f} s so far]",
+                flush=True,
+            )
         pool.close()
     except BaseException:
         pool.terminate()  # a failure, Ctrl-C: stop the workers now, not after the queue

@@ -72,10 +72,15 @@ def table_path(table: str, version: str = "current", configs_root: Path | None =
         if (root / name).is_file():
             return root / name
     root = roots[-1]
-    versions = ["current", *sorted(p.name for p in root.iterdir() if p.is_dir())] if (
-        root.is_dir()) else []  # fmt: skip
-    raise ValueError(f"no config {root / name} for table {table!r} version {version!r}; "
-                     f"versions: {', '.join(versions)}")  # fmt: skip
+    versions = (
+        ["current", *sorted(p.name for p in root.iterdir() if p.is_dir())]
+        if (root.is_dir())
+        else []
+    )
+    raise ValueError(
+        f"no config {root / name} for table {table!r} version {version!r}; "
+        f"versions: {', '.join(versions)}"
+    )
 
 
 def pick_seeds(table: dict[str, Any], count: int | None, listed: str | None) -> list[int]:
@@ -85,8 +90,10 @@ def pick_seeds(table: dict[str, Any], count: int | None, listed: str | None) -> 
         raise ValueError("pass --seeds N (a count) or --seed-list (seeds), not both")
     if count is not None:
         if not 1 <= count <= len(seeds):
-            raise ValueError(f"--seeds is a count, 1..{len(seeds)} (the table's seeds: {seeds}), "
-                             f"got {count}; name seeds with --seed-list")  # fmt: skip
+            raise ValueError(
+                f"--seeds is a count, 1..{len(seeds)} (the table's seeds: {seeds}), "
+                f"got {count}; name seeds with --seed-list"
+            )
         return seeds[:count]
     if listed:
         try:
@@ -126,18 +133,34 @@ def plan(
     schedules = _subset(schedules, cfg.schedule_names(table), "schedules", path)
     seeds = list(seeds) if seeds is not None else pick_seeds(table, None, None)
     schema = task_schema(table["task"])
-    launch = (["torchrun", "--standalone", f"--nproc_per_node={gpus}"] if gpus > 1
-              else [python or sys.executable])  # fmt: skip
+    launch = (
+        ["torchrun", "--standalone", f"--nproc_per_node={gpus}"]
+        if gpus > 1
+        else [python or sys.executable]
+    )
     parser = cli.build_parser(f"python -m {table['task']}.train")
     jobs = []
     for row in rows:
         for schedule in schedules:
             for seed in seeds:
-                args = ["--config", path, "--row", row, "--schedule", schedule, "--seed", str(seed),
-                        *(x for p in plugins for x in ("--plugin", p))]  # fmt: skip
-                ident = {"table": table.get("table", Path(path).stem), "row": row, "seed": seed,
-                         "paper_version": table.get("paper_version", "current"),
-                         "schedule": {"name": schedule}}  # fmt: skip
+                args = [
+                    "--config",
+                    path,
+                    "--row",
+                    row,
+                    "--schedule",
+                    schedule,
+                    "--seed",
+                    str(seed),
+                    *(x for p in plugins for x in ("--plugin", p)),
+                ]
+                ident = {
+                    "table": table.get("table", Path(path).stem),
+                    "row": row,
+                    "seed": seed,
+                    "paper_version": table.get("paper_version", "current"),
+                    "schedule": {"name": schedule},
+                }
                 run_dir = Path(cli.default_out_dir(ident, root=str(out_root)))
                 args += ["--out-dir", str(run_dir)]
                 if data_dir:
@@ -186,11 +209,19 @@ def plan_parsed(
     table = cfg.load_table(path)
     for plugin in args.plugin:
         cli.load_plugin(plugin)
-    return plan(path, rows=_names(args.rows), schedules=_names(args.schedules),
-                seeds=pick_seeds(table, args.seeds, args.seed_list), gpus=gpus,
-                data_dir=data_dir, out_root=args.out_root, plugins=args.plugin,
-                python="python" if args.dry_run else None, extra=args.extra,
-                check_optimizers=not args.dry_run)  # fmt: skip
+    return plan(
+        path,
+        rows=_names(args.rows),
+        schedules=_names(args.schedules),
+        seeds=pick_seeds(table, args.seeds, args.seed_list),
+        gpus=gpus,
+        data_dir=data_dir,
+        out_root=args.out_root,
+        plugins=args.plugin,
+        python="python" if args.dry_run else None,
+        extra=args.extra,
+        check_optimizers=not args.dry_run,
+    )
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -199,12 +230,21 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--config", help="a table file")
     p.add_argument("--rows", help="comma-separated subset of the table's rows")
     p.add_argument("--schedules", help="comma-separated subset of the table's schedules")
-    p.add_argument("--seeds", type=int, metavar="N",
-                   help="the first N seeds of the table's list (default: all)")  # fmt: skip
+    p.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="the first N seeds of the table's list (default: all)",
+    )
     p.add_argument("--seed-list", metavar="S1,S2", help="these seeds instead, e.g. 1,101")
     p.add_argument("--out-root", default="runs", help="default: runs")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_PATH",
-                   help="passed to every run: a module that registers an optimizer")  # fmt: skip
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_PATH",
+        help="passed to every run: a module that registers an optimizer",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("extra", nargs="*", help="passed to every run (after --), e.g. key=value")
     return p
@@ -220,8 +260,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--version", default="current", help="paper version of --table: current, v1")
     p.add_argument("--gpus", type=int, default=1, help="GPUs per run (0: CPU; default 1)")
     p.add_argument("--data-dir", help="passed to every run")
-    p.add_argument("--jobs-per-gpu", type=int, metavar="N",
-                   help="N runs side by side on each GPU (scripts/gpu_slots.py)")  # fmt: skip
+    p.add_argument(
+        "--jobs-per-gpu",
+        type=int,
+        metavar="N",
+        help="N runs side by side on each GPU (scripts/gpu_slots.py)",
+    )
     args = p.parse_args(argv)
     if not args.config and not args.table:
         raise ValueError(f"{prog}: pass --config FILE or --table NAME")
@@ -234,9 +278,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.jobs_per_gpu is not None:
         slot_gpus = gpu_slots.slots(gpu_slots.visible_gpus(), args.jobs_per_gpu, args.gpus)
         todo = [job for job in jobs if not job.finished()]
-        print(f"{len(jobs)} runs ({len(jobs) - len(todo)} finished already), up to "
-              f"{len(slot_gpus)} at a time on GPU(s) {', '.join(sorted(set(slot_gpus)))}; each "
-              "run's output: <run dir>/stdout.log", flush=True)  # fmt: skip
+        print(
+            f"{len(jobs)} runs ({len(jobs) - len(todo)} finished already), up to "
+            f"{len(slot_gpus)} at a time on GPU(s) {', '.join(sorted(set(slot_gpus)))}; each "
+            "run's output: <run dir>/stdout.log",
+            flush=True,
+        )
         code = gpu_slots.run_jobs(todo, slot_gpus)
         if code:
             print(f"{prog}: stopped by the failed run above", file=sys.stderr)
@@ -249,8 +296,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"[{i}/{len(jobs)}] {shlex.join(job.command)}", flush=True)
         code = subprocess.run(job.command).returncode
         if code != 0:
-            print(f"{prog}: stopped: {job.label} exited with status {code} (its error is "
-                  f"above); {len(jobs) - i} run(s) not started", file=sys.stderr)  # fmt: skip
+            print(
+                f"{prog}: stopped: {job.label} exited with status {code} (its error is "
+                f"above); {len(jobs) - i} run(s) not started",
+                file=sys.stderr,
+            )
             sys.exit(code if 0 < code < 128 else 1)
 
 

@@ -33,9 +33,18 @@ from .tables import Tables
 
 @triton.jit
 def _scalars(
-    step_tab, step_size_out, sqrt_c2_out, decay_out, lr_out, lr_ptr, lr, log2_beta1,
-    log2_beta2, lam_dec, LR_PTR: tl.constexpr,
-):  # fmt: skip
+    step_tab,
+    step_size_out,
+    sqrt_c2_out,
+    decay_out,
+    lr_out,
+    lr_ptr,
+    lr,
+    log2_beta1,
+    log2_beta2,
+    lam_dec,
+    LR_PTR: tl.constexpr,
+):
     i = tl.program_id(0)
     step = tl.load(step_tab + i).to(tl.pointer_type(tl.float32))
     t = tl.load(step) + 1.0  # step 1
@@ -50,10 +59,27 @@ def _scalars(
 
 @device_fn
 def _apply_block(
-    p_tab, g_tab, m_tab, s_tab, i, offs, mask, pid, step_size_in, sqrt_c2_in, decay_in,
-    denom_part, beta1, beta2, eps, lam_l2, DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-    HAS_L2: tl.constexpr, STABLE: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    g_tab,
+    m_tab,
+    s_tab,
+    i,
+    offs,
+    mask,
+    pid,
+    step_size_in,
+    sqrt_c2_in,
+    decay_in,
+    denom_part,
+    beta1,
+    beta2,
+    eps,
+    lam_l2,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    HAS_L2: tl.constexpr,
+    STABLE: tl.constexpr,
+):
     g = load(g_tab, i, offs, mask, DTYPE, ALIGNED)
     if HAS_L2 or not STABLE:
         p = load(p_tab, i, offs, mask, DTYPE, ALIGNED)
@@ -75,10 +101,27 @@ def _apply_block(
 
 @triton.jit
 def _apply(
-    p_tab, g_tab, m_tab, s_tab, block_tensor, block_start, numels, step_size_in, sqrt_c2_in,
-    decay_in, denom_part, beta1, beta2, eps, lam_l2, DTYPE: tl.constexpr,
-    ALIGNED: tl.constexpr, HAS_L2: tl.constexpr, STABLE: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    g_tab,
+    m_tab,
+    s_tab,
+    block_tensor,
+    block_start,
+    numels,
+    step_size_in,
+    sqrt_c2_in,
+    decay_in,
+    denom_part,
+    beta1,
+    beta2,
+    eps,
+    lam_l2,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    HAS_L2: tl.constexpr,
+    STABLE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid, i, offs, full = locate(block_tensor, block_start, numels, BLOCK, ALIGNED)
     tabs = (p_tab, g_tab, m_tab, s_tab)
     ins = (step_size_in, sqrt_c2_in, decay_in, denom_part, beta1, beta2, eps, lam_l2)
@@ -99,9 +142,19 @@ def _stable_scalars(first_block, numels, denom_part, lr_in, decay_out, lam, RBLO
 
 @device_fn
 def _stable_block(
-    p_tab, m_tab, s_tab, i, offs, mask, step_size_in, sqrt_c2_in, decay_in, eps,
-    DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    m_tab,
+    s_tab,
+    i,
+    offs,
+    mask,
+    step_size_in,
+    sqrt_c2_in,
+    decay_in,
+    eps,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     s = load(s_tab, i, offs, mask, DTYPE, ALIGNED)
     denom = tl.sqrt(s) / tl.load(sqrt_c2_in + i) + eps
     m = load(m_tab, i, offs, mask, DTYPE, ALIGNED)
@@ -112,9 +165,20 @@ def _stable_block(
 
 @triton.jit
 def _stable(
-    p_tab, m_tab, s_tab, block_tensor, block_start, numels, step_size_in, sqrt_c2_in,
-    decay_in, eps, DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    m_tab,
+    s_tab,
+    block_tensor,
+    block_start,
+    numels,
+    step_size_in,
+    sqrt_c2_in,
+    decay_in,
+    eps,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     _, i, offs, full = locate(block_tensor, block_start, numels, BLOCK, ALIGNED)
     ins = (step_size_in, sqrt_c2_in, decay_in, eps)
     if full:
@@ -147,20 +211,62 @@ class Plan:
         (denom_part,) = tb.buffer("partials", 1, per_block=True)
         step_size, sqrt_c2, decay, lr_i = tb.buffer("scalars", 4, per_block=False)
         launch(
-            _scalars, tb.n, step_tab, step_size, sqrt_c2, decay, lr_i, lr_ptr, lr,
-            pow_parts(beta1), pow_parts(beta2), wd if wdt == "decoupled" else 0.0,
+            _scalars,
+            tb.n,
+            step_tab,
+            step_size,
+            sqrt_c2,
+            decay,
+            lr_i,
+            lr_ptr,
+            lr,
+            pow_parts(beta1),
+            pow_parts(beta2),
+            wd if wdt == "decoupled" else 0.0,
             LR_PTR=lr_on_device,
-        )  # fmt: skip
+        )
         launch(
-            _apply, tb.nblocks, p_tab, g_tab, m_tab, s_tab, *tb.blocks, step_size, sqrt_c2,
-            decay, denom_part, beta1, beta2, eps, wd, HAS_L2=l2, STABLE=stable, **fmt,
-        )  # fmt: skip
+            _apply,
+            tb.nblocks,
+            p_tab,
+            g_tab,
+            m_tab,
+            s_tab,
+            *tb.blocks,
+            step_size,
+            sqrt_c2,
+            decay,
+            denom_part,
+            beta1,
+            beta2,
+            eps,
+            wd,
+            HAS_L2=l2,
+            STABLE=stable,
+            **fmt,
+        )
         if stable:
             launch(
-                _stable_scalars, tb.n, tb.first_block, tb.numels, denom_part, lr_i, decay, wd,
+                _stable_scalars,
+                tb.n,
+                tb.first_block,
+                tb.numels,
+                denom_part,
+                lr_i,
+                decay,
+                wd,
                 RBLOCK=REDUCE_BLOCK,
-            )  # fmt: skip
+            )
             launch(
-                _stable, tb.nblocks, p_tab, m_tab, s_tab, *tb.blocks, step_size, sqrt_c2,
-                decay, eps, **fmt,
-            )  # fmt: skip
+                _stable,
+                tb.nblocks,
+                p_tab,
+                m_tab,
+                s_tab,
+                *tb.blocks,
+                step_size,
+                sqrt_c2,
+                decay,
+                eps,
+                **fmt,
+            )

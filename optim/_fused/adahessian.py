@@ -19,9 +19,25 @@ from .tables import Tables
 
 @device_fn
 def _apply_block(
-    p_tab, g_tab, h_tab, m_tab, v_tab, i, offs, mask, decay, beta1, beta2, bias2, step_size,
-    eps, half_power, DTYPE: tl.constexpr, ALIGNED: tl.constexpr, SQRT: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    g_tab,
+    h_tab,
+    m_tab,
+    v_tab,
+    i,
+    offs,
+    mask,
+    decay,
+    beta1,
+    beta2,
+    bias2,
+    step_size,
+    eps,
+    half_power,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    SQRT: tl.constexpr,
+):
     p = load(p_tab, i, offs, mask, DTYPE, ALIGNED) * decay  # step 4
     g = load(g_tab, i, offs, mask, DTYPE, ALIGNED)
     m = load(m_tab, i, offs, mask, DTYPE, ALIGNED) * beta1 + (1.0 - beta1) * g  # step 5
@@ -41,10 +57,26 @@ def _apply_block(
 
 @triton.jit
 def _apply(
-    p_tab, g_tab, h_tab, m_tab, v_tab, block_tensor, block_start, numels, decay, beta1, beta2,
-    bias2, step_size, eps, half_power, DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-    SQRT: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    g_tab,
+    h_tab,
+    m_tab,
+    v_tab,
+    block_tensor,
+    block_start,
+    numels,
+    decay,
+    beta1,
+    beta2,
+    bias2,
+    step_size,
+    eps,
+    half_power,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    SQRT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     _, i, offs, full = locate(block_tensor, block_start, numels, BLOCK, ALIGNED)
     tabs = (p_tab, g_tab, h_tab, m_tab, v_tab)
     ins = (decay, beta1, beta2, bias2, step_size, eps, half_power)
@@ -72,11 +104,26 @@ class Plan:
         g_tab = tb.dynamic("grads", grads)
         h_tab = tb.dynamic("hessians", hessians)
         launch(
-            _apply, tb.nblocks, p_tab, g_tab, h_tab, m_tab, v_tab, *tb.blocks,
-            1.0 - lr * float(group["weight_decay"]), beta1, beta2, 1.0 - beta2**t1,
-            -lr / (1.0 - beta1**t1), float(group["eps"]), k / 2,
-            DTYPE=TL_DTYPES[self.dtype], ALIGNED=tb.aligned, SQRT=k == 1, BLOCK=tb.block,
-        )  # fmt: skip
+            _apply,
+            tb.nblocks,
+            p_tab,
+            g_tab,
+            h_tab,
+            m_tab,
+            v_tab,
+            *tb.blocks,
+            1.0 - lr * float(group["weight_decay"]),
+            beta1,
+            beta2,
+            1.0 - beta2**t1,
+            -lr / (1.0 - beta1**t1),
+            float(group["eps"]),
+            k / 2,
+            DTYPE=TL_DTYPES[self.dtype],
+            ALIGNED=tb.aligned,
+            SQRT=k == 1,
+            BLOCK=tb.block,
+        )
 
 
 def plan(cache, params: list[torch.Tensor], states: list[dict]) -> Plan:

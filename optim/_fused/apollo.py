@@ -40,9 +40,25 @@ from .tables import Tables
 
 @device_fn
 def _reduce_block(
-    p_tab, g_tab, m_tab, b_tab, d_tab, i, offs, mask, pid, x_part, w4_part, bw_part, r_part,
-    sign, lam_l2, DTYPE: tl.constexpr, ALIGNED: tl.constexpr, HAS_L2: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    g_tab,
+    m_tab,
+    b_tab,
+    d_tab,
+    i,
+    offs,
+    mask,
+    pid,
+    x_part,
+    w4_part,
+    bw_part,
+    r_part,
+    sign,
+    lam_l2,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    HAS_L2: tl.constexpr,
+):
     delta = load(g_tab, i, offs, mask, DTYPE, ALIGNED) * sign
     if HAS_L2:  # rule step 2, on a copy of the gradient
         delta += lam_l2 * load(p_tab, i, offs, mask, DTYPE, ALIGNED)
@@ -57,10 +73,25 @@ def _reduce_block(
 
 @triton.jit
 def _reduce(
-    p_tab, g_tab, m_tab, b_tab, d_tab, block_tensor, block_start, numels, x_part, w4_part,
-    bw_part, r_part, sign, lam_l2, DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-    HAS_L2: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    g_tab,
+    m_tab,
+    b_tab,
+    d_tab,
+    block_tensor,
+    block_start,
+    numels,
+    x_part,
+    w4_part,
+    bw_part,
+    r_part,
+    sign,
+    lam_l2,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    HAS_L2: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid, i, offs, full = locate(block_tensor, block_start, numels, BLOCK, ALIGNED)
     tabs = (p_tab, g_tab, m_tab, b_tab, d_tab)
     parts = (x_part, w4_part, bw_part, r_part)
@@ -73,10 +104,30 @@ def _reduce(
 
 @triton.jit
 def _scalars(
-    step_tab, first_block, x_part, w4_part, bw_part, r_part, alpha_out, c_out, bound_out,
-    add_out, lr_out, lr_ptr, lr, beta, log2_beta, eps_p, sigma, warmup, init_lr, warm_slope,
-    BELIEF: tl.constexpr, LR_PTR: tl.constexpr, RBLOCK: tl.constexpr,
-):  # fmt: skip
+    step_tab,
+    first_block,
+    x_part,
+    w4_part,
+    bw_part,
+    r_part,
+    alpha_out,
+    c_out,
+    bound_out,
+    add_out,
+    lr_out,
+    lr_ptr,
+    lr,
+    beta,
+    log2_beta,
+    eps_p,
+    sigma,
+    warmup,
+    init_lr,
+    warm_slope,
+    BELIEF: tl.constexpr,
+    LR_PTR: tl.constexpr,
+    RBLOCK: tl.constexpr,
+):
     i = tl.program_id(0)
     b0 = tl.load(first_block + i)
     b1 = tl.load(first_block + i + 1)
@@ -118,10 +169,29 @@ def _scalars(
 
 @device_fn
 def _apply_block(
-    p_tab, g_tab, m_tab, b_tab, d_tab, i, offs, mask, pid, alpha_in, c_in, bound_in, add_in,
-    lr_in, d_part, sign, lam_l2, lam_dec, DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-    HAS_L2: tl.constexpr, STABLE: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    g_tab,
+    m_tab,
+    b_tab,
+    d_tab,
+    i,
+    offs,
+    mask,
+    pid,
+    alpha_in,
+    c_in,
+    bound_in,
+    add_in,
+    lr_in,
+    d_part,
+    sign,
+    lam_l2,
+    lam_dec,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    HAS_L2: tl.constexpr,
+    STABLE: tl.constexpr,
+):
     delta = load(g_tab, i, offs, mask, DTYPE, ALIGNED) * sign
     if HAS_L2 or not STABLE:
         p = load(p_tab, i, offs, mask, DTYPE, ALIGNED)
@@ -149,10 +219,29 @@ def _apply_block(
 
 @triton.jit
 def _apply(
-    p_tab, g_tab, m_tab, b_tab, d_tab, block_tensor, block_start, numels, alpha_in, c_in,
-    bound_in, add_in, lr_in, d_part, sign, lam_l2, lam_dec, DTYPE: tl.constexpr,
-    ALIGNED: tl.constexpr, HAS_L2: tl.constexpr, STABLE: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    g_tab,
+    m_tab,
+    b_tab,
+    d_tab,
+    block_tensor,
+    block_start,
+    numels,
+    alpha_in,
+    c_in,
+    bound_in,
+    add_in,
+    lr_in,
+    d_part,
+    sign,
+    lam_l2,
+    lam_dec,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    HAS_L2: tl.constexpr,
+    STABLE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid, i, offs, full = locate(block_tensor, block_start, numels, BLOCK, ALIGNED)
     tabs = (p_tab, g_tab, m_tab, b_tab, d_tab)
     ins = (alpha_in, c_in, bound_in, add_in, lr_in, d_part, sign, lam_l2, lam_dec)
@@ -183,9 +272,17 @@ def _stable_block(
 
 @triton.jit
 def _stable(
-    p_tab, d_tab, block_tensor, block_start, numels, lam_in, lr_in, DTYPE: tl.constexpr,
-    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    p_tab,
+    d_tab,
+    block_tensor,
+    block_start,
+    numels,
+    lam_in,
+    lr_in,
+    DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     _, i, offs, full = locate(block_tensor, block_start, numels, BLOCK, ALIGNED)
     if full:
         _stable_block(p_tab, d_tab, i, offs, None, lam_in, lr_in, DTYPE, ALIGNED)
@@ -226,20 +323,59 @@ class Plan:
         scal = tb.buffer("scalars", 6, per_block=False)  # α, δ/s², bound, add, lr_t, λ'
         tabs = (p_tab, g_tab, m_tab, b_tab, d_tab)
         launch(
-            _reduce, tb.nblocks, *tabs, *tb.blocks, *parts, sign, wd, HAS_L2=l2, **fmt,
-        )  # fmt: skip
+            _reduce,
+            tb.nblocks,
+            *tabs,
+            *tb.blocks,
+            *parts,
+            sign,
+            wd,
+            HAS_L2=l2,
+            **fmt,
+        )
         launch(
-            _scalars, tb.n, step_tab, tb.first_block, *parts, *scal[:5], lr_ptr, lr, beta,
-            pow_parts(beta), eps_p, sigma, float(warmup), init_lr, slope,
-            BELIEF=belief, LR_PTR=lr_on_device, RBLOCK=REDUCE_BLOCK,
-        )  # fmt: skip
+            _scalars,
+            tb.n,
+            step_tab,
+            tb.first_block,
+            *parts,
+            *scal[:5],
+            lr_ptr,
+            lr,
+            beta,
+            pow_parts(beta),
+            eps_p,
+            sigma,
+            float(warmup),
+            init_lr,
+            slope,
+            BELIEF=belief,
+            LR_PTR=lr_on_device,
+            RBLOCK=REDUCE_BLOCK,
+        )
         launch(
-            _apply, tb.nblocks, *tabs, *tb.blocks, *scal[:5], parts[0], sign, wd, lam_dec,
-            HAS_L2=l2, STABLE=stable, **fmt,
-        )  # fmt: skip
+            _apply,
+            tb.nblocks,
+            *tabs,
+            *tb.blocks,
+            *scal[:5],
+            parts[0],
+            sign,
+            wd,
+            lam_dec,
+            HAS_L2=l2,
+            STABLE=stable,
+            **fmt,
+        )
         if stable:
             launch(
-                _stable_scalars, tb.n, tb.first_block, tb.numels, parts[0], scal[5], wd,
+                _stable_scalars,
+                tb.n,
+                tb.first_block,
+                tb.numels,
+                parts[0],
+                scal[5],
+                wd,
                 RBLOCK=REDUCE_BLOCK,
-            )  # fmt: skip
+            )
             launch(_stable, tb.nblocks, p_tab, d_tab, *tb.blocks, scal[5], scal[4], **fmt)

@@ -15,11 +15,34 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["--device", "cpu", "--threads", "1", "--steps", "2", "--warmup", "1", "--rounds", "1"]
 TASKS = {
     "cifar10": (image_train, ["--row", "Apollo", "--batch-size", "4", "model=cifar_resnet8"]),
-    "imagenet": (image_train, ["--row", "SGD", "--batch-size", "2", "model=squeezenet1_1",
-                               "num_classes=10", "augmentation.crop=32"]),
-    "lm1b": (lm_train, ["--row", "Adam", "--batch-size", "2", "--vocab-size", "300", "bptt=4",
-                        "model.hidden_size=16", "model.embed_dim=8", "model.cutoffs=[50, 100]"]),
-}  # fmt: skip
+    "imagenet": (
+        image_train,
+        [
+            "--row",
+            "SGD",
+            "--batch-size",
+            "2",
+            "model=squeezenet1_1",
+            "num_classes=10",
+            "augmentation.crop=32",
+        ],
+    ),
+    "lm1b": (
+        lm_train,
+        [
+            "--row",
+            "Adam",
+            "--batch-size",
+            "2",
+            "--vocab-size",
+            "300",
+            "bptt=4",
+            "model.hidden_size=16",
+            "model.embed_dim=8",
+            "model.cutoffs=[50, 100]",
+        ],
+    ),
+}
 
 
 @pytest.mark.parametrize("table", sorted(TASKS))
@@ -29,14 +52,16 @@ def test_smoke(table: str, tmp_path: Path, monkeypatch, capsys) -> None:
     real = module.train_one_epoch
     monkeypatch.setattr(module, "train_one_epoch", lambda *a: calls.append(1) or real(*a))
     out = tmp_path / "figures.json"
-    [result] = train_step.main(["--config", str(ROOT / f"configs/{table}.yaml"), *args, *QUICK,
-                                "--json", str(out)])  # fmt: skip
+    [result] = train_step.main(
+        ["--config", str(ROOT / f"configs/{table}.yaml"), *args, *QUICK, "--json", str(out)]
+    )
     assert len(calls) == 2  # the warm-up and the timed round went through the task's loop
     assert result["bare_s"] > 0 and result["loop_s"] > 0
     assert result["loop_per_s"] == pytest.approx(result["samples_per_step"] / result["loop_s"])
     schema = module.SCHEMA
-    _, samples = train_step.table_samples(str(ROOT / f"configs/{table}.yaml"), result["dataset"],
-                                          schema)  # fmt: skip
+    _, samples = train_step.table_samples(
+        str(ROOT / f"configs/{table}.yaml"), result["dataset"], schema
+    )
     assert result["table_gpu_hours"] == pytest.approx(samples / result["loop_per_s"] / 3600)
     printed = capsys.readouterr().out
     assert "overhead" in printed and f"{result['loop_per_s']:,.0f}" in printed
@@ -45,11 +70,13 @@ def test_smoke(table: str, tmp_path: Path, monkeypatch, capsys) -> None:
 
 def test_table_size_from_the_config() -> None:
     """9 rows x 7 seeds x (164 + 200 epochs) x 50,000 images; the LM: 5 rows x 7 x 20 epochs."""
-    runs, samples = train_step.table_samples(str(ROOT / "configs/cifar10.yaml"), "cifar10",
-                                             image_train.SCHEMA)  # fmt: skip
+    runs, samples = train_step.table_samples(
+        str(ROOT / "configs/cifar10.yaml"), "cifar10", image_train.SCHEMA
+    )
     assert (runs, samples) == (126, 63 * 364 * 50_000)
-    runs, samples = train_step.table_samples(str(ROOT / "configs/lm1b.yaml"), "lm1b",
-                                             lm_train.SCHEMA)  # fmt: skip
+    runs, samples = train_step.table_samples(
+        str(ROOT / "configs/lm1b.yaml"), "lm1b", lm_train.SCHEMA
+    )
     assert (runs, samples) == (35, 35 * 20 * train_step.TRAIN_SIZE["lm1b"])
 
 
@@ -75,11 +102,23 @@ def test_compiled_rows_share_one_compiled_model(monkeypatch) -> None:
     import torch
 
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda model, mode, dynamic: compiled.append(model)
-                        or model)  # fmt: skip
-    results = train_step.main(["--config", str(ROOT / "configs/cifar10.yaml"), "--row",
-                               "SGD,Apollo", "--compile", "none,default", "--batch-size", "4",
-                               "model=cifar_resnet8", *QUICK])  # fmt: skip
+    monkeypatch.setattr(
+        torch, "compile", lambda model, mode, dynamic: compiled.append(model) or model
+    )
+    results = train_step.main(
+        [
+            "--config",
+            str(ROOT / "configs/cifar10.yaml"),
+            "--row",
+            "SGD,Apollo",
+            "--compile",
+            "none,default",
+            "--batch-size",
+            "4",
+            "model=cifar_resnet8",
+            *QUICK,
+        ]
+    )
     assert len(compiled) == 1  # once, for both rows
     assert [(r["row"], r["compile"]) for r in results] == [
         ("SGD", "none"),

@@ -18,8 +18,14 @@ from classification.data import CIFAR
 torch.set_num_threads(1)
 
 
-def write_cifar(root: Path, dataset: str = "cifar10", n_train: int = 48, n_test: int = 20,
-                num_classes: int = 10, seed: int = 0) -> Path:  # fmt: skip
+def write_cifar(
+    root: Path,
+    dataset: str = "cifar10",
+    n_train: int = 48,
+    n_test: int = 20,
+    num_classes: int = 10,
+    seed: int = 0,
+) -> Path:
     """Pickles like the real ones (bytes keys, (N, 3072) uint8 rows) with a few images each."""
     folder, train_files, test_files, label_key = CIFAR[dataset]
     out = root / folder

@@ -14,16 +14,26 @@ from engine.optimization import build_optimizer, build_schedule
 from scripts import gen_hyperparameters
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = ["configs/cifar10.yaml", "configs/imagenet.yaml", "configs/v1/cifar10.yaml",
-          "configs/v1/imagenet.yaml"]  # fmt: skip
-CASES = [(t, r, s) for t in TABLES for tb in [cfg.load_table(ROOT / t)]
-         for r in cfg.row_names(tb) for s in cfg.schedule_names(tb)]  # fmt: skip
+TABLES = [
+    "configs/cifar10.yaml",
+    "configs/imagenet.yaml",
+    "configs/v1/cifar10.yaml",
+    "configs/v1/imagenet.yaml",
+]
+CASES = [
+    (t, r, s)
+    for t in TABLES
+    for tb in [cfg.load_table(ROOT / t)]
+    for r in cfg.row_names(tb)
+    for s in cfg.schedule_names(tb)
+]
 
 
 @pytest.mark.parametrize(("table", "row", "schedule"), CASES)
 def test_every_row_builds_its_optimizer_and_schedule(table: str, row: str, schedule: str) -> None:
-    c = cfg.resolve(cfg.load_table(ROOT / table), row, schedule, schema=SCHEMA,
-                    flags={"device": "cpu"})  # fmt: skip
+    c = cfg.resolve(
+        cfg.load_table(ROOT / table), row, schedule, schema=SCHEMA, flags={"device": "cpu"}
+    )
     model = torch.nn.Linear(3, 2)
     opt, spec = build_optimizer(model.parameters(), c["optimizer"])
     assert spec.needs_create_graph == (c["optimizer"]["name"] == "adahessian")
@@ -39,8 +49,17 @@ def test_every_row_builds_its_optimizer_and_schedule(table: str, row: str, sched
 
 def test_tables_have_the_papers_rows_and_seeds() -> None:
     seeds = [1, 101, 8191, 65537, 131071, 524287, 6700417]
-    current = ["SGD", "Adam*", "RAdam*", "Adam", "RAdam", "AdaBelief", "AdaHessian", "Apollo",
-               "ApolloW"]  # fmt: skip
+    current = [
+        "SGD",
+        "Adam*",
+        "RAdam*",
+        "Adam",
+        "RAdam",
+        "AdaBelief",
+        "AdaHessian",
+        "Apollo",
+        "ApolloW",
+    ]
     v1 = ["SGD", "Adam", "RAdam", "Adam-adj", "RAdam-adj", "Apollo"]
     for table, rows in zip(TABLES, [current, current, v1, v1], strict=True):
         t = cfg.load_table(ROOT / table)

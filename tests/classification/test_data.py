@@ -13,13 +13,23 @@ import torch
 from classification import data
 from tests.classification.conftest import write_cifar
 
-AUG = {"style": "cifar", "crop": 32, "padding": 4, "hflip": True, "mean": [0.5] * 3,
-       "std": [0.25] * 3}  # fmt: skip
+AUG = {
+    "style": "cifar",
+    "crop": 32,
+    "padding": 4,
+    "hflip": True,
+    "mean": [0.5] * 3,
+    "std": [0.25] * 3,
+}
 
 
 def config(root: Path, dataset: str = "cifar10", num_classes: int = 10, **aug) -> dict:
-    return {"dataset": dataset, "data_dir": str(root), "num_classes": num_classes,
-            "augmentation": {**AUG, **aug}}  # fmt: skip
+    return {
+        "dataset": dataset,
+        "data_dir": str(root),
+        "num_classes": num_classes,
+        "augmentation": {**AUG, **aug},
+    }
 
 
 def test_cifar_pickles_round_trip(cifar_dir: Path) -> None:
@@ -62,8 +72,11 @@ def test_imagefolder(imagenet_dir: Path) -> None:
 def test_bad_data_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(data.DataError, match=r"data directory .*nowhere does not exist"):
         data.build_datasets(config(tmp_path / "nowhere"))
-    with pytest.raises(data.DataError, match=r"no cifar10 data in .*expected .*data_batch_1.*"
-                       r"where to get it and the layout: docs/data\.md"):  # fmt: skip
+    with pytest.raises(
+        data.DataError,
+        match=r"no cifar10 data in .*expected .*data_batch_1.*"
+        r"where to get it and the layout: docs/data\.md",
+    ):
         data.build_datasets(config(tmp_path))
     root = write_cifar(tmp_path / "short")
     (root / "cifar-10-batches-py" / "data_batch_3").unlink()
@@ -91,14 +104,37 @@ def py2_cifar_pickle(data: np.ndarray, labels: list[int], label_key: bytes = b"l
         return b"K" + bytes([n]) if 0 <= n < 256 else b"J" + struct.pack("<i", n)
 
     shape = b"(" + b"".join(i(n) for n in data.shape) + b"t"
-    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + i(0) + b"\x85" + s(b"b")
-             + b"\x87R(" + i(1) + shape + b"cnumpy\ndtype\n" + s(b"u1") + i(0) + i(1) + b"\x87R("
-             + i(3) + s(b"|") + b"NNN" + i(-1) + i(-1) + i(0) + b"tb\x89" + s(data.tobytes())
-             + b"tb")  # fmt: skip
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        + i(0)
+        + b"\x85"
+        + s(b"b")
+        + b"\x87R("
+        + i(1)
+        + shape
+        + b"cnumpy\ndtype\n"
+        + s(b"u1")
+        + i(0)
+        + i(1)
+        + b"\x87R("
+        + i(3)
+        + s(b"|")
+        + b"NNN"
+        + i(-1)
+        + i(-1)
+        + i(0)
+        + b"tb\x89"
+        + s(data.tobytes())
+        + b"tb"
+    )
     names = b"](" + b"".join(s(b"i%d.png" % k) for k in labels) + b"e"
     targets = b"](" + b"".join(i(n) for n in labels) + b"e"
-    items = [(b"batch_label", s(b"training batch 1 of 5")), (b"data", array),
-             (label_key, targets), (b"filenames", names)]  # fmt: skip
+    items = [
+        (b"batch_label", s(b"training batch 1 of 5")),
+        (b"data", array),
+        (label_key, targets),
+        (b"filenames", names),
+    ]
     return b"\x80\x02}(" + b"".join(s(k) + v for k, v in items) + b"u."
 
 
@@ -141,12 +177,12 @@ def test_a_pickle_carrying_code_is_refused_without_running_it(tmp_path, protocol
     path = root / "cifar-10-batches-py" / "data_batch_1"
     if protocol == "python2":  # {'x': __builtin__.eval(code)} as Python 2 would write it
         code = _Payload(marker).code.encode()
-        path.write_bytes(b"\x80\x02}(U\x01xc__builtin__\neval\nU" + bytes([len(code)]) + code
-                         + b"\x85Ru.")  # fmt: skip
+        path.write_bytes(
+            b"\x80\x02}(U\x01xc__builtin__\neval\nU" + bytes([len(code)]) + code + b"\x85Ru."
+        )
         name = r"__builtin__\.eval"
     else:
-        batch = {b"data": np.zeros((9, 3072), np.uint8), b"labels": [0] * 9,
-                 b"x": _Payload(marker)}  # fmt: skip
+        batch = {b"data": np.zeros((9, 3072), np.uint8), b"labels": [0] * 9, b"x": _Payload(marker)}
         path.write_bytes(pickle.dumps(batch, protocol=protocol))
         name = r"builtins\.exec"
     with pytest.raises(data.DataError, match=rf"data_batch_1: .*{name}.*not loaded"):

@@ -15,16 +15,30 @@ from torchvision.transforms import functional as TF
 from classification import data, device_data
 from engine.distributed import Context
 
-AUG = {"style": "cifar", "crop": 32, "padding": 4, "hflip": True,
-       "mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010]}  # fmt: skip
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA"))]  # fmt: skip
+AUG = {
+    "style": "cifar",
+    "crop": 32,
+    "padding": 4,
+    "hflip": True,
+    "mean": [0.4914, 0.4822, 0.4465],
+    "std": [0.2023, 0.1994, 0.2010],
+}
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    ),
+]
 # p-value below which a draw's distribution counts as wrong (fixed seeds: no flakiness)
 ALPHA = 1e-4
 
 
-def torchvision_reference(image: np.ndarray, offset: tuple[int, int], flip: bool, aug: dict,
-                          ) -> torch.Tensor:  # fmt: skip
+def torchvision_reference(
+    image: np.ndarray,
+    offset: tuple[int, int],
+    flip: bool,
+    aug: dict,
+) -> torch.Tensor:
     """What torchvision's train transforms give for these draws (RandomCrop pads with 0)."""
     img = TF.pad(Image.fromarray(image), aug["padding"])
     img = TF.crop(img, offset[0], offset[1], aug["crop"], aug["crop"])
@@ -99,9 +113,16 @@ def same_distribution(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def device_batches(images: np.ndarray, device: str, aug: dict, seed: int = 0) -> torch.Tensor:
-    loader = device_data.DeviceImages(images, np.zeros(len(images)), range(len(images)),
-                                      batch_size=1024, device=torch.device(device), aug=aug,
-                                      train=True, seed=seed)  # fmt: skip
+    loader = device_data.DeviceImages(
+        images,
+        np.zeros(len(images)),
+        range(len(images)),
+        batch_size=1024,
+        device=torch.device(device),
+        aug=aug,
+        train=True,
+        seed=seed,
+    )
     return torch.cat([x.cpu() for x, _ in loader])
 
 
@@ -120,8 +141,11 @@ def test_crop_offsets_and_flips_have_torchvisions_distribution(device: str) -> N
     check_uniform(ref_offsets, ref_flips)
     assert ref_offsets.min() == 0 and ref_offsets.max() == 8  # the decoder reads what it should
     # the two samples come from one distribution (row offset, column offset, flip)
-    for mine, ref in ((offsets[:, 0], ref_offsets[:, 0]), (offsets[:, 1], ref_offsets[:, 1]),
-                      (flips, ref_flips)):  # fmt: skip
+    for mine, ref in (
+        (offsets[:, 0], ref_offsets[:, 0]),
+        (offsets[:, 1], ref_offsets[:, 1]),
+        (flips, ref_flips),
+    ):
         assert same_distribution(mine, ref) > ALPHA
 
 
@@ -147,13 +171,22 @@ def test_per_channel_statistics_of_augmented_batches_match_the_cpu_pipeline(devi
 def test_device_loaders_follow_the_loader_pipelines_order(cifar_dir: Path) -> None:
     """Labels of every batch (not augmented) are the loader pipeline's, in the same order;
     evaluation batches are equal outright; an epoch's draws do not depend on the one before."""
-    config = {"dataset": "cifar10", "data_dir": str(cifar_dir), "num_classes": 10,
-              "augmentation": AUG, "seed": 5, "batch_size": 8, "eval_batch_size": 6,
-              "workers": 0, "data_pipeline": "device"}  # fmt: skip
+    config = {
+        "dataset": "cifar10",
+        "data_dir": str(cifar_dir),
+        "num_classes": 10,
+        "augmentation": AUG,
+        "seed": 5,
+        "batch_size": 8,
+        "eval_batch_size": 6,
+        "workers": 0,
+        "data_pipeline": "device",
+    }
     ctx = Context(rank=1, world_size=2, local_rank=0, device=torch.device("cpu"))
     dev_train, dev_eval, dev_sampler = data.build_loaders(config, ctx)
-    cpu_train, cpu_eval, cpu_sampler = data.build_loaders({**config, "data_pipeline": "loader"},
-                                                          ctx)  # fmt: skip
+    cpu_train, cpu_eval, cpu_sampler = data.build_loaders(
+        {**config, "data_pipeline": "loader"}, ctx
+    )
     assert len(dev_train) == len(cpu_train) and len(dev_eval) == len(cpu_eval)
     for epoch in (0, 1):
         dev_sampler.set_epoch(epoch)

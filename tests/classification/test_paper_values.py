@@ -25,8 +25,17 @@ CIFAR10 = {
     "Apollo": ("apollo", 0.01, 2.5e-4, L2, 1e-4, 500, 1e-5, 1e-5),
     "ApolloW": ("apollow", 0.01, 2.5e-2, DEC, 1e-4, 500, 1e-5, 1e-5),
 }
-IMAGENET_WD = {"SGD": 1e-4, "Adam*": 1e-4, "RAdam*": 1e-4, "Adam": 1e-1, "RAdam": 1e-1,
-               "AdaBelief": 1e-1, "AdaHessian": 1e-3, "Apollo": 1e-4, "ApolloW": 1e-2}  # fmt: skip
+IMAGENET_WD = {
+    "SGD": 1e-4,
+    "Adam*": 1e-4,
+    "RAdam*": 1e-4,
+    "Adam": 1e-1,
+    "RAdam": 1e-1,
+    "AdaBelief": 1e-1,
+    "AdaHessian": 1e-3,
+    "Apollo": 1e-4,
+    "ApolloW": 1e-2,
+}
 IMAGENET = {row: (*v[:2], IMAGENET_WD[row], *v[3:]) for row, v in CIFAR10.items()}
 
 
@@ -46,11 +55,21 @@ def v1(wd: float, wd_adj: float) -> dict:
 TABLES = {
     "configs/cifar10.yaml": (CIFAR10, 0.01, {"milestone": 164, "cosine": 200}, [80, 120], 128),
     "configs/imagenet.yaml": (IMAGENET, 0.01, {"milestone": 120, "cosine": 120}, [40, 80], 256),
-    "configs/v1/cifar10.yaml": (v1(5e-4, 2.5e-1), 1.0, {"milestone": 164, "cosine": 200},
-                                [80, 120], 128),
-    "configs/v1/imagenet.yaml": (v1(2e-4, 1e-1), 1.0, {"milestone": 120, "cosine": 120},
-                                 [40, 80], 256),
-}  # fmt: skip
+    "configs/v1/cifar10.yaml": (
+        v1(5e-4, 2.5e-1),
+        1.0,
+        {"milestone": 164, "cosine": 200},
+        [80, 120],
+        128,
+    ),
+    "configs/v1/imagenet.yaml": (
+        v1(2e-4, 1e-1),
+        1.0,
+        {"milestone": 120, "cosine": 120},
+        [40, 80],
+        256,
+    ),
+}
 CASES = [(t, row, s) for t, spec in TABLES.items() for row in spec[0] for s in spec[2]]
 
 
@@ -58,8 +77,9 @@ CASES = [(t, row, s) for t, spec in TABLES.items() for row in spec[0] for s in s
 def test_row_matches_the_paper(table: str, row: str, schedule: str) -> None:
     rows, sigma, epochs, milestones, batch = TABLES[table]
     name, lr, wd, wd_type, eps, warmup, init_lr, last_lr = rows[row]
-    c = cfg.resolve(cfg.load_table(ROOT / table), row, schedule, schema=SCHEMA,
-                    flags={"device": "cpu"})  # fmt: skip
+    c = cfg.resolve(
+        cfg.load_table(ROOT / table), row, schedule, schema=SCHEMA, flags={"device": "cpu"}
+    )
     o = c["optimizer"]
     assert (o["name"], o["lr"], o["weight_decay"]) == (name, lr, wd)
     assert o.get("weight_decay_type", DEC) == wd_type  # AdaHessian's decay is always decoupled

@@ -23,9 +23,23 @@ QUICK = str(ROOT / "configs" / "quickstart.yaml")
 
 
 def argv(out: Path, *extra: str, row: str = "SGD", epochs: int = 2) -> list[str]:
-    return ["--config", QUICK, "--row", row, "--schedule", "cosine", "--out-dir", str(out),
-            "--device", "cpu", "--epochs", str(epochs), "--max-steps-per-epoch", "2",
-            *extra]  # fmt: skip
+    return [
+        "--config",
+        QUICK,
+        "--row",
+        row,
+        "--schedule",
+        "cosine",
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--epochs",
+        str(epochs),
+        "--max-steps-per-epoch",
+        "2",
+        *extra,
+    ]
 
 
 def fails(args: list[str], capsys) -> str:
@@ -65,8 +79,13 @@ def test_a_run_in_another_process_holds_the_directory_until_it_dies(tmp_path, ca
         "import sys; from pathlib import Path; from engine.lock import RunDirLock; "
         "RunDirLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); sys.stdin.read()"
     )
-    other = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, text=True,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    other = subprocess.Popen(
+        [sys.executable, "-c", code, str(out)],
+        cwd=ROOT,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
         assert other.stdout.readline() == "locked\n"
         assert f"is in use by another run (PID {other.pid} on " in fails(argv(out), capsys)
@@ -186,8 +205,10 @@ def test_the_number_of_ranks_changes(tmp_path: Path, capsys) -> None:
     state["ranks"] = state["ranks"] * 2  # as if written by two ranks
     checkpoint.save(out / "checkpoint.pt", state)
     assert train.run(argv(out, "schedule.total_steps=2", epochs=2))["finished"]
-    assert "checkpoint written by 2 rank(s), resuming on 1: same global batch, different " \
-        "random draws" in (out / "train.log").read_text()  # fmt: skip
+    assert (
+        "checkpoint written by 2 rank(s), resuming on 1: same global batch, different "
+        "random draws" in (out / "train.log").read_text()
+    )
     state = checkpoint.load(out / "checkpoint.pt")
     state.update(ranks=state["ranks"] * 2, position=1, epoch=1)
     checkpoint.save(out / "checkpoint.pt", state)
@@ -211,8 +232,11 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path, monk
     assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 1
     # and the real writer turns the OSError into that line
     monkeypatch.setattr(checkpoint, "save", real_save)
-    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(
-        OSError(errno.ENOSPC, "No space left on device")))  # fmt: skip
+    monkeypatch.setattr(
+        os,
+        "fsync",
+        lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")),
+    )
     assert "No space left on device" in fails(argv(out, epochs=2), capsys)
     monkeypatch.undo()
     assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 1
@@ -222,7 +246,9 @@ def test_keep_last_epoch_checkpoints(tmp_path: Path) -> None:
     out = tmp_path / "run"
     train.run(argv(out, "keep_last=2", epochs=4))
     assert [p.name for p in checkpoint.epoch_paths(out)] == [
-        "checkpoint_epoch3.pt", "checkpoint_epoch4.pt"]  # fmt: skip
+        "checkpoint_epoch3.pt",
+        "checkpoint_epoch4.pt",
+    ]
     assert (out / "checkpoint.pt").read_bytes() == checkpoint.epoch_path(out, 4).read_bytes()
     averaged = checkpoint.average(checkpoint.epoch_paths(out))
     assert averaged["epoch"] == 4 and averaged["averaged_from"][0].endswith("epoch3.pt")
@@ -234,8 +260,11 @@ def test_update_bounded_run_with_accumulation_resumes_bit_exactly(tmp_path, monk
     extra = ("max_updates=5", "update_freq=2", "schedule.unit=update", "--epochs", "9")
     syncs: list[bool] = []
     real_no_sync = train.distributed.no_sync
-    monkeypatch.setattr(train.distributed, "no_sync", lambda model, skip_sync: syncs.append(
-        skip_sync) or real_no_sync(model, skip_sync))  # fmt: skip
+    monkeypatch.setattr(
+        train.distributed,
+        "no_sync",
+        lambda model, skip_sync: syncs.append(skip_sync) or real_no_sync(model, skip_sync),
+    )
     straight = train.run(argv(tmp_path / "a", *extra, "log_every=1"))
     assert syncs == [True, False] * 5
     log = (tmp_path / "a" / "train.log").read_text()

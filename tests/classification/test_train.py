@@ -22,21 +22,52 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create
 ROOT = Path(__file__).resolve().parents[2]
 CIFAR = str(ROOT / "configs" / "cifar10.yaml")
 # A tiny run of a real row: the table's optimizer and schedule, a 1-block-per-stage ResNet.
-TINY = ["--workers", "0", "--device", "cpu", "model=cifar_resnet8", "batch_size=8",
-        "eval_batch_size=10", "augmentation.crop=16"]  # fmt: skip
+TINY = [
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "model=cifar_resnet8",
+    "batch_size=8",
+    "eval_batch_size=10",
+    "augmentation.crop=16",
+]
 
 
-def run(out: Path, data: Path, row: str, *extra: str, schedule: str = "milestone",
-        epochs: int = 2, config: str = CIFAR) -> dict:  # fmt: skip
-    argv = ["--config", config, "--row", row, "--schedule", schedule, "--data-dir", str(data),
-            "--out-dir", str(out), "--epochs", str(epochs), "--max-steps-per-epoch", "2", *TINY,
-            *extra]  # fmt: skip
+def run(
+    out: Path,
+    data: Path,
+    row: str,
+    *extra: str,
+    schedule: str = "milestone",
+    epochs: int = 2,
+    config: str = CIFAR,
+) -> dict:
+    argv = [
+        "--config",
+        config,
+        "--row",
+        row,
+        "--schedule",
+        schedule,
+        "--data-dir",
+        str(data),
+        "--out-dir",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--max-steps-per-epoch",
+        "2",
+        *TINY,
+        *extra,
+    ]
     return train.run(argv)
 
 
 # One row per optimizer family of the table; AdaHessian takes the second-order path.
-@pytest.mark.parametrize("row", ["SGD", "Adam", "RAdam", "AdaBelief", "Apollo", "ApolloW",
-                                 "AdaHessian"])  # fmt: skip
+@pytest.mark.parametrize(
+    "row", ["SGD", "Adam", "RAdam", "AdaBelief", "Apollo", "ApolloW", "AdaHessian"]
+)
 def test_two_epochs_per_optimizer_family(row: str, cifar_dir: Path, tmp_path: Path) -> None:
     results = run(tmp_path, cifar_dir, row, schedule="cosine")
     assert results["finished"] and results["epochs_completed"] == 2
@@ -61,9 +92,13 @@ def test_adahessian_runs_with_create_graph(cifar_dir: Path, tmp_path: Path, monk
     """The loop asks the registry, not the name: AdaHessian gets create_graph=True."""
     seen = []
     real = train.amp.backward
-    monkeypatch.setattr(train.amp, "backward",
-                        lambda loss, scaler, create_graph: seen.append(create_graph)
-                        or real(loss, scaler, create_graph))  # fmt: skip
+    monkeypatch.setattr(
+        train.amp,
+        "backward",
+        lambda loss, scaler, create_graph: (
+            seen.append(create_graph) or real(loss, scaler, create_graph)
+        ),
+    )
     run(tmp_path / "h", cifar_dir, "AdaHessian", epochs=1)
     run(tmp_path / "s", cifar_dir, "SGD", epochs=1)
     assert seen == [True, True, False, False]
@@ -83,8 +118,9 @@ def test_resume_is_bit_exact(row: str, schedule: str, cifar_dir: Path, tmp_path:
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert checkpoint.state_digest(a["model"]) == checkpoint.state_digest(b["model"])
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(),
-                      strict=True):  # fmt: skip
+    for sa, sb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
         for key in sa:
             assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), key
     strip = ("images_per_s", "epoch_time_s")
@@ -101,9 +137,20 @@ def test_resume_is_bit_exact(row: str, schedule: str, cifar_dir: Path, tmp_path:
 
 def test_imagefolder_run_and_bf16(imagenet_dir: Path, tmp_path: Path) -> None:
     """ImageNet's layout and eval pipeline at toy sizes, under bf16 autocast on the CPU."""
-    results = run(tmp_path, imagenet_dir, "SGD", "num_classes=3", "augmentation.crop=16",
-                  "augmentation.resize=18", "batch_size=4", "eval_batch_size=4", "--amp", "bf16",
-                  config=str(ROOT / "configs" / "imagenet.yaml"), epochs=1)  # fmt: skip
+    results = run(
+        tmp_path,
+        imagenet_dir,
+        "SGD",
+        "num_classes=3",
+        "augmentation.crop=16",
+        "augmentation.resize=18",
+        "batch_size=4",
+        "eval_batch_size=4",
+        "--amp",
+        "bf16",
+        config=str(ROOT / "configs" / "imagenet.yaml"),
+        epochs=1,
+    )
     assert results["finished"] and results["final"]["train_samples"] == 8  # 2 steps of 4
 
 
@@ -114,10 +161,30 @@ def test_two_process_gloo_ddp_ranks_end_identical(
     row: str, cifar_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "classification.train", "--config", CIFAR, "--row", row, "--schedule",
-           "cosine", "--data-dir", str(cifar_dir), "--out-dir", str(out), "--epochs", "1",
-           "--max-steps-per-epoch", "2", *TINY]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "classification.train",
+        "--config",
+        CIFAR,
+        "--row",
+        row,
+        "--schedule",
+        "cosine",
+        "--data-dir",
+        str(cifar_dir),
+        "--out-dir",
+        str(out),
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "2",
+        *TINY,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -136,31 +203,76 @@ def test_print_config_matches_the_paper(capsys) -> None:
         return json.loads(capsys.readouterr().out)
 
     c = printed("--config", CIFAR, "--row", "Apollo", "--schedule", "cosine")
-    apollo = {"name": "apollo", "lr": 0.01, "beta": 0.9, "eps": 1e-4, "rebound": "constant",
-              "sigma": 0.01, "weight_decay": 2.5e-4, "weight_decay_type": "L2", "warmup": 500,
-              "init_lr": 1e-5}  # fmt: skip
+    apollo = {
+        "name": "apollo",
+        "lr": 0.01,
+        "beta": 0.9,
+        "eps": 1e-4,
+        "rebound": "constant",
+        "sigma": 0.01,
+        "weight_decay": 2.5e-4,
+        "weight_decay_type": "L2",
+        "warmup": 500,
+        "init_lr": 1e-5,
+    }
     assert c["optimizer"] == apollo
-    assert c["schedule"] == {"name": "cosine", "kind": "cosine", "unit": "epoch", "warmup": 0,
-                             "last_lr": 1e-5}  # fmt: skip
+    assert c["schedule"] == {
+        "name": "cosine",
+        "kind": "cosine",
+        "unit": "epoch",
+        "warmup": 0,
+        "last_lr": 1e-5,
+    }
     assert (c["epochs"], c["batch_size"], c["eval_batch_size"], c["model"], c["seed"]) == (
-        200, 128, 1000, "cifar_resnet110", 1)  # fmt: skip
+        200,
+        128,
+        1000,
+        "cifar_resnet110",
+        1,
+    )
     c = printed("--config", CIFAR, "--row", "SGD", "--schedule", "milestone", "--seed", "8191")
-    assert c["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
-                              "weight_decay": 5e-4, "weight_decay_type": "L2"}  # fmt: skip
+    assert c["optimizer"] == {
+        "name": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "weight_decay_type": "L2",
+    }
     assert (c["epochs"], c["schedule"]["milestones"], c["schedule"]["decay_rate"], c["seed"]) == (
-        164, [80, 120], 0.1, 8191)  # fmt: skip
-    c = printed("--config", str(ROOT / "configs/imagenet.yaml"), "--row", "ApolloW",
-                "--schedule", "milestone")  # fmt: skip
+        164,
+        [80, 120],
+        0.1,
+        8191,
+    )
+    c = printed(
+        "--config",
+        str(ROOT / "configs/imagenet.yaml"),
+        "--row",
+        "ApolloW",
+        "--schedule",
+        "milestone",
+    )
     assert (c["optimizer"]["weight_decay"], c["optimizer"]["weight_decay_type"]) == (
         1e-2,
         "decoupled",
     )
     assert (c["epochs"], c["schedule"]["milestones"], c["batch_size"]) == (120, [40, 80], 256)
-    c = printed("--config", str(ROOT / "configs/v1/cifar10.yaml"), "--row", "Apollo",
-                "--schedule", "cosine", "optimizer.lr=0.25")  # fmt: skip
+    c = printed(
+        "--config",
+        str(ROOT / "configs/v1/cifar10.yaml"),
+        "--row",
+        "Apollo",
+        "--schedule",
+        "cosine",
+        "optimizer.lr=0.25",
+    )
     assert c["paper_version"] == "v1"
     assert (c["optimizer"]["sigma"], c["optimizer"]["warmup"], c["optimizer"]["init_lr"]) == (
-        1.0, 100, 0.01)  # fmt: skip
+        1.0,
+        100,
+        0.01,
+    )
     assert c["optimizer"]["lr"] == 0.25  # the override, over the table's 0.5
 
 
@@ -185,8 +297,14 @@ def test_bad_input_is_one_line(cifar_dir: Path, tmp_path: Path, capsys) -> None:
     assert str(missing) in err
     broken = tmp_path / "broken"
     (broken / "cifar-10-batches-py").mkdir(parents=True)
-    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
-                 "data_batch_5", "test_batch"]:  # fmt: skip
+    for name in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ]:
         (broken / "cifar-10-batches-py" / name).write_bytes(b"\x80\x04junk")
     err = _fails([*base, "--row", "SGD", "--data-dir", str(broken)], capsys)
     assert "malformed cifar10 file" in err and "data_batch_1" in err
@@ -198,8 +316,21 @@ def test_corrupt_checkpoint_is_kept_and_reported(cifar_dir: Path, tmp_path: Path
     ckpt = tmp_path / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
-    argv = ["--config", CIFAR, "--row", "SGD", "--schedule", "milestone", "--data-dir",
-            str(cifar_dir), "--out-dir", str(tmp_path), "--epochs", "2", *TINY]  # fmt: skip
+    argv = [
+        "--config",
+        CIFAR,
+        "--row",
+        "SGD",
+        "--schedule",
+        "milestone",
+        "--data-dir",
+        str(cifar_dir),
+        "--out-dir",
+        str(tmp_path),
+        "--epochs",
+        "2",
+        *TINY,
+    ]
     assert f"corrupt or unreadable checkpoint {ckpt}" in _fails(argv, capsys)
     assert before == {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     # and a run directory of another experiment is refused rather than overwritten
@@ -210,10 +341,27 @@ def test_corrupt_checkpoint_is_kept_and_reported(cifar_dir: Path, tmp_path: Path
 
 
 def test_cli_exits_cleanly_without_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "classification.train", "--config", CIFAR,
-                           "--row", "SGD", "--schedule", "milestone", "--data-dir",
-                           str(tmp_path / "missing"), "--out-dir", str(tmp_path / "o")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "classification.train",
+            "--config",
+            CIFAR,
+            "--row",
+            "SGD",
+            "--schedule",
+            "milestone",
+            "--data-dir",
+            str(tmp_path / "missing"),
+            "--out-dir",
+            str(tmp_path / "o"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: data directory {tmp_path / 'missing'} does not exist"
@@ -237,8 +385,15 @@ def test_plugin_registers_an_optimizer(cifar_dir: Path, tmp_path: Path) -> None:
         "    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)\n"
     )
     try:
-        results = run(tmp_path / "o", cifar_dir, "SGD", "--plugin", str(plugin),
-                      "optimizer.name=plain_sgd_test", epochs=1)  # fmt: skip
+        results = run(
+            tmp_path / "o",
+            cifar_dir,
+            "SGD",
+            "--plugin",
+            str(plugin),
+            "optimizer.name=plain_sgd_test",
+            epochs=1,
+        )
     finally:
         optim.unregister("plain_sgd_test")
     assert results["optimizer"] == "plain_sgd_test" and results["finished"]

@@ -46,13 +46,33 @@ def test_compiled_run_equals_eager_within_rounding(tmp_path: Path, monkeypatch) 
     backend (the graphs Inductor would get, run as ATen ops); Inductor itself and CUDA
     graphs are checked on a GPU by benchmarks/gpu_train_check.sh."""
     real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, mode, dynamic: real(
-        model, backend="aot_eager", dynamic=dynamic))  # fmt: skip
+    monkeypatch.setattr(
+        torch,
+        "compile",
+        lambda model, mode, dynamic: real(model, backend="aot_eager", dynamic=dynamic),
+    )
 
     def digits(out: Path, *extra: str) -> dict:  # the quickstart's 3-layer CNN: quick to trace
-        return train.run(["--config", QUICKSTART, "--row", "Apollo", "--schedule", "cosine",
-                          "--out-dir", str(out), "--epochs", "1", "--max-steps-per-epoch", "3",
-                          "--device", "cpu", "batch_size=16", *extra])  # fmt: skip
+        return train.run(
+            [
+                "--config",
+                QUICKSTART,
+                "--row",
+                "Apollo",
+                "--schedule",
+                "cosine",
+                "--out-dir",
+                str(out),
+                "--epochs",
+                "1",
+                "--max-steps-per-epoch",
+                "3",
+                "--device",
+                "cpu",
+                "batch_size=16",
+                *extra,
+            ]
+        )
 
     eager = digits(tmp_path / "eager")
     compiled = digits(tmp_path / "compiled", "--compile", "default")

@@ -118,7 +118,9 @@ def test_prune_keeps_the_last_n_and_never_the_newest(tmp_path: Path) -> None:
         checkpoint.save(checkpoint.epoch_path(tmp_path, e), {"epoch": e})
     newest = checkpoint.epoch_path(tmp_path, 10)
     assert [p.name for p in checkpoint.prune(tmp_path, 2, newest)] == [
-        "checkpoint_epoch1.pt", "checkpoint_epoch2.pt"]  # fmt: skip
+        "checkpoint_epoch1.pt",
+        "checkpoint_epoch2.pt",
+    ]
     assert _epochs(tmp_path) == ["checkpoint_epoch3.pt", "checkpoint_epoch10.pt"]
     # the file just written survives even when older files sort after it
     checkpoint.save(checkpoint.epoch_path(tmp_path, 4), {"epoch": 4})
@@ -129,11 +131,16 @@ def test_prune_keeps_the_last_n_and_never_the_newest(tmp_path: Path) -> None:
 def test_average_equals_a_hand_computation(tmp_path: Path) -> None:
     paths = []
     for i, (w, n) in enumerate([(1.0, 3), (2.0, 4), (4.5, 6)]):
-        model = {"w": torch.full((2, 2), w), "h": torch.tensor([w], dtype=torch.float16),
-                 "num_batches_tracked": torch.tensor(n)}  # fmt: skip
+        model = {
+            "w": torch.full((2, 2), w),
+            "h": torch.tensor([w], dtype=torch.float16),
+            "num_batches_tracked": torch.tensor(n),
+        }
         paths.append(tmp_path / f"checkpoint_epoch{i + 1}.pt")
-        checkpoint.save(paths[-1], {"epoch": i + 1, "update": 10 * (i + 1), "model": model,
-                                    "optimizer": {"tag": i}})  # fmt: skip
+        checkpoint.save(
+            paths[-1],
+            {"epoch": i + 1, "update": 10 * (i + 1), "model": model, "optimizer": {"tag": i}},
+        )
     avg = checkpoint.average([paths[2], paths[0], paths[1]])  # order does not matter
     assert torch.equal(avg["model"]["w"], torch.full((2, 2), 7.5 / 3))
     assert avg["model"]["h"].dtype == torch.float32 and float(avg["model"]["h"]) == 2.5

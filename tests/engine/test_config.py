@@ -62,9 +62,17 @@ def test_precedence_defaults_schedule_row_flags_overrides(table: dict) -> None:
 
 
 def test_override_parsing_and_coercion(table: dict) -> None:
-    c = resolve(table, "A", "s", "optimizer.weight_decay=1e-4", "schedule.milestones=[2, 4]",
-                "optimizer.lr=1", "augmentation.mean=[0.1, 0.2]", "max_steps_per_epoch=null",
-                "optimizer.nesterov=true")  # fmt: skip
+    c = resolve(
+        table,
+        "A",
+        "s",
+        "optimizer.weight_decay=1e-4",
+        "schedule.milestones=[2, 4]",
+        "optimizer.lr=1",
+        "augmentation.mean=[0.1, 0.2]",
+        "max_steps_per_epoch=null",
+        "optimizer.nesterov=true",
+    )
     assert c["optimizer"]["weight_decay"] == 1e-4  # PyYAML alone would read a string
     assert c["optimizer"]["lr"] == 1.0 and isinstance(c["optimizer"]["lr"], float)
     assert c["schedule"]["milestones"] == [2, 4]

@@ -12,8 +12,15 @@ import torch
 from engine import amp, distributed, metrics
 
 CTX = distributed.Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-CONFIG = {"table": "t", "paper_version": "current", "row": "A", "seed": 1, "epochs": 3,
-          "schedule": {"name": "cosine"}, "optimizer": {"name": "sgd"}}  # fmt: skip
+CONFIG = {
+    "table": "t",
+    "paper_version": "current",
+    "row": "A",
+    "seed": 1,
+    "epochs": 3,
+    "schedule": {"name": "cosine"},
+    "optimizer": {"name": "sgd"},
+}
 
 
 def test_results_pick_best_and_final(tmp_path: Path) -> None:
@@ -45,8 +52,12 @@ def test_config_json_has_provenance_and_keeps_earlier_starts(tmp_path: Path) -> 
 def test_config_json_records_what_a_citation_needs(tmp_path: Path) -> None:
     plugin = tmp_path / "my_optimizer.py"
     plugin.write_text("X = 1\n")
-    metrics.write_config(tmp_path / "run", {"row": "A", "plugins": [str(plugin)]}, CTX,
-                         packages=("scikit-learn", "no-such-distribution"))  # fmt: skip
+    metrics.write_config(
+        tmp_path / "run",
+        {"row": "A", "plugins": [str(plugin)]},
+        CTX,
+        packages=("scikit-learn", "no-such-distribution"),
+    )
     p = json.loads((tmp_path / "run" / "config.json").read_text())["provenance"]
     assert p["versions"]["scikit_learn"] and p["versions"]["numpy"]
     assert p["versions"]["no_such_distribution"] is None and "lmdb" not in p["versions"]

@@ -62,8 +62,14 @@ def test_every_row_matches_the_paper_and_builds(table, row, paper):
     assert c["epochs"] == 20 and c["schedule"]["kind"] == "milestone"
     assert c["schedule"]["milestones"] == [12, 18] and c["schedule"]["decay_rate"] == 0.1
     assert c["schedule"]["warmup"] == 0  # Apollo warms up inside the optimizer, never twice
-    assert c["model"] == {"embed_dim": 300, "hidden_size": 2048, "num_layers": 2, "dropout": 0.1,
-                          "cutoffs": [60000, 100000, 640000], "div_value": 4.0}  # fmt: skip
+    assert c["model"] == {
+        "embed_dim": 300,
+        "hidden_size": 2048,
+        "num_layers": 2,
+        "dropout": 0.1,
+        "cutoffs": [60000, 100000, 640000],
+        "div_value": 4.0,
+    }
     optimizer, _ = build_optimizer(torch.nn.Linear(2, 2).parameters(), opt)
     schedule = build_schedule(optimizer, c)
     lrs = []

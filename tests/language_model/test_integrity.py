@@ -39,8 +39,14 @@ print("read")
 
 def _python(code: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
 
 
 def _flip(path: Path, needle: bytes, at: int = 0) -> None:
@@ -63,9 +69,21 @@ def test_truncated_data_mdb_is_one_clear_error_not_a_bus_error(corpus_files, tmp
     assert proc.returncode == 1, (proc.returncode, proc.stderr)  # -7 would be SIGBUS
     assert f"{data} is truncated" in proc.stderr and len(proc.stderr.splitlines()) == 1
     # and preprocess no longer calls it up to date: it names the problem, --overwrite rebuilds
-    cmd = [sys.executable, "-m", "language_model.preprocess", "--workers", "1", "--out-dir",
-           str(path), "--train-dir", str(corpus_files["train_dir"]), "--heldout-dir",
-           str(corpus_files["heldout_dir"]), "--vocab", str(corpus_files["vocab"])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "language_model.preprocess",
+        "--workers",
+        "1",
+        "--out-dir",
+        str(path),
+        "--train-dir",
+        str(corpus_files["train_dir"]),
+        "--heldout-dir",
+        str(corpus_files["heldout_dir"]),
+        "--vocab",
+        str(corpus_files["vocab"]),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "is truncated" in proc.stderr and "--overwrite" in proc.stderr
     assert subprocess.run([*cmd, "--overwrite"], cwd=ROOT, timeout=120).returncode == 0
@@ -82,8 +100,11 @@ def test_a_flipped_byte_in_a_record_is_detected(corpus_files, tmp_path):
     corpus = Corpus(path)  # the other shards still read
     with corpus.shard("train", 0):
         pass
-    with pytest.raises(ValueError, match=r"shard train/1 \(news\.en-00002-of-00100\) in data\.mdb "
-                       r"does not match its recorded length and CRC-32"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"shard train/1 \(news\.en-00002-of-00100\) in data\.mdb "
+        r"does not match its recorded length and CRC-32",
+    ):
         with corpus.shard("train", 1):
             pass
     corpus.close()
@@ -118,8 +139,11 @@ def test_an_empty_heldout_split_is_refused(corpus_files, tmp_path, content):
     heldout = next(corpus_files["heldout_dir"].iterdir())
     heldout.write_text(content, "utf-8")
     (tmp_path / "out").mkdir()
-    with pytest.raises(ValueError, match=r"--heldout-dir .*news\.en\.heldout-\* files "
-                       r"(are empty|hold no sentences)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"--heldout-dir .*news\.en\.heldout-\* files "
+        r"(are empty|hold no sentences)",
+    ):
         _run(corpus_files, tmp_path / "out" / "db", workers=1)
     assert os.listdir(tmp_path / "out") == []
 
@@ -176,9 +200,19 @@ def test_an_overwrite_killed_at_any_point_leaves_a_database_and_no_litter(
     old = _dump(path)
     shard = sorted(corpus_files["train_dir"].iterdir())[0]
     shard.write_text("w3 w4\n", "utf-8")
-    argv = ["--workers", "1", "--overwrite", "--out-dir", str(path), "--train-dir",
-            str(corpus_files["train_dir"]), "--heldout-dir", str(corpus_files["heldout_dir"]),
-            "--vocab", str(corpus_files["vocab"])]  # fmt: skip
+    argv = [
+        "--workers",
+        "1",
+        "--overwrite",
+        "--out-dir",
+        str(path),
+        "--train-dir",
+        str(corpus_files["train_dir"]),
+        "--heldout-dir",
+        str(corpus_files["heldout_dir"]),
+        "--vocab",
+        str(corpus_files["vocab"]),
+    ]
     proc = _python(textwrap.dedent(KILLED), mode, *argv)
     if mode == "SIGTERM":  # cleaned up at once, like Ctrl-C
         assert proc.returncode == 143 and "is as it was" in proc.stderr, proc.stderr

@@ -10,14 +10,27 @@ import torch
 
 from language_model.model import LSTMLanguageModel, usable_cutoffs
 
-PAPER = dict(embed_dim=300, hidden_size=2048, num_layers=2, dropout=0.1,
-             cutoffs=[60000, 100000, 640000], div_value=4.0)  # fmt: skip
+PAPER = dict(
+    embed_dim=300,
+    hidden_size=2048,
+    num_layers=2,
+    dropout=0.1,
+    cutoffs=[60000, 100000, 640000],
+    div_value=4.0,
+)
 
 
 def tiny(vocab: int = 48, cutoffs: tuple[int, ...] = (20,)) -> LSTMLanguageModel:
     torch.manual_seed(0)
-    return LSTMLanguageModel(vocab, embed_dim=6, hidden_size=16, num_layers=2, dropout=0.0,
-                             cutoffs=list(cutoffs), div_value=4.0)  # fmt: skip
+    return LSTMLanguageModel(
+        vocab,
+        embed_dim=6,
+        hidden_size=16,
+        num_layers=2,
+        dropout=0.0,
+        cutoffs=list(cutoffs),
+        div_value=4.0,
+    )
 
 
 def test_paper_size_lstm_and_initialisation():

@@ -20,8 +20,15 @@ from language_model.corpus import Corpus
 from language_model.data import TokenStream
 from language_model.model import LSTMLanguageModel
 
-SMALL = ["batch_size=4", "eval_batch_size=4", "bptt=5", "model.embed_dim=8",
-         "model.hidden_size=16", "model.cutoffs=[20]", "log_every=0"]  # fmt: skip
+SMALL = [
+    "batch_size=4",
+    "eval_batch_size=4",
+    "bptt=5",
+    "model.embed_dim=8",
+    "model.hidden_size=16",
+    "model.cutoffs=[20]",
+    "log_every=0",
+]
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "lm1b.yaml")
 CPU = distributed.Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -42,8 +49,15 @@ def _history(out: Path) -> list[dict]:
 def test_paper_size_model_trains_a_few_steps_from_lmdb(lmdb_dir, tmp_path):
     out = tmp_path / "run"
     # Plain SGD keeps no optimizer state, so the 53M-parameter checkpoint stays small.
-    small = ["batch_size=2", "eval_batch_size=2", "bptt=2", "eval_bptt=2", "log_every=1",
-             "optimizer.momentum=0.0", "optimizer.nesterov=false"]  # fmt: skip
+    small = [
+        "batch_size=2",
+        "eval_batch_size=2",
+        "bptt=2",
+        "eval_bptt=2",
+        "log_every=1",
+        "optimizer.momentum=0.0",
+        "optimizer.nesterov=false",
+    ]
     results = _run(lmdb_dir, out, "--epochs", "1", "--max-steps-per-epoch", "2", *small, row="SGD")
     final = results["final"]
     assert results["finished"] and results["metric"] == "test_ppl" and results["mode"] == "min"
@@ -51,9 +65,14 @@ def test_paper_size_model_trains_a_few_steps_from_lmdb(lmdb_dir, tmp_path):
     assert final["train_tokens"] == 2 * 2 * 2 and final["test_tokens"] == 2 * 2 * 2
     config = json.loads((out / "config.json").read_text())
     assert config["clip"] == 1.0 and config["optimizer"]["name"] == "sgd"
-    assert config["model"] == {"embed_dim": 300, "hidden_size": 2048, "num_layers": 2,
-                               "dropout": 0.1, "cutoffs": [60000, 100000, 640000],
-                               "div_value": 4.0}  # fmt: skip
+    assert config["model"] == {
+        "embed_dim": 300,
+        "hidden_size": 2048,
+        "num_layers": 2,
+        "dropout": 0.1,
+        "cutoffs": [60000, 100000, 640000],
+        "div_value": 4.0,
+    }
     state = engine.checkpoint.load(out / "checkpoint.pt")
     assert state["epoch"] == 1 and state["position"] == 0
     assert state["model"]["lstm.weight_hh_l1"].shape == (4 * 2048, 2048)
@@ -124,8 +143,15 @@ def _test_targets(corpus: Corpus) -> list[int]:
 
 def test_perplexity_matches_a_hand_computed_adaptive_softmax(lmdb_dir):
     corpus = Corpus(lmdb_dir)
-    model = LSTMLanguageModel(corpus.vocab_size, embed_dim=4, hidden_size=16, num_layers=1,
-                              dropout=0.0, cutoffs=[20], div_value=4.0)  # fmt: skip
+    model = LSTMLanguageModel(
+        corpus.vocab_size,
+        embed_dim=4,
+        hidden_size=16,
+        num_layers=1,
+        dropout=0.0,
+        cutoffs=[20],
+        div_value=4.0,
+    )
     with torch.no_grad():
         for p in model.softmax.parameters():
             p.zero_()
@@ -144,8 +170,15 @@ def test_perplexity_matches_a_hand_computed_adaptive_softmax(lmdb_dir):
 
 def test_perplexity_matches_a_hand_computed_unigram_model(lmdb_dir):
     corpus = Corpus(lmdb_dir)
-    model = LSTMLanguageModel(corpus.vocab_size, embed_dim=4, hidden_size=8, num_layers=2,
-                              dropout=0.0, cutoffs=[], div_value=4.0)  # fmt: skip
+    model = LSTMLanguageModel(
+        corpus.vocab_size,
+        embed_dim=4,
+        hidden_size=8,
+        num_layers=2,
+        dropout=0.0,
+        cutoffs=[],
+        div_value=4.0,
+    )
     logp = torch.log_softmax(
         torch.randn(corpus.vocab_size, generator=torch.Generator().manual_seed(0)), 0
     )
@@ -190,13 +223,37 @@ def test_bad_data_dir_is_one_line_and_exit_2(lmdb_dir, tmp_path, capsys, problem
 @pytest.mark.slow
 def test_two_process_gloo_ddp_matches_one_process(lmdb_dir, tmp_path):
     """Same global batch over 2 ranks: same rows, same numbers; ranks end bit-identical."""
-    args = ["--epochs", "1", "--max-steps-per-epoch", "4", "checkpoint_every=2",
-            "model.dropout=0.0", *SMALL]  # fmt: skip
+    args = [
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "4",
+        "checkpoint_every=2",
+        "model.dropout=0.0",
+        *SMALL,
+    ]
     single = _run(lmdb_dir, tmp_path / "one", *args)
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "language_model.train", "--config", CONFIG, "--row", "Apollo", "--data-dir",
-           str(lmdb_dir), "--out-dir", str(out), "--device", "cpu", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "language_model.train",
+        "--config",
+        CONFIG,
+        "--row",
+        "Apollo",
+        "--data-dir",
+        str(lmdb_dir),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -212,8 +269,18 @@ def test_two_process_gloo_ddp_matches_one_process(lmdb_dir, tmp_path):
 
 
 def test_bf16_autocast_run_on_cpu(lmdb_dir, tmp_path):
-    results = _run(lmdb_dir, tmp_path / "bf16", "--epochs", "1", "--amp", "bf16",
-                   "--max-steps-per-epoch", "3", *SMALL, row="Adam")  # fmt: skip
+    results = _run(
+        lmdb_dir,
+        tmp_path / "bf16",
+        "--epochs",
+        "1",
+        "--amp",
+        "bf16",
+        "--max-steps-per-epoch",
+        "3",
+        *SMALL,
+        row="Adam",
+    )
     assert results["finished"] and math.isfinite(results["final"]["test_ppl"])
     assert results["final"]["train_tokens"] == 3 * 4 * 5
 
@@ -222,8 +289,13 @@ def test_bf16_autocast_run_on_cpu(lmdb_dir, tmp_path):
 def test_update_bounded_run_resumes_bit_exactly_mid_epoch(lmdb_dir, tmp_path, monkeypatch):
     """max_updates=20 (an epoch holds 53 windows): a per-update milestone schedule, killed
     right after the mid-epoch checkpoint at update 12, resumed: the uninterrupted numbers."""
-    args = ["max_updates=20", "schedule.unit=update", "schedule.milestones=[8, 16]",
-            "checkpoint_every=6", *SMALL]  # fmt: skip
+    args = [
+        "max_updates=20",
+        "schedule.unit=update",
+        "schedule.milestones=[8, 16]",
+        "checkpoint_every=6",
+        *SMALL,
+    ]
     straight = _run(lmdb_dir, tmp_path / "a", *args)
     assert straight["finished"] and straight["updates_completed"] == 20
     assert straight["epochs_completed"] == 1  # the epoch ended at max_updates
@@ -253,8 +325,21 @@ def test_a_resume_on_other_data_is_refused(lmdb_dir, tmp_path, capsys, monkeypat
     out = tmp_path / "run"
     _run(lmdb_dir, out, "--epochs", "1", "--max-steps-per-epoch", "2", *SMALL)
     monkeypatch.setattr(train, "data_fingerprint", lambda corpus: {"vocab_size": 7})
-    argv = ["--config", CONFIG, "--row", "Apollo", "--data-dir", str(lmdb_dir), "--out-dir",
-            str(out), "--device", "cpu", "--epochs", "2", *SMALL]  # fmt: skip
+    argv = [
+        "--config",
+        CONFIG,
+        "--row",
+        "Apollo",
+        "--data-dir",
+        str(lmdb_dir),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        *SMALL,
+    ]
     with pytest.raises(SystemExit):
         cli.main(train.run, argv)
     err = capsys.readouterr().err
@@ -279,8 +364,17 @@ def test_the_loop_reads_metrics_only_at_log_points(lmdb_dir, tmp_path, monkeypat
     monkeypatch.setattr(train, "train_one_epoch", one_epoch)
     small = [x for x in SMALL if not x.startswith("log_every")]
     for steps, log_every in ((3, 0), (9, 0), (9, 3)):
-        _run(lmdb_dir, tmp_path / f"{steps}-{log_every}", "--epochs", "1", "--max-steps-per-epoch",
-             str(steps), f"log_every={log_every}", *small, row="SGD")  # fmt: skip
+        _run(
+            lmdb_dir,
+            tmp_path / f"{steps}-{log_every}",
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            str(steps),
+            f"log_every={log_every}",
+            *small,
+            row="SGD",
+        )
     assert counted[0] == counted[1] < counted[2]
     assert (counted[2] - counted[1]) % 3 == 0  # the same reads at each of the 3 log points
 

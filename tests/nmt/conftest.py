@@ -71,10 +71,12 @@ def raw(tmp_path: Path) -> dict[str, str]:
     """Two training corpora and a test set."""
     root = tmp_path / "raw"
     return {
-        "train": [write_pairs(root / "corpus-a", PAIRS[:25]),
-                  write_pairs(root / "corpus-b", PAIRS[25:])],
+        "train": [
+            write_pairs(root / "corpus-a", PAIRS[:25]),
+            write_pairs(root / "corpus-b", PAIRS[25:]),
+        ],
         "test": write_pairs(root / "newstest", TEST),
-    }  # fmt: skip
+    }
 
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "wmt14.yaml")

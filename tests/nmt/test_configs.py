@@ -27,7 +27,8 @@ CURRENT = {
     "Apollo": ("apollo", 0.1, 1e-8, L2, 1e-4, "milestone", 0, None),
 }
 V1 = {row: CURRENT[row] for row in ("Adam", "RAdam")} | {
-    "Apollo": ("apollo", 10.0, 1e-8, L2, 1e-4, "milestone", 0, None)}  # fmt: skip
+    "Apollo": ("apollo", 10.0, 1e-8, L2, 1e-4, "milestone", 0, None)
+}
 BETAS = {"adam": (0.9, 0.98), "radam": (0.9, 0.999), "adabelief": (0.9, 0.999)}
 CASES = [("configs/wmt14.yaml", r) for r in CURRENT] + [("configs/v1/wmt14.yaml", r) for r in V1]
 
@@ -38,8 +39,10 @@ def _resolve(table: str, row: str) -> dict:
 
 
 def test_tables_have_the_papers_rows_and_seeds():
-    for table, rows, version in (("configs/wmt14.yaml", CURRENT, "current"),
-                                 ("configs/v1/wmt14.yaml", V1, "v1")):  # fmt: skip
+    for table, rows, version in (
+        ("configs/wmt14.yaml", CURRENT, "current"),
+        ("configs/v1/wmt14.yaml", V1, "v1"),
+    ):
         t = cfg.load_table(ROOT / table)
         assert cfg.row_names(t) == list(rows) and t["seeds"] == SEEDS
         assert (t["task"], t["table"], t["paper_version"]) == ("nmt", "wmt14", version)
@@ -77,18 +80,41 @@ def test_every_row_is_the_recipe_and_builds(table, row):
     assert (c["max_tokens"], c["tokens_per_update"], c["clip"]) == (8192, 65536, 1.0)
     assert (c["label_smoothing"], c["amp"]) == (0.1, "none")
     assert (c["checkpoint_every"], c["keep_last"], c["average_last"]) == (5000, 10, 10)
-    assert c["model"] == {"embed_dim": 512, "ffn_dim": 2048, "heads": 8, "encoder_layers": 6,
-                          "decoder_layers": 6, "dropout": 0.1, "attention_dropout": 0.1,
-                          "activation_dropout": 0.1, "max_positions": 1024,
-                          "share_all_embeddings": True}  # fmt: skip
-    assert c["generations"][c["generation"]] == {"beam": 4, "lenpen": 0.6, "max_len_a": 0.0,
-                                                 "max_len_b": 200}  # fmt: skip
-    assert c["generations"]["author_scripts"] == {"beam": 5, "lenpen": 1.0, "max_len_a": 2.0,
-                                                  "max_len_b": 0}  # fmt: skip
-    assert c["preprocess"] == {"source_lang": "en", "target_lang": "de", "bpe_merges": 40000,
-                               "bpe_min_frequency": 2, "max_len_ratio": 1.5, "min_len": 1,
-                               "max_len": 250, "valid_every": 100,
-                               "dict_pad_multiple": 8}  # fmt: skip
+    assert c["model"] == {
+        "embed_dim": 512,
+        "ffn_dim": 2048,
+        "heads": 8,
+        "encoder_layers": 6,
+        "decoder_layers": 6,
+        "dropout": 0.1,
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.1,
+        "max_positions": 1024,
+        "share_all_embeddings": True,
+    }
+    assert c["generations"][c["generation"]] == {
+        "beam": 4,
+        "lenpen": 0.6,
+        "max_len_a": 0.0,
+        "max_len_b": 200,
+    }
+    assert c["generations"]["author_scripts"] == {
+        "beam": 5,
+        "lenpen": 1.0,
+        "max_len_a": 2.0,
+        "max_len_b": 0,
+    }
+    assert c["preprocess"] == {
+        "source_lang": "en",
+        "target_lang": "de",
+        "bpe_merges": 40000,
+        "bpe_min_frequency": 2,
+        "max_len_ratio": 1.5,
+        "min_len": 1,
+        "max_len": 250,
+        "valid_every": 100,
+        "dict_pad_multiple": 8,
+    }
     # the schedule counts updates: warmup, milestones at 250K / 450K, or inverse sqrt
     optimizer, _ = build_optimizer(torch.nn.Linear(2, 2).parameters(), o)
     schedule = build_schedule(optimizer, c)
@@ -108,8 +134,17 @@ def lr_points(kind: str, lr: float, warmup: int, init_lr: float | None) -> list[
 
 
 def test_print_config_shows_the_row(capsys):
-    train.run(["--config", str(ROOT / "configs/wmt14.yaml"), "--row", "AdaBelief",
-               "--print-config", "--max-updates", "1000"])  # fmt: skip
+    train.run(
+        [
+            "--config",
+            str(ROOT / "configs/wmt14.yaml"),
+            "--row",
+            "AdaBelief",
+            "--print-config",
+            "--max-updates",
+            "1000",
+        ]
+    )
     c = json.loads(capsys.readouterr().out)
     assert c["optimizer"]["eps"] == 1e-16 and c["schedule"]["warmup"] == 1000
     assert c["max_updates"] == 1000 and c["schedule"]["name"] == "recipe"

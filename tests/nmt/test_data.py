@@ -39,7 +39,9 @@ def test_batch_sizes_are_cut_to_the_multiple_as_fairseq_does():
     sizes = np.full(20, 4)  # 10 sentences would fit 40 tokens; batches of 8 are cut instead
     assert [len(b) for b in token_batches(sizes, sizes, 40, seed=None)] == [8, 8, 4]
     assert [len(b) for b in token_batches(sizes, sizes, 40, seed=None, batch_multiple=1)] == [
-        10, 10]  # fmt: skip
+        10,
+        10,
+    ]
     with pytest.raises(DataError, match="exceeds max_tokens 3"):
         token_batches(sizes, sizes, 3, seed=None)
 
@@ -64,7 +66,8 @@ def test_an_update_sees_the_same_batches_whatever_the_split_over_ranks():
     full = [(u, [b.tolist() for b in m]) for u, m, _ in one.updates(1)]
     for order in per_rank:  # every rank sees the whole update
         assert [sorted(int(b[0]) for b in g) for _, _, g in order.updates(0)] == [
-            sorted(int(b[0]) for b in m) for _, m, _ in one.updates(0)]  # fmt: skip
+            sorted(int(b[0]) for b in m) for _, m, _ in one.updates(0)
+        ]
     assert resumed == full[3:]
 
 
@@ -82,7 +85,8 @@ def test_collate_builds_fairseqs_inputs(data_dir):
         )
         assert batch.target[row].tolist() == tgt + [d.eos] + [d.pad] * (width_tgt - len(tgt) - 1)
         assert batch.prev_output_tokens[row].tolist() == [d.eos] + tgt + [d.pad] * (
-            width_tgt - len(tgt) - 1)  # fmt: skip
+            width_tgt - len(tgt) - 1
+        )
         assert batch.src_lengths[row] == len(src) + 1
     assert batch.ntokens == sum(len(train.tgt.sentence(i)) + 1 for i in index)
     assert batch.ids.tolist() == index
@@ -93,8 +97,11 @@ def test_collate_builds_fairseqs_inputs(data_dir):
 def test_dictionary_is_fairseqs(data_dir):
     d = Dictionary.load(data_dir / "dict.txt")
     assert d.symbols[:4] == ["<s>", "<pad>", "</s>", "<unk>"] and len(d) % 8 == 0
-    real = [(s, c) for s, c in zip(d.symbols[4:], d.counts[4:], strict=True)
-            if not s.startswith("madeupword")]  # fmt: skip
+    real = [
+        (s, c)
+        for s, c in zip(d.symbols[4:], d.counts[4:], strict=True)
+        if not s.startswith("madeupword")
+    ]
     assert real == sorted(real, key=lambda sc: (-sc[1], sc[0]))
     assert d.encode("Haus xyzzy") == [d.index["Haus"], d.unk]
     assert d.decode([d.index["Haus"], d.eos, d.index["ist"]]) == "Haus"

@@ -55,8 +55,15 @@ def _demo(tmp_path: Path, *args: str) -> tuple[list[str], Path]:
     50th training line), and its --out-dir."""
     corpus = write_pairs(tmp_path / "pairs", (PAIRS + TEST) * 3)
     out = tmp_path / "runs"
-    cmd = ["bash", str(REPO / "scripts" / "nmt_demo.sh"), "--corpus", corpus,
-           "--out-dir", str(out), *args]  # fmt: skip
+    cmd = [
+        "bash",
+        str(REPO / "scripts" / "nmt_demo.sh"),
+        "--corpus",
+        corpus,
+        "--out-dir",
+        str(out),
+        *args,
+    ]
     return cmd, out
 
 
@@ -86,8 +93,14 @@ def test_demo_trains_evaluates_prints_bleu_and_reruns_as_done(tmp_path: Path) ->
 
 
 def test_demo_refuses_a_missing_corpus(tmp_path: Path) -> None:
-    cmd = ["bash", str(REPO / "scripts" / "nmt_demo.sh"), "--corpus", str(tmp_path / "none"),
-           "--out-dir", str(tmp_path / "runs")]  # fmt: skip
+    cmd = [
+        "bash",
+        str(REPO / "scripts" / "nmt_demo.sh"),
+        "--corpus",
+        str(tmp_path / "none"),
+        "--out-dir",
+        str(tmp_path / "runs"),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "no such file" in proc.stderr and "Traceback" not in proc.stderr
@@ -97,8 +110,15 @@ def test_demo_refuses_a_missing_corpus(tmp_path: Path) -> None:
 def test_ctrl_c_stops_the_training_processes_too(tmp_path: Path) -> None:
     """A script's background jobs ignore SIGINT: the demo must stop them itself."""
     cmd, out = _demo(tmp_path, "--max-updates", "100000")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     logs = [_run_dir(out, row) / "stdout.log" for row in ("Adam", "Apollo")]
     deadline = time.monotonic() + 300
     while not all(log.is_file() and "starting" in log.read_text() for log in logs):

@@ -14,9 +14,18 @@ from nmt.model import Transformer, label_smoothed_loss, sinusoidal_table
 
 ROOT = Path(__file__).resolve().parents[2]
 PAD, EOS = 1, 2
-TINY = {"embed_dim": 16, "ffn_dim": 32, "heads": 4, "encoder_layers": 2, "decoder_layers": 2,
-        "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1,
-        "max_positions": 64, "share_all_embeddings": True}  # fmt: skip
+TINY = {
+    "embed_dim": 16,
+    "ffn_dim": 32,
+    "heads": 4,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.1,
+    "max_positions": 64,
+    "share_all_embeddings": True,
+}
 
 
 def tiny(vocab: int = 30, seed: int = 0) -> Transformer:
@@ -75,8 +84,12 @@ def test_init_follows_fairseq():
 
 def test_label_smoothed_loss_by_hand():
     vocab, eps = 5, 0.1
-    logits = torch.tensor([[[1.0, 2.0, 0.5, -1.0, 0.0], [0.3, 0.1, 2.0, 1.0, -0.5]],
-                           [[2.0, 0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]]])  # fmt: skip
+    logits = torch.tensor(
+        [
+            [[1.0, 2.0, 0.5, -1.0, 0.0], [0.3, 0.1, 2.0, 1.0, -0.5]],
+            [[2.0, 0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]],
+        ]
+    )
     target = torch.tensor([[2, 4], [0, PAD]])  # the last position is padding
     want_loss = want_nll = 0.0
     eps_i = eps / (vocab - 1)
@@ -124,8 +137,10 @@ def test_padding_is_never_attended_or_counted():
         torch.testing.assert_close(together[0, : len(short_tgt) + 1], alone[0])
         # the loss of the padded batch is the sum of each sentence's, padding uncounted
         loss, nll = label_smoothed_loss(together, tgt, 0.1, PAD)
-        parts = [label_smoothed_loss(model(*batch([p])[:2]), batch([p])[2], 0.1, PAD)
-                 for p in ((short_src, short_tgt), (long_src, long_tgt))]  # fmt: skip
+        parts = [
+            label_smoothed_loss(model(*batch([p])[:2]), batch([p])[2], 0.1, PAD)
+            for p in ((short_src, short_tgt), (long_src, long_tgt))
+        ]
     assert loss.item() == pytest.approx(sum(p[0].item() for p in parts), rel=1e-5)
     assert nll.item() == pytest.approx(sum(p[1].item() for p in parts), rel=1e-5)
 

@@ -31,8 +31,9 @@ def _moses(lang: str, line: str, train: bool) -> str:
         line = MosesPunctNormalizer(lang, perl_parity=True).normalize(line)
     else:
         line = line.replace("’", "'")
-    return MosesTokenizer(lang).tokenize(line, aggressive_dash_splits=True, escape=True,
-                                         return_str=True)  # fmt: skip
+    return MosesTokenizer(lang).tokenize(
+        line, aggressive_dash_splits=True, escape=True, return_str=True
+    )
 
 
 def _decoded(data: ParallelData, split: str, side: str) -> list[str]:
@@ -73,8 +74,9 @@ def test_the_recipes_steps(data_dir):
     assert data.text("test", "en", "tok") == [_moses("en", en, False) for en, _ in TEST]
     assert data.text("test", "en", "tok")[2] == "It &apos;s a long @-@ term plan ."
     assert data.text("test", "de", "raw") == [de for _, de in TEST]
-    assert _ids(data, "test", "src") == _expected_ids(data_dir, [en for en, _ in TEST], "en",
-                                                      train=False)  # fmt: skip
+    assert _ids(data, "test", "src") == _expected_ids(
+        data_dir, [en for en, _ in TEST], "en", train=False
+    )
     splits = meta["splits"]
     assert [splits[s]["sentences"] for s in ("train", "valid", "test")] == [36, 4, 4]
     assert meta["preprocess"]["bpe_merges"] == 200 and meta["bpe_merges_learned"] == 200
@@ -109,8 +111,10 @@ def test_length_ratio_and_length_limits_filter_pairs(tmp_path):
     assert "Yes ." not in kept  # 2 against 7 units: ratio above 1.5
     assert all(len(line.split()) <= 8 for line in kept)
     assert "one two three four five six seven ." in kept  # 8 units: kept
-    lengths = [(len(_moses("en", en, True).split()), len(_moses("de", de, True).split()))
-               for en, de in pairs]  # fmt: skip
+    lengths = [
+        (len(_moses("en", en, True).split()), len(_moses("de", de, True).split()))
+        for en, de in pairs
+    ]
     too_long = sum(max(n) > 8 for n in lengths)
     dropped = data.meta["splits"]["train"]["dropped"]
     assert 0 < too_long < len(pairs) - 4 and dropped == too_long + 2  # + "Yes." twice
@@ -142,8 +146,10 @@ def test_rerun_is_a_no_op_changed_options_need_overwrite(tmp_path, monkeypatch):
 
 
 def test_a_pool_of_workers_writes_the_same_files(data_dir, tmp_path):
-    train = [write_pairs(tmp_path / "raw" / "a", PAIRS[:25]),
-             write_pairs(tmp_path / "raw" / "b", PAIRS[25:])]  # fmt: skip
+    train = [
+        write_pairs(tmp_path / "raw" / "a", PAIRS[:25]),
+        write_pairs(tmp_path / "raw" / "b", PAIRS[25:]),
+    ]
     test = write_pairs(tmp_path / "raw" / "newstest", TEST)
     path, _ = pre.preprocess(_opts(), train, tmp_path / "d", test=test, workers=2)
     for p in data_dir.iterdir():
@@ -169,11 +175,24 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys, problem):
         bad.write_text("")
         Path(f"{prefix}.en").write_text("")
     else:
-        bad.write_bytes(bad.read_bytes().replace("ß".encode(), b"\xdf", 1)
-                        .replace(b"Haus", b"H\xe4us", 1))  # fmt: skip
+        bad.write_bytes(
+            bad.read_bytes().replace("ß".encode(), b"\xdf", 1).replace(b"Haus", b"H\xe4us", 1)
+        )
     out = tmp_path / "out" / "d"
-    code, err = _main(["--config", CONFIG, "--train", prefix, "--out-dir", str(out),
-                       "--workers", "1", *SMALL_PREP], capsys)  # fmt: skip
+    code, err = _main(
+        [
+            "--config",
+            CONFIG,
+            "--train",
+            prefix,
+            "--out-dir",
+            str(out),
+            "--workers",
+            "1",
+            *SMALL_PREP,
+        ],
+        capsys,
+    )
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
     assert (str(bad) if problem != "empty" else prefix) in err[0]
     if problem == "not_utf8":
@@ -183,8 +202,17 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys, problem):
 
 def test_cli_prints_the_splits_and_rejects_unknown_keys(tmp_path, capsys):
     prefix = write_pairs(tmp_path / "raw" / "a", PAIRS)
-    argv = ["--config", CONFIG, "--train", prefix, "--out-dir", str(tmp_path / "d"),
-            "--workers", "1", *SMALL_PREP]  # fmt: skip
+    argv = [
+        "--config",
+        CONFIG,
+        "--train",
+        prefix,
+        "--out-dir",
+        str(tmp_path / "d"),
+        "--workers",
+        "1",
+        *SMALL_PREP,
+    ]
     cli.main(pre.main, argv)
     out = capsys.readouterr().out
     assert "train: 36 pairs of 36 (0 filtered out)" in out and "200 BPE merges" in out

@@ -51,8 +51,15 @@ class _Enc:
 def search(model, src: list[list[int]], **kw):
     width = max(len(s) for s in src)
     tokens = torch.tensor([s + [PAD] * (width - len(s)) for s in src])
-    args = {"pad": PAD, "eos": EOS, "beam": 2, "lenpen": 1.0, "max_len_a": 0.0, "max_len_b": 10,
-            "max_positions": 1024}  # fmt: skip
+    args = {
+        "pad": PAD,
+        "eos": EOS,
+        "beam": 2,
+        "lenpen": 1.0,
+        "max_len_a": 0.0,
+        "max_len_b": 10,
+        "max_positions": 1024,
+    }
     return beam_search(model, tokens, **{**args, **kw})
 
 
@@ -90,8 +97,12 @@ def test_two_beams_of_candidates_keep_a_third_alive():
     # at step 1 the best candidate ends (a </s>); the next two (b d, b e) both go on, and the
     # best second translation comes through the third candidate, b e
     E = 8
-    table = {(): {A: 0.5, B: 0.45}, (A,): {EOS: 0.9, C: 0.05}, (B,): {D: 0.5, E: 0.45},
-             (B, E): {EOS: 0.99}}  # fmt: skip
+    table = {
+        (): {A: 0.5, B: 0.45},
+        (A,): {EOS: 0.9, C: 0.05},
+        (B,): {D: 0.5, E: 0.45},
+        (B, E): {EOS: 0.99},
+    }
     (hyps,) = search(TableModel(table, UNIFORM), [[8, EOS]], lenpen=0.0, max_len_b=6)
     assert [h.tokens for h in hyps] == [[A], [B, E]]
 
@@ -127,12 +138,31 @@ def test_a_batch_decodes_each_sentence_as_alone():
 
 def test_beam_one_on_the_transformer_is_greedy_decoding():
     torch.manual_seed(0)
-    model = Transformer(20, PAD, embed_dim=16, ffn_dim=32, heads=2, encoder_layers=1,
-                        decoder_layers=2, dropout=0.0, attention_dropout=0.0,
-                        activation_dropout=0.0, max_positions=64).eval()  # fmt: skip
+    model = Transformer(
+        20,
+        PAD,
+        embed_dim=16,
+        ffn_dim=32,
+        heads=2,
+        encoder_layers=1,
+        decoder_layers=2,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        max_positions=64,
+    ).eval()
     src = torch.tensor([[5, 6, 7, EOS], [8, EOS, PAD, PAD]])
-    hyps = beam_search(model, src, pad=PAD, eos=EOS, beam=1, lenpen=1.0, max_len_a=0.0,
-                       max_len_b=6, max_positions=64)  # fmt: skip
+    hyps = beam_search(
+        model,
+        src,
+        pad=PAD,
+        eos=EOS,
+        beam=1,
+        lenpen=1.0,
+        max_len_a=0.0,
+        max_len_b=6,
+        max_positions=64,
+    )
     with torch.no_grad():
         for row, (best,) in zip(src, hyps, strict=True):
             prefix = [EOS]

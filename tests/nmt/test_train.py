@@ -21,16 +21,39 @@ from tests.nmt.conftest import CONFIG
 ROOT = Path(__file__).resolve().parents[2]
 #: A tiny Transformer, batches of 64 tokens, 2 micro-batches per update (5 updates an epoch),
 #: the data's preprocessing options, short valid decoding.
-SMALL = ["max_tokens=64", "tokens_per_update=128", "log_every=0", "keep_last=2",
-         "model.embed_dim=16", "model.ffn_dim=32", "model.heads=2", "model.encoder_layers=1",
-         "model.decoder_layers=1", "preprocess.bpe_merges=200", "preprocess.valid_every=10",
-         "generations.valid.max_len_b=8", "generations.paper.max_len_b=8"]  # fmt: skip
+SMALL = [
+    "max_tokens=64",
+    "tokens_per_update=128",
+    "log_every=0",
+    "keep_last=2",
+    "model.embed_dim=16",
+    "model.ffn_dim=32",
+    "model.heads=2",
+    "model.encoder_layers=1",
+    "model.decoder_layers=1",
+    "preprocess.bpe_merges=200",
+    "preprocess.valid_every=10",
+    "generations.valid.max_len_b=8",
+    "generations.paper.max_len_b=8",
+]
 TIMING = ("tokens_per_s", "epoch_time_s")
 
 
 def _run(data_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
-    argv = ["--config", CONFIG, "--row", row, "--data-dir", str(data_dir), "--out-dir", str(out),
-            "--device", "cpu", *SMALL, *extra]  # fmt: skip
+    argv = [
+        "--config",
+        CONFIG,
+        "--row",
+        row,
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        *SMALL,
+        *extra,
+    ]
     return train.run(argv)
 
 
@@ -71,7 +94,9 @@ def test_resume_mid_epoch_is_bit_exact(data_dir, tmp_path, uninterrupted, monkey
     b = engine.checkpoint.load(out / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in out.glob("checkpoint_epoch*.pt")) == [
-        "checkpoint_epoch1.pt", "checkpoint_epoch2.pt"]  # fmt: skip
+        "checkpoint_epoch1.pt",
+        "checkpoint_epoch2.pt",
+    ]
 
 
 def test_every_update_sees_max_tokens_times_update_freq(data_dir, tmp_path):
@@ -92,8 +117,7 @@ def test_evaluate_averages_the_last_checkpoints_and_reports_both_bleus(
 
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir)
-    cli.main(evaluate.main, ["--run-dir", str(tmp_path), "--device", "cpu", "--average-last",
-                             "2"])  # fmt: skip
+    cli.main(evaluate.main, ["--run-dir", str(tmp_path), "--device", "cpu", "--average-last", "2"])
     assert "test BLEU" in capsys.readouterr().out
     results = json.loads((run_dir / "results.json").read_text())
     ev = results["evaluation"]
@@ -135,8 +159,23 @@ def test_bad_data_dir_is_one_line_and_exit_2(data_dir, tmp_path, capsys, problem
         extra = ["preprocess.bpe_merges=300"]
     out = tmp_path / "o"
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(train.run, ["--config", CONFIG, "--row", "Adam", "--data-dir", str(data),
-                             "--out-dir", str(out), "--device", "cpu", *SMALL, *extra])  # fmt: skip
+        cli.main(
+            train.run,
+            [
+                "--config",
+                CONFIG,
+                "--row",
+                "Adam",
+                "--data-dir",
+                str(data),
+                "--out-dir",
+                str(out),
+                "--device",
+                "cpu",
+                *SMALL,
+                *extra,
+            ],
+        )
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and str(data) in err[0]
     if problem == "other_preprocessing":
@@ -147,14 +186,39 @@ def test_bad_data_dir_is_one_line_and_exit_2(data_dir, tmp_path, capsys, problem
 @pytest.mark.slow
 def test_two_ranks_equal_one_rank_accumulating(data_dir, tmp_path):
     """1 process x 2 micro-batches and 2 processes x 1 see the same sentences per update."""
-    args = ["--max-updates", "3", "model.dropout=0.0", "model.attention_dropout=0.0",
-            "model.activation_dropout=0.0", "generation=paper", "valid_generation=none",
-            "keep_last=0"]  # fmt: skip
+    args = [
+        "--max-updates",
+        "3",
+        "model.dropout=0.0",
+        "model.attention_dropout=0.0",
+        "model.activation_dropout=0.0",
+        "generation=paper",
+        "valid_generation=none",
+        "keep_last=0",
+    ]
     one = _run(data_dir, tmp_path / "one", *args, row="Adam")
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "nmt.train", "--config", CONFIG, "--row", "Adam", "--data-dir", str(data_dir),
-           "--out-dir", str(out), "--device", "cpu", *SMALL, *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "nmt.train",
+        "--config",
+        CONFIG,
+        "--row",
+        "Adam",
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        *SMALL,
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -172,8 +236,16 @@ def test_two_ranks_equal_one_rank_accumulating(data_dir, tmp_path):
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
 def test_mixed_precision_trains(data_dir, tmp_path, mode):
-    results = _run(data_dir, tmp_path / mode, "--max-updates", "2", "--amp", mode,
-                   "valid_generation=none", "keep_last=0")  # fmt: skip
+    results = _run(
+        data_dir,
+        tmp_path / mode,
+        "--max-updates",
+        "2",
+        "--amp",
+        mode,
+        "valid_generation=none",
+        "keep_last=0",
+    )
     final = results["final"]
     assert results["finished"] and final["update"] == 2
     assert 0 < final["train_loss"] < 20 and 0 < final["valid_loss"] < 20

@@ -52,9 +52,15 @@ def _run_pair(kwargs, steps=25, foreach=True, scheduler=None, skip_odd=()):
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize(
     "wd,wd_type",
-    [(0.0, "L2"), (0.1, "L2"), (0.0, "decoupled"), (0.1, "decoupled"), (0.0, "stable"),
-     (0.1, "stable")],
-)  # fmt: skip
+    [
+        (0.0, "L2"),
+        (0.1, "L2"),
+        (0.0, "decoupled"),
+        (0.1, "decoupled"),
+        (0.0, "stable"),
+        (0.1, "stable"),
+    ],
+)
 def test_parity_with_reference(foreach, wd, wd_type):
     kwargs = dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=wd, weight_decay_type=wd_type)
     params, ref_params = _run_pair(kwargs, foreach=foreach)
@@ -103,8 +109,9 @@ def test_foreach_equals_per_tensor_bitwise(wd_type, chunk, monkeypatch):
     results = []
     for foreach in (True, False):
         params = _params(torch.float32) + _params(torch.float64, seed=1)
-        opt = AdaBelief(params, lr=1e-2, weight_decay=0.1, weight_decay_type=wd_type,
-                        foreach=foreach)  # fmt: skip
+        opt = AdaBelief(
+            params, lr=1e-2, weight_decay=0.1, weight_decay_type=wd_type, foreach=foreach
+        )
         for step in range(10):
             for p, g in zip(params, _grads(params, step, skip_odd=(2, 7)), strict=True):
                 p.grad = g
@@ -269,8 +276,9 @@ def test_cpu_batches_of_same_shape_tensors_equal_the_loop_bitwise(wd_type, monke
     for foreach in (True, False):
         gen = torch.Generator().manual_seed(2)
         params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
-        opt = AdaBelief(params, lr=1e-2, weight_decay=0.1, weight_decay_type=wd_type,
-                        foreach=foreach)  # fmt: skip
+        opt = AdaBelief(
+            params, lr=1e-2, weight_decay=0.1, weight_decay_type=wd_type, foreach=foreach
+        )
         for step in range(4):
             for p, g in zip(params, _grads(params, step, skip_odd=(1,)), strict=True):
                 p.grad = g

@@ -84,10 +84,17 @@ PARITY_CASES = {
     "update_each": dict(lr=0.05, update_each=3),
     "average_conv_kernel": dict(lr=0.05, average_conv_kernel=True),
     "everything": dict(
-        lr=0.08, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.05, warmup=5, init_lr=0.01,
-        hessian_power=0.7, update_each=2, average_conv_kernel=True,
+        lr=0.08,
+        betas=(0.8, 0.99),
+        eps=1e-3,
+        weight_decay=0.05,
+        warmup=5,
+        init_lr=0.01,
+        hessian_power=0.7,
+        update_each=2,
+        average_conv_kernel=True,
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", PARITY_CASES)
@@ -248,8 +255,11 @@ def test_zero_lr_group_does_not_move_during_warmup():
     params = _params()
     opt = AdaHessian(
         [{"params": params[:3]}, {"params": params[3:], "lr": 0.0, "init_lr": 0.0}],
-        lr=0.1, warmup=5, init_lr=0.01, weight_decay=0.1,
-    )  # fmt: skip
+        lr=0.1,
+        warmup=5,
+        init_lr=0.01,
+        weight_decay=0.1,
+    )
     frozen = [p.detach().clone() for p in params[3:]]
     for step in range(7):
         opt.zero_grad(set_to_none=True)

@@ -288,9 +288,13 @@ def test_fp16_autocast_with_batchnorm_learns_with_batchnorm_in_float32():
     def run(float32_bn: bool) -> tuple[int, float, float]:
         torch.manual_seed(0)
         model = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 4),
-        )  # fmt: skip
+            torch.nn.Conv2d(3, 4, 3, bias=False),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, 4),
+        )
         if float32_bn:
             assert engine_amp.batchnorm_in_float32(model) == 1
         opt = AdaHessian(model.parameters(), lr=0.05, eps=1e-2, seed=0)

@@ -12,8 +12,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 #: The scripts call `python`: make it this interpreter, whether or not its venv is activated.
 _BIN = str(Path(sys.executable).parent)
-ENV = {**os.environ, "PYTHON": sys.executable,
-       "PATH": os.pathsep.join([_BIN, os.environ.get("PATH", "")])}  # fmt: skip
+ENV = {
+    **os.environ,
+    "PYTHON": sys.executable,
+    "PATH": os.pathsep.join([_BIN, os.environ.get("PATH", "")]),
+}
 
 
 def run_quickstart(out: Path, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -43,10 +43,19 @@ def test_walkthrough_runs_as_written(short_quickstart, tmp_path: Path) -> None:
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             (work / name).write_text(text, encoding="utf-8")
             continue
-        script = re.sub(r"(scripts/quickstart\.sh(?:[^\n]|\\\n)*?)(\n|$)",
-                        r"\1 --seeds 1 --epochs 2\2", text.replace("\\\n", " "))  # fmt: skip
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        script = re.sub(
+            r"(scripts/quickstart\.sh(?:[^\n]|\\\n)*?)(\n|$)",
+            r"\1 --seeds 1 --epochs 2\2",
+            text.replace("\\\n", " "),
+        )
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, f"{script}\n{proc.stdout}\n{proc.stderr}"
         outputs.append(proc.stdout)
 

@@ -34,15 +34,22 @@ def test_results_doc_holds_the_papers_tables() -> None:
 
 def _user_docs() -> list:
     """What a user reads: the READMEs, docs/ and the configs' comments."""
-    return [REPO / "README.md", *sorted(REPO.glob("*/README.md")), *sorted(REPO.glob("docs/*.md")),
-            *sorted(REPO.glob("configs/**/*.yaml"))]  # fmt: skip
+    return [
+        REPO / "README.md",
+        *sorted(REPO.glob("*/README.md")),
+        *sorted(REPO.glob("docs/*.md")),
+        *sorted(REPO.glob("configs/**/*.yaml")),
+    ]
 
 
 def test_docs_and_configs_cite_nothing_outside_the_repository() -> None:
     outside = re.compile(r"\.\./shared|\bseeds/|\bspec/|\b[Ii]ssue \d+|\b00[01]_[0-9a-f]")
-    hits = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in _user_docs()
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-            if outside.search(line)]  # fmt: skip
+    hits = [
+        f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+        for p in _user_docs()
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if outside.search(line)
+    ]
     assert hits == []
 
 
@@ -57,7 +64,12 @@ def test_relative_links_resolve_and_the_data_doc_is_linked() -> None:
     assert "](docs/data.md)" in (REPO / "README.md").read_text(encoding="utf-8")
     assert "](../docs/data.md" in (REPO / "language_model" / "README.md").read_text("utf-8")
     data = (REPO / "docs" / "data.md").read_text(encoding="utf-8")
-    for needed in ("cifar-10-python.tar.gz", "python -m classification.data cifar10",
-                   "train/n01440764", "val/n01440764", "1b_word_vocab.txt",
-                   "python -m language_model.preprocess"):  # fmt: skip
+    for needed in (
+        "cifar-10-python.tar.gz",
+        "python -m classification.data cifar10",
+        "train/n01440764",
+        "val/n01440764",
+        "1b_word_vocab.txt",
+        "python -m language_model.preprocess",
+    ):
         assert needed in data, needed

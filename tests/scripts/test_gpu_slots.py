@@ -18,15 +18,18 @@ from tests.classification.conftest import write_cifar
 
 ROOT = Path(__file__).resolve().parents[2]
 # Each fake run records when it ran and on which GPU, then sleeps a little.
-RECORD = ("import json, os, sys, time; t = time.time(); time.sleep(0.4); "
-          "open(sys.argv[1], 'w').write(json.dumps([t, time.time(), "
-          "os.environ['CUDA_VISIBLE_DEVICES'], os.environ['OMP_NUM_THREADS']]))")  # fmt: skip
+RECORD = (
+    "import json, os, sys, time; t = time.time(); time.sleep(0.4); "
+    "open(sys.argv[1], 'w').write(json.dumps([t, time.time(), "
+    "os.environ['CUDA_VISIBLE_DEVICES'], os.environ['OMP_NUM_THREADS']]))"
+)
 
 
 def fake_job(folder: Path, name: str, code: str = RECORD) -> SimpleNamespace:
     run_dir = folder / name
-    return SimpleNamespace(command=[sys.executable, "-c", code, str(run_dir / "ran.json")],
-                           run_dir=run_dir, label=name)  # fmt: skip
+    return SimpleNamespace(
+        command=[sys.executable, "-c", code, str(run_dir / "ran.json")], run_dir=run_dir, label=name
+    )
 
 
 def test_slots_take_the_gpus_in_groups_round_robin() -> None:
@@ -58,9 +61,11 @@ def test_at_most_n_runs_per_gpu_side_by_side(tmp_path: Path) -> None:
 
 def test_the_first_failure_stops_the_sweep(tmp_path: Path) -> None:
     slow = "import time; time.sleep(30)"
-    jobs = [fake_job(tmp_path, "slow", slow),
-            fake_job(tmp_path, "bad", "import sys; print('error: no data'); sys.exit(3)"),
-            *(fake_job(tmp_path, f"later{i}") for i in range(3))]  # fmt: skip
+    jobs = [
+        fake_job(tmp_path, "slow", slow),
+        fake_job(tmp_path, "bad", "import sys; print('error: no data'); sys.exit(3)"),
+        *(fake_job(tmp_path, f"later{i}") for i in range(3)),
+    ]
     out = io.StringIO()
     assert gpu_slots.run_jobs(jobs, ["0", "0"], out=out, poll_s=0.02) == 3
     text = out.getvalue()
@@ -78,24 +83,56 @@ def test_runs_side_by_side_give_the_numbers_they_give_alone(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    tiny = ["--device", "cpu", "--data-dir", str(data), "--epochs", "1",
-            "--max-steps-per-epoch", "2", "--workers", "0", "model=cifar_resnet8",
-            "batch_size=8", "eval_batch_size=10", "augmentation.crop=16"]  # fmt: skip
+    tiny = [
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "2",
+        "--workers",
+        "0",
+        "model=cifar_resnet8",
+        "batch_size=8",
+        "eval_batch_size=10",
+        "augmentation.crop=16",
+    ]
     config = str(ROOT / "configs/cifar10.yaml")
     subset = ["--rows", "SGD,Apollo", "--schedules", "milestone", "--seeds", "1"]
-    sweep.main(["--config", config, *subset, "--jobs-per-gpu", "2", "--out-root",
-                str(tmp_path / "a"), "--", *tiny])  # fmt: skip
+    sweep.main(
+        [
+            "--config",
+            config,
+            *subset,
+            "--jobs-per-gpu",
+            "2",
+            "--out-root",
+            str(tmp_path / "a"),
+            "--",
+            *tiny,
+        ]
+    )
     assert "up to 2 at a time on GPU(s) 5" in capsys.readouterr().out
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for job in sweep.plan(config, rows=["SGD", "Apollo"], schedules=["milestone"], seeds=[1],
-                              out_root=tmp_path / "b", extra=tiny):  # fmt: skip
+        for job in sweep.plan(
+            config,
+            rows=["SGD", "Apollo"],
+            schedules=["milestone"],
+            seeds=[1],
+            out_root=tmp_path / "b",
+            extra=tiny,
+        ):
             train.run(job.command[3:])
     finally:
         torch.set_num_threads(threads)
     for row in ("SGD", "Apollo"):
-        together, alone = (json.loads(next((tmp_path / x).rglob(f"{row}/*/seed1/results.json"))
-                                      .read_text()) for x in ("a", "b"))  # fmt: skip
+        together, alone = (
+            json.loads(next((tmp_path / x).rglob(f"{row}/*/seed1/results.json")).read_text())
+            for x in ("a", "b")
+        )
         assert together["model_sha256_by_rank"] == alone["model_sha256_by_rank"]
         assert together["final"]["train_loss"] == alone["final"]["train_loss"]

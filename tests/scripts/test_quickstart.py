@@ -24,8 +24,10 @@ def _table_lines(text: str) -> list[str]:
 def test_quickstart_trains_reports_and_records_provenance(short_quickstart) -> None:
     out, stdout = short_quickstart
     assert "[1/2]" in stdout and "[2/2]" in stdout  # one progress line per run
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip(" |").split("|")]
-            for line in _table_lines(stdout)}  # fmt: skip
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip(" |").split("|")]
+        for line in _table_lines(stdout)
+    }
     assert list(rows) == ["Method", "SGD", "Apollo"]  # the CIFAR-10 table's order
     assert rows["Method"][1:] == ["cosine", "cosine: final train loss", "cosine: seeds"]
     for row in ("SGD", "Apollo"):
@@ -52,9 +54,20 @@ def test_quickstart_trains_reports_and_records_provenance(short_quickstart) -> N
 @pytest.mark.slow
 def test_report_turns_the_runs_into_the_same_table(short_quickstart, tmp_path: Path) -> None:
     out, stdout = short_quickstart
-    proc = subprocess.run([sys.executable, "-m", "scripts.report", str(out / "quickstart"),
-                           "--out", str(tmp_path), "--no-plots"],
-                          capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.report",
+            str(out / "quickstart"),
+            "--out",
+            str(tmp_path),
+            "--no-plots",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert _table_lines(proc.stdout) == _table_lines(stdout)
     assert (tmp_path / "table.md").read_text() == (
@@ -68,21 +81,41 @@ def test_a_quickstart_run_equals_the_training_command_alone(short_quickstart, tm
     which (the digits cached by the quickstart's first runs) imports neither scikit-learn and
     SciPy nor torchvision: ~3 s of start-up per run."""
     out, _ = short_quickstart
-    cmd = [sys.executable, "-X", "importtime", "-m", "classification.train",
-           "--config", "configs/quickstart.yaml",
-           "--row", "Apollo", "--schedule", "cosine", "--seed", "1", "--epochs", "2",
-           "--device", "cpu", "--out-dir", str(tmp_path / "alone")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "classification.train",
+        "--config",
+        "configs/quickstart.yaml",
+        "--row",
+        "Apollo",
+        "--schedule",
+        "cosine",
+        "--seed",
+        "1",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path / "alone"),
+    ]
     env = {**ENV, "OMP_NUM_THREADS": "1"}  # the quickstart's workers use one thread
-    proc = subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=300
+    )
     timed = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in timed}
     assert "torch" in imported and not imported & {"sklearn", "scipy", "torchvision"}
 
     def epochs(run: Path) -> list[dict]:
         lines = (run / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(line).items() if not k.endswith(("_s", "per_s"))}
-                for line in lines]  # fmt: skip
+        return [
+            {k: v for k, v in json.loads(line).items() if not k.endswith(("_s", "per_s"))}
+            for line in lines
+        ]
 
     ours = out / "quickstart" / "current" / "Apollo" / "cosine" / "seed1"
     assert epochs(tmp_path / "alone") == epochs(ours)
@@ -94,8 +127,10 @@ def _resolved(path: str, row: str) -> dict:
 
 
 def test_rows_and_hyperparameters_come_from_the_cifar10_table() -> None:
-    quick, cifar = cfg.load_table(REPO / "configs/quickstart.yaml"), cfg.load_table(
-        REPO / "configs/cifar10.yaml")  # fmt: skip
+    quick, cifar = (
+        cfg.load_table(REPO / "configs/quickstart.yaml"),
+        cfg.load_table(REPO / "configs/cifar10.yaml"),
+    )
     assert (
         cfg.row_names(quick)
         == cfg.row_names(cifar)
@@ -143,7 +178,8 @@ def test_extends_merges_deletes_and_reports_problems(tmp_path: Path) -> None:
     (tmp_path / "mine.yaml").write_text(
         "extends: configs/quickstart.yaml\n"
         "rows:\n  Mine: {optimizer: {name: sgd, lr: 0.5}, schedule: {last_lr: 1.0e-4}}\n"
-        "  SGD: {optimizer: {nesterov: null}}\n")  # fmt: skip
+        "  SGD: {optimizer: {nesterov: null}}\n"
+    )
     table = cfg.load_table(tmp_path / "mine.yaml")
     assert cfg.row_names(table)[-2:] == ["ApolloW", "Mine"] and table["table"] == "quickstart"
     assert "nesterov" not in table["rows"]["SGD"]["optimizer"]
@@ -177,11 +213,22 @@ def test_bad_overrides_stop_the_table_with_one_line(tmp_path: Path, capsys) -> N
     from engine import cli
     from scripts import run_table
 
-    for extra, message in ((["nope=1"], "unknown key 'nope'"),
-                           (["optimizer.name=nadam"], "unknown optimizer 'nadam'")):  # fmt: skip
+    for extra, message in (
+        (["nope=1"], "unknown key 'nope'"),
+        (["optimizer.name=nadam"], "unknown optimizer 'nadam'"),
+    ):
         with pytest.raises(SystemExit) as exc:
-            cli.main(run_table.main, ["--config", str(REPO / "configs/quickstart.yaml"),
-                                      "--out-root", str(tmp_path), "--", *extra])  # fmt: skip
+            cli.main(
+                run_table.main,
+                [
+                    "--config",
+                    str(REPO / "configs/quickstart.yaml"),
+                    "--out-root",
+                    str(tmp_path),
+                    "--",
+                    *extra,
+                ],
+            )
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err

@@ -18,22 +18,38 @@ from scripts.paper_results import PAPER, reported
 
 
 def make_run(
-    root: Path, row: str, seed: int, accs: list[float], *, table: str = "cifar10",
-    schedule: str = "cosine", epochs: int | None = None, lr: float = 0.01, version: str = "current",
-) -> Path:  # fmt: skip
+    root: Path,
+    row: str,
+    seed: int,
+    accs: list[float],
+    *,
+    table: str = "cifar10",
+    schedule: str = "cosine",
+    epochs: int | None = None,
+    lr: float = 0.01,
+    version: str = "current",
+) -> Path:
     """A run directory as classification.train writes it, with test_acc1 per epoch = ``accs``."""
     epochs = len(accs) if epochs is None else epochs
     config: dict[str, Any] = {
-        "config": "configs/does-not-exist.yaml", "table": table, "task": "classification",
-        "paper_version": version, "row": row, "seed": seed, "epochs": epochs,
+        "config": "configs/does-not-exist.yaml",
+        "table": table,
+        "task": "classification",
+        "paper_version": version,
+        "row": row,
+        "seed": seed,
+        "epochs": epochs,
         "optimizer": {"name": row.lower(), "lr": lr},
         "schedule": {"name": schedule, "kind": "cosine"},
-        "device": "cpu", "out_dir": None,
-    }  # fmt: skip
+        "device": "cpu",
+        "out_dir": None,
+    }
     out = root / table / version / row / schedule / f"seed{seed}"
     config["out_dir"] = str(out)
-    history = [{"epoch": i + 1, "train_loss": 1.0 / (i + 1) + seed * 1e-3, "test_acc1": a}
-               for i, a in enumerate(accs)]  # fmt: skip
+    history = [
+        {"epoch": i + 1, "train_loss": 1.0 / (i + 1) + seed * 1e-3, "test_acc1": a}
+        for i, a in enumerate(accs)
+    ]
     out.mkdir(parents=True)
     write_json(out / "config.json", {**config, "provenance": {"git": {"commit": "abc"}}})
     write_metrics(out, history)
@@ -94,10 +110,17 @@ def test_writes_markdown_latex_csv_in_the_papers_layout(runs: Path, tmp_path: Pa
     report.report([str(runs / "cifar10"), str(runs / "other" / "*" / "*")], out, plots=False)
     md = (out / "table.md").read_text()
     lines = md.splitlines()
-    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
-             for line in lines if line.startswith("| ")}  # fmt: skip
-    assert cells["Method"][1:] == ["cosine", "cosine (paper)", "cosine: final train loss",
-                                   "cosine: seeds"]  # fmt: skip
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in lines
+        if line.startswith("| ")
+    }
+    assert cells["Method"][1:] == [
+        "cosine",
+        "cosine (paper)",
+        "cosine: final train loss",
+        "cosine: seeds",
+    ]
     loss = report.mean_std([1 / 3 + s / 1000 for s in (1, 101, 8191)], digits=4)
     assert cells["Apollo"][1:] == ["94.20 (0.20)", "94.64 (0.09)", loss, "3"]
     assert cells["SGD"][1:] == ["93.50 (-)", "94.53 (0.27)", f"{0.5 + 0.001:.4f} (-)", "1"]
@@ -123,8 +146,10 @@ def test_finds_runs_by_folder_glob_or_file(runs: Path) -> None:
     assert report.find_run_dirs([str(runs / "cifar10" / "current" / "Apollo")]) == apollo
     assert report.find_run_dirs([str(runs / "cifar10" / "**" / "Apollo" / "*" / "seed*")]) == apollo
     assert report.find_run_dirs([str(runs / "**" / "Apollo" / "*" / "*" / "results.json")]) == [
-        *apollo, *sorted((runs / "other").glob("*/*/Apollo/*/*")),
-        *sorted((runs / "rerun").glob("*/*/Apollo/*/*"))]  # fmt: skip
+        *apollo,
+        *sorted((runs / "other").glob("*/*/Apollo/*/*")),
+        *sorted((runs / "rerun").glob("*/*/Apollo/*/*")),
+    ]
 
 
 def test_pick_final_and_plots(runs: Path, tmp_path: Path) -> None:
@@ -148,14 +173,20 @@ def test_tables_without_paper_numbers_and_separate_versions(tmp_path: Path) -> N
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, "-m", "scripts.report", str(tmp_path / "nothing")],
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "scripts.report", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2
     assert run.stderr.strip() == f"error: no run directory matches {tmp_path / 'nothing'}"
     (tmp_path / "empty_run").mkdir()
     (tmp_path / "empty_run" / "checkpoint.pt").write_bytes(b"")
-    run = subprocess.run([sys.executable, "-m", "scripts.report", str(tmp_path / "empty_run")],
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "scripts.report", str(tmp_path / "empty_run")],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2 and "no finished runs among 1 run directories" in run.stderr
     assert "unfinished: no epoch completed" in run.stdout
 

@@ -20,25 +20,46 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("version", ["current", "v1"])
 def test_dry_run_lists_the_whole_table(table: str, version: str, capsys) -> None:
     t = cfg.load_table(sweep.table_path(table, version))
-    sweep.main(["--table", table, "--version", version, "--dry-run", "--gpus", "8", "--",
-                "amp=bf16"])  # fmt: skip
+    sweep.main(
+        ["--table", table, "--version", version, "--dry-run", "--gpus", "8", "--", "amp=bf16"]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(t["rows"]) * len(t["schedules"]) * len(t["seeds"])
-    assert all(x.startswith("torchrun --standalone --nproc_per_node=8 -m classification.train")
-               and x.endswith("amp=bf16") for x in lines)  # fmt: skip
+    assert all(
+        x.startswith("torchrun --standalone --nproc_per_node=8 -m classification.train")
+        and x.endswith("amp=bf16")
+        for x in lines
+    )
     assert len(set(lines)) == len(lines)
 
 
 def test_subset_seeds_and_unknown_names(capsys) -> None:
     config = str(ROOT / "configs/cifar10.yaml")
-    sweep.main(["--config", config, "--rows", "Adam*,Apollo", "--schedules", "cosine",
-                "--seed-list", "1,101", "--gpus", "0", "--dry-run"])  # fmt: skip
+    sweep.main(
+        [
+            "--config",
+            config,
+            "--rows",
+            "Adam*,Apollo",
+            "--schedules",
+            "cosine",
+            "--seed-list",
+            "1,101",
+            "--gpus",
+            "0",
+            "--dry-run",
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and "--row 'Adam*'" in lines[0] and "--device cpu" in lines[0]
     assert "--out-dir runs/cifar10/current/Adam-star/cosine/seed1 --device cpu" in lines[0]
     sweep.main(["--config", config, "--rows", "SGD", "--seeds", "2", "--dry-run"])
     assert [re.search(r"--seed (\d+)", x)[1] for x in capsys.readouterr().out.splitlines()] == [
-        "1", "101", "1", "101"]  # fmt: skip
+        "1",
+        "101",
+        "1",
+        "101",
+    ]
     with pytest.raises(ValueError, match=r"unknown rows \['Nope'\]; rows: SGD"):
         sweep.main(["--config", config, "--rows", "Nope", "--dry-run"])
     with pytest.raises(ValueError, match=r"--seeds is a count, 1\.\.7 .* --seed-list"):
@@ -56,8 +77,11 @@ def test_bad_overrides_and_optimizers_fail_once_before_any_run(tmp_path: Path) -
 
 @pytest.mark.parametrize("script", ["cifar10.sh", "imagenet.sh", "lm1b.sh"])
 def test_shell_scripts_hold_no_numbers(script: str) -> None:
-    code = [x for x in (ROOT / "scripts" / script).read_text().splitlines()
-            if x.strip() and not x.lstrip().startswith("#")]  # fmt: skip
+    code = [
+        x
+        for x in (ROOT / "scripts" / script).read_text().splitlines()
+        if x.strip() and not x.lstrip().startswith("#")
+    ]
     assert not [x for x in code if re.search(r"(?<![\w$])\d", x)], (
         "hyperparameters belong in configs/"
     )
@@ -66,13 +90,28 @@ def test_shell_scripts_hold_no_numbers(script: str) -> None:
 def test_a_shell_script_takes_the_common_flags_and_names_itself(tmp_path: Path) -> None:
     script, plugin = ROOT / "scripts" / "lm1b.sh", tmp_path / "my_optimizer.py"
     plugin.write_text("LOADED = True\n")
-    out = subprocess.run(["bash", str(script), "--rows", "SGD", "--seeds", "2", "--plugin",
-                          str(plugin), "--dry-run"], env=ENV, capture_output=True, text=True,
-                         check=True).stdout.splitlines()  # fmt: skip
+    out = subprocess.run(
+        [
+            "bash",
+            str(script),
+            "--rows",
+            "SGD",
+            "--seeds",
+            "2",
+            "--plugin",
+            str(plugin),
+            "--dry-run",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert len(out) == 2 and all(f"--plugin {plugin}" in x for x in out)
     assert "--seed 1 " in out[0] and "--seed 101 " in out[1]  # a count: the table's first two
-    helped = subprocess.run(["bash", str(script), "--help"], env=ENV, capture_output=True,
-                            text=True, check=True).stdout  # fmt: skip
+    helped = subprocess.run(
+        ["bash", str(script), "--help"], env=ENV, capture_output=True, text=True, check=True
+    ).stdout
     assert helped.startswith("usage: bash scripts/lm1b.sh") and "engine.sweep" not in helped
     assert "--seed-list" in helped and "--plugin" in helped
 
@@ -86,9 +125,25 @@ def test_the_first_failed_run_stops_the_sweep(tmp_path: Path, monkeypatch, capsy
 
     monkeypatch.setattr(sweep.subprocess, "run", fails_with_2)
     with pytest.raises(SystemExit) as exc:
-        sweep.main(["--prog", "bash scripts/cifar10.sh", "--table", "cifar10", "--rows", "SGD",
-                    "--seeds", "2", "--gpus", "0", "--out-root", str(tmp_path)])  # fmt: skip
+        sweep.main(
+            [
+                "--prog",
+                "bash scripts/cifar10.sh",
+                "--table",
+                "cifar10",
+                "--rows",
+                "SGD",
+                "--seeds",
+                "2",
+                "--gpus",
+                "0",
+                "--out-root",
+                str(tmp_path),
+            ]
+        )
     assert exc.value.code == 2 and len(started) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["bash scripts/cifar10.sh: stopped: SGD / milestone / seed 1 exited with status "
-                   "2 (its error is above); 3 run(s) not started"]  # fmt: skip
+    assert err == [
+        "bash scripts/cifar10.sh: stopped: SGD / milestone / seed 1 exited with status "
+        "2 (its error is above); 3 run(s) not started"
+    ]

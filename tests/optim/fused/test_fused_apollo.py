@@ -46,15 +46,24 @@ def _run(cfg, dtype=torch.float32, steps=6, every=None, shapes=SHAPES, lr_tensor
         for rule in (ref, plain) if dtype != torch.float32 else (ref,):
             live = rule.groups[0].params
             rule.step(
-                [_grad(r.double(), n).to(r.dtype) if h else None
-                 for r, n, h in zip(live, noise[k], has, strict=True)]
-            )  # fmt: skip
+                [
+                    _grad(r.double(), n).to(r.dtype) if h else None
+                    for r, n, h in zip(live, noise[k], has, strict=True)
+                ]
+            )
     return params, ref.groups[0].params, plain.groups[0].params, opt
 
 
 def _cfg(rebound, wdt, wd, sigma, warmup, **extra):
-    return dict(lr=0.01 if sigma == 0.01 else 0.5, rebound=rebound, weight_decay_type=wdt,
-                weight_decay=wd, sigma=sigma, warmup=warmup, **extra)  # fmt: skip
+    return dict(
+        lr=0.01 if sigma == 0.01 else 0.5,
+        rebound=rebound,
+        weight_decay_type=wdt,
+        weight_decay=wd,
+        sigma=sigma,
+        warmup=warmup,
+        **extra,
+    )
 
 
 GRID = [
@@ -109,12 +118,17 @@ def test_groups_add_param_group_lr_zero_and_untouched_grads():
     a, b, c, z = (torch.nn.Parameter(x.float().to(DEVICE)) for x in (a0, b0, c0, z0))
     opt = optim.Apollo(
         [{"params": [a]}, {"params": [b], "lr": 0.001}, {"params": [z], "lr": 0.0}],
-        lr=0.05, warmup=6, weight_decay=0.1, fused=True,
-    )  # fmt: skip
+        lr=0.05,
+        warmup=6,
+        weight_decay=0.1,
+        fused=True,
+    )
     ref = ReferenceApollo(
-        [RefGroup([a0.float().double()], lr=0.05, warmup=6, weight_decay=0.1),
-         RefGroup([b0.float().double()], lr=0.001, warmup=6, weight_decay=0.1)]
-    )  # fmt: skip
+        [
+            RefGroup([a0.float().double()], lr=0.05, warmup=6, weight_decay=0.1),
+            RefGroup([b0.float().double()], lr=0.001, warmup=6, weight_decay=0.1),
+        ]
+    )
     for k in range(6):
         if k == 2:  # after the first steps, with its own lr and rebound
             opt.add_param_group({"params": [c], "lr": 0.2, "rebound": "belief"})
@@ -146,9 +160,11 @@ def test_layouts_match_the_multi_tensor_path():
     odd = torch.randn(41, generator=gen)
     runs = []
     for fused in (True, False):
-        ps = [torch.nn.Parameter(conv.clone().to(DEVICE, memory_format=torch.channels_last)),
-              torch.nn.Parameter(odd.clone().to(DEVICE)[1:]),
-              torch.nn.Parameter(torch.zeros(0, 3, device=DEVICE))]  # fmt: skip
+        ps = [
+            torch.nn.Parameter(conv.clone().to(DEVICE, memory_format=torch.channels_last)),
+            torch.nn.Parameter(odd.clone().to(DEVICE)[1:]),
+            torch.nn.Parameter(torch.zeros(0, 3, device=DEVICE)),
+        ]
         opt = optim.Apollo(ps, lr=0.01, warmup=0, rebound="belief", fused=fused)
         g = torch.Generator().manual_seed(7)
         for k in range(3):

@@ -18,9 +18,11 @@ pytestmark = [
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.Flatten(),
         torch.nn.Linear(8 * 6 * 6, 10),
-    ).cuda()  # fmt: skip
+    ).cuda()
 
 
 def _loss(model):
