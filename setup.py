@@ -1,6 +1,28 @@
-"""Apollo: the paper's optimizers and the training code that reproduces its tables."""
+"""Apollo: the paper's optimizers (the ``apollo_optim`` package) and, in the checkout, the
+training code that reproduces its tables.
 
-from setuptools import find_packages, setup
+The wheel installs one top-level package, ``apollo_optim``, which needs only torch. The task
+trees (``engine``, ``classification``, ``language_model``, ``nmt``), ``scripts``, ``benchmarks``
+and ``configs`` run from a clone of the repository and are not installed: their dependencies
+are the ``train`` extra (``dev`` adds the test tools).
+"""
+
+from setuptools import setup
+
+TRAIN = [
+    "torchvision",
+    "numpy",
+    "PyYAML>=6",
+    "tqdm",
+    "tensorboard",
+    "lmdb>=1.4",
+    "matplotlib",
+    "scikit-learn",
+    "sacremoses>=0.1",  # nmt: Moses normalisation, tokenization, detokenization
+    "subword-nmt>=0.3.8",  # nmt: joint BPE
+    "sacrebleu>=2.0",  # nmt: detokenized BLEU with its signature
+    "regex",  # nmt: Unicode classes (already a dependency of sacremoses)
+]
 
 setup(
     name="apollo-optim",
@@ -13,21 +35,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(exclude=["tests", "tests.*"]),
-    install_requires=[
-        "torch>=2.4",
-        "torchvision",
-        "numpy",
-        "PyYAML>=6",
-        "tqdm",
-        "tensorboard",
-        "lmdb>=1.4",
-        "matplotlib",
-        "scikit-learn",
-        "sacremoses>=0.1",  # nmt: Moses normalisation, tokenization, detokenization
-        "subword-nmt>=0.3.8",  # nmt: joint BPE
-        "sacrebleu>=2.0",  # nmt: detokenized BLEU with its signature
-        "regex",  # nmt: Unicode classes (already a dependency of sacremoses)
-    ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
+    packages=["apollo_optim", "apollo_optim._fused"],
+    install_requires=["torch>=2.4"],
+    extras_require={"train": TRAIN, "dev": [*TRAIN, "pytest>=8", "ruff>=0.6"]},
 )

@@ -42,7 +42,7 @@ def _signature(kernel, args: tuple, meta: dict) -> tuple[dict, dict]:
 
 def _variants() -> dict[str, tuple]:
     """(kernel, signature, constexprs) of every launch of the fused plans over the grid."""
-    from optim._fused import adabelief, adahessian, apollo, common
+    from apollo_optim._fused import adabelief, adahessian, apollo, common
 
     found: dict[str, tuple] = {}
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability (90: H100/H200)")
     ap.add_argument("--ptx-only", action="store_true", help="stop at PTX (skip ptxas)")
     args = ap.parse_args(argv)
-    from optim._fused import interpreting
+    from apollo_optim._fused import interpreting
 
     if interpreting():
         sys.exit("benchmarks.fused_compile: unset TRITON_INTERPRET (it compiles nothing)")

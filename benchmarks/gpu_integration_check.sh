@@ -65,7 +65,7 @@ else
   "$PY" - <<'EOF'
 import os
 import torch
-import optim
+import apollo_optim as optim
 from engine import amp
 from language_model.model import LSTMLanguageModel
 dev = torch.device(os.environ["DEVICE"])

@@ -31,11 +31,11 @@ from collections.abc import Callable
 import torch
 
 try:  # the project's optimizers; AdaBelief is optional (written in parallel)
-    from optim.apollo import Apollo
+    from apollo_optim.apollo import Apollo
 except ImportError as exc:  # pragma: no cover
-    sys.exit(f"benchmarks.optim_step: cannot import optim.apollo ({exc})")
+    sys.exit(f"benchmarks.optim_step: cannot import apollo_optim.apollo ({exc})")
 try:
-    from optim import AdaBelief
+    from apollo_optim import AdaBelief
 except ImportError:
     AdaBelief = None
 

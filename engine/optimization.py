@@ -1,4 +1,4 @@
-"""The run config's ``optimizer`` and ``schedule`` sections -> ``optim`` objects.
+"""The run config's ``optimizer`` and ``schedule`` sections -> ``apollo_optim`` objects.
 
 ``optimizer`` is ``{"name": <registry name>, **constructor kwargs}``; ``schedule`` is
 ``{"name", "kind", "unit", **optim.Schedule kwargs}``. The warmup of Apollo and AdaHessian
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-import optim
+import apollo_optim as optim
 
 from .config import schedule_kwargs
 

@@ -172,7 +172,7 @@ def plan(
                 parsed.device = parsed.device or "cpu"  # no check depends on it (nor on torch)
                 config = cli.resolve_args(parsed, schema, table)
                 if check_optimizers:
-                    import optim
+                    import apollo_optim as optim
 
                     optim.get(config["optimizer"]["name"])  # an unknown name: one line, now
                 jobs.append(Job([*launch, "-m", f"{table['task']}.train", *args], run_dir, config))

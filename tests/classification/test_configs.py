@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import optim
+import apollo_optim as optim
 from classification.train import SCHEMA
 from engine import config as cfg
 from engine.optimization import build_optimizer, build_schedule

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import optim
+import apollo_optim as optim
 from classification import train
 from engine import checkpoint, cli
 
@@ -379,7 +379,7 @@ def test_plugin_registers_an_optimizer(cifar_dir: Path, tmp_path: Path) -> None:
     """--plugin imports the user's file before the optimizer is built (as the quickstart does)."""
     plugin = tmp_path / "my_opt.py"
     plugin.write_text(
-        "import torch, optim\n"
+        "import torch\nimport apollo_optim as optim\n"
         "@optim.register('plain_sgd_test', summary='SGD without momentum')\n"
         "def plain(params, lr, weight_decay=0.0, **unused):\n"
         "    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)\n"

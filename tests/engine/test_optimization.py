@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-import optim
+import apollo_optim as optim
 from engine.optimization import build_optimizer
 
 

@@ -12,7 +12,7 @@ import io
 
 import torch
 
-import optim
+import apollo_optim as optim
 
 # Optimizers differ in their useful learning rates, so the "loss falls" checks try a grid and
 # keep the best run. The grid reaches 1e-5 because Apollo's constant rebound bounds its step by

@@ -1,7 +1,7 @@
 """AdaBelief written straight from the spec (``docs/update_rules.md``, "AdaBelief", steps 1-8).
 
 Deliberately plain: one tensor at a time, out-of-place ops, float64, no shared code with
-``optim/adabelief.py``. Tests compare the real optimizer against this.
+``apollo_optim/adabelief.py``. Tests compare the real optimizer against this.
 """
 
 from __future__ import annotations

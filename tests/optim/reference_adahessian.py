@@ -1,6 +1,6 @@
 """AdaHessian written straight from the spec (``docs/update_rules.md``, "AdaHessian", steps 1-7).
 
-Plain per-tensor float64 loop, no shared code with ``optim/adahessian.py``. Instead of
+Plain per-tensor float64 loop, no shared code with ``apollo_optim/adahessian.py``. Instead of
 drawing a probe, ``step`` takes the Hessian diagonal itself: the tests use separable losses,
 whose Hessian is diagonal, so the Hutchinson estimate z ⊙ Hz equals that diagonal exactly
 whatever Rademacher z the optimizer draws.

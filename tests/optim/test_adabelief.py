@@ -7,8 +7,8 @@ import io
 import pytest
 import torch
 
-from optim import adabelief
-from optim.adabelief import AdaBelief
+from apollo_optim import adabelief
+from apollo_optim.adabelief import AdaBelief
 from tests.optim.reference_adabelief import ReferenceAdaBelief
 
 SHAPES = [(), (5,), (4, 3), (2, 3, 4), (2, 2, 3, 3), (2, 1, 2, 2, 3)]  # 0-D to 5-D
@@ -229,7 +229,7 @@ def test_sparse_gradient_is_a_clear_error():
 
 
 def test_registered():
-    from optim.registry import create, get
+    from apollo_optim.registry import create, get
 
     spec = get("adabelief")
     assert spec.factory is AdaBelief and not spec.needs_create_graph
@@ -267,7 +267,7 @@ def test_compiled_step_is_one_graph_without_recompiles():
 def test_cpu_batches_of_same_shape_tensors_equal_the_loop_bitwise(wd_type, monkeypatch):
     """Same-shape small tensors share batch matrices (several batches of one shape here);
     a larger one stays on the multi-tensor path: the loop's numbers, bit for bit."""
-    from optim import _cpu_batches
+    from apollo_optim import _cpu_batches
 
     monkeypatch.setattr(_cpu_batches, "SMALL", 30)
     monkeypatch.setattr(_cpu_batches, "BLOCK", 24)

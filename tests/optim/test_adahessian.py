@@ -8,9 +8,9 @@ import io
 import pytest
 import torch
 
-import optim
+import apollo_optim as optim
+from apollo_optim.adahessian import AdaHessian, _mix
 from engine import amp as engine_amp
-from optim.adahessian import AdaHessian, _mix
 from tests.optim.reference_adahessian import ReferenceAdaHessian
 
 # AdaHessian needs backward(create_graph=True); torch warns about the .grad reference cycle.

@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 
-import optim
+import apollo_optim as optim
 from tests.optim.reference_apollo import ReferenceApollo, RefGroup
 
 SHAPES = [(), (3,), (3, 4), (2, 3, 4), (2, 3, 2, 2), (2, 1, 2, 2, 2)]  # 0-D to 5-D

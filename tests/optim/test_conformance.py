@@ -2,7 +2,7 @@
 
 import pytest
 
-import optim
+import apollo_optim as optim
 from tests.optim.conformance import CHECKS
 
 

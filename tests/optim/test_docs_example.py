@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-import optim
+import apollo_optim as optim
 from tests.optim.conformance import CHECKS
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "optimizers.md"

@@ -62,7 +62,7 @@ def test_sdpa_double_backward_limitation_and_its_documented_workaround():
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from optim import AdaHessian
+    from apollo_optim import AdaHessian
 
     proj = torch.nn.Linear(8, 24)
     x = torch.randn(2, 5, 8)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import optim
-from optim._fused import triton_missing
+import apollo_optim as optim
+from apollo_optim._fused import triton_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIMIZERS = [optim.Apollo, optim.AdaBelief, optim.AdaHessian]
@@ -59,7 +59,7 @@ def test_optim_works_without_triton():
     code = (
         "import sys\n"
         "sys.modules['triton'] = None  # import triton raises ImportError\n"
-        "import torch, optim\n"
+        "import torch\nimport apollo_optim as optim\n"
         "for name in ('apollo', 'adabelief', 'adahessian'):\n"
         "    p = torch.nn.Parameter(torch.ones(3))\n"
         "    opt = optim.create(name, [p], lr=0.1)\n"

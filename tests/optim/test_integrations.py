@@ -11,10 +11,10 @@ import warnings
 import pytest
 import torch
 
-import optim
+import apollo_optim as optim
+from apollo_optim import AdaBelief, AdaHessian, Apollo
+from apollo_optim._warmup import WarmupLRWarning
 from engine import amp as engine_amp
-from optim import AdaBelief, AdaHessian, Apollo
-from optim._warmup import WarmupLRWarning
 from tests.optim.reference_apollo import ReferenceApollo, RefGroup
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
@@ -137,7 +137,7 @@ TENSOR_LR = {
 }
 
 
-@pytest.mark.filterwarnings("ignore::optim._warmup.WarmupLRWarning")
+@pytest.mark.filterwarnings("ignore::apollo_optim._warmup.WarmupLRWarning")
 @pytest.mark.parametrize("name", list(TENSOR_LR))
 def test_tensor_lr_gives_the_float_lr_updates(name):
     cls, kwargs = TENSOR_LR[name]

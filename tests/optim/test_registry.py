@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-import optim
+import apollo_optim as optim
 
 PAPER_NAMES = ["adabelief", "adahessian", "adam", "apollo", "apollow", "radam", "sgd"]
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import optim
+import apollo_optim as optim
 
 
 def seq(kind, n, base_lr=1.0, **kw):

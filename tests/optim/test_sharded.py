@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from optim import AdaBelief, AdaHessian, Apollo
+from apollo_optim import AdaBelief, AdaHessian, Apollo
 from tests.optim.docs_snippets import run_snippet
 
 STEPS = 4

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from optim._fused import interpreting, triton_missing
+from apollo_optim._fused import interpreting, triton_missing
 
 if triton_missing() is not None or not (torch.cuda.is_available() or interpreting()):
     collect_ignore_glob = ["test_*.py"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optim import AdaBelief
+from apollo_optim import AdaBelief
 from tests.optim.reference_adabelief import ReferenceAdaBelief
 
 from .common import DEVICE, SHAPES, assert_bf16_close, assert_fp32_close

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optim.adahessian import AdaHessian
+from apollo_optim.adahessian import AdaHessian
 from tests.optim.test_adahessian import PARITY_CASES, step_with_reference
 
 from .common import DEVICE, assert_fp32_close

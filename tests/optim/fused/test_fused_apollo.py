@@ -13,7 +13,7 @@ import io
 import pytest
 import torch
 
-import optim
+import apollo_optim as optim
 from tests.optim.reference_apollo import ReferenceApollo, RefGroup
 from tests.optim.test_apollo import _grad
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import optim
+import apollo_optim as optim
 from engine.optimization import build_optimizer
 
 pytestmark = [

@@ -1,6 +1,6 @@
 """The optimizers of the Apollo paper, exact to its update rules, behind one registry.
 
->>> import optim
+>>> import apollo_optim as optim
 >>> opt = optim.Apollo(model.parameters(), lr=0.01)           # doctest: +SKIP
 >>> opt = optim.create("apollow", model.parameters(), lr=0.01)  # doctest: +SKIP
 >>> optim.names()

@@ -7,12 +7,12 @@ compare names.
 
 Adding an optimizer is one call, usually as a decorator in its own module::
 
-    from optim import register
+    from apollo_optim import register
 
     @register("lion", summary="Lion (Chen et al., 2023)")
     class Lion(torch.optim.Optimizer): ...
 
-A module placed in the ``optim`` package is imported by ``optim/__init__.py``
+A module placed in the ``apollo_optim`` package is imported by ``apollo_optim/__init__.py``
 automatically; a module elsewhere is imported by the user (or by the training
 scripts' ``--plugin`` flag).
 """

@@ -127,7 +127,7 @@ class Plan:
 
 
 def plan(cache, params: list[torch.Tensor], states: list[dict]) -> Plan:
-    """The cached plan of one bucket (keyed like ``optim._fused.plan``)."""
+    """The cached plan of one bucket (keyed like ``apollo_optim._fused.plan``)."""
 
     def key():
         ids = [tuple(id(s[k]) for s in states) for k in ("exp_avg", "exp_hessian_diag_sq")]

@@ -7,7 +7,7 @@ LAMB (one launch reduces every tensor's blocks into a device buffer, the next re
 per-tensor scalars from it). Step counters and learning rates are read on the device, so
 ``step()`` never waits for the GPU and can be captured in a CUDA graph.
 
-Triton is imported only when a fused step runs, so ``import optim`` never needs it. The
+Triton is imported only when a fused step runs, so ``import apollo_optim`` never needs it. The
 optimizers call :func:`resolve` to choose their path and :func:`check_requested` to validate
 ``fused=True`` at construction.
 """

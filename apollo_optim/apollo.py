@@ -8,7 +8,7 @@ Implementations of the same rule (here, ``_apollo_cpu.py``, ``_apollo_foreach.py
 ``_fused``):
 
 * ``fused`` (the default for CUDA tensors): Triton kernels, a constant number of launches
-  per group, counters on the device (``optim._fused``);
+  per group, counters on the device (``apollo_optim._fused``);
 * ``foreach=False``: a plain per-tensor loop (:func:`_single_tensor_apollo`);
 * ``foreach=True`` (default elsewhere): on CPU, same-shape batches of small tensors and
   blocked sweeps over large ones (``_apollo_cpu``); on other devices ``torch._foreach_*``
