@@ -268,19 +268,21 @@ class Transformer(nn.Module):
 def label_smoothed_loss(
     logits: Tensor, target: Tensor, epsilon: float, pad: int
 ) -> tuple[Tensor, Tensor]:
-    """fairseq's label-smoothed cross entropy, summed over non-padding targets.
+    """Label-smoothed cross entropy as fairseq 0.9 and the authors' fork compute it, summed over
+    non-padding targets.
 
-    With V the vocabulary size and ε_i = ε / (V - 1):
-    ``loss = (1 - ε - ε_i) · NLL + ε_i · Σ_v (-log p_v)``. Returns ``(loss, nll)``, both sums
-    (the loop divides by the number of target tokens). Log-probabilities are float32.
+    With V the vocabulary size: ``loss = (1 - ε) · NLL + ε / V · Σ_v (-log p_v)`` (later fairseq
+    releases spread ε over V - 1 classes instead; the fork predates that). This is
+    ``F.cross_entropy(..., label_smoothing=ε)``. Returns ``(loss, nll)``, both sums (the loop
+    divides by the number of target tokens). Log-probabilities are float32.
     """
     lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))
     target = target.reshape(-1, 1)
     keep = target.ne(pad)
     nll = -lprobs.gather(1, target)[keep].sum()
     smooth = -lprobs.sum(dim=-1, keepdim=True)[keep].sum()
-    eps_i = epsilon / (lprobs.size(-1) - 1)
-    return (1.0 - epsilon - eps_i) * nll + eps_i * smooth, nll
+    eps_i = epsilon / lprobs.size(-1)
+    return (1.0 - epsilon) * nll + eps_i * smooth, nll
 
 
 MODEL_KEYS = (

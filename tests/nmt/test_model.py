@@ -82,6 +82,15 @@ def test_init_follows_fairseq():
     assert torch.all(layer.self_attn.out_proj.bias == 0) and torch.all(layer.ffn.fc1.bias == 0)
 
 
+def test_label_smoothed_loss_is_fairseq_0_9s():
+    """fairseq 0.9 / the authors' fork: (1 - eps) * nll + eps / V * smooth (not eps / (V - 1))."""
+    loss, nll = label_smoothed_loss(
+        torch.tensor([[[3.0, 0.0, 0.0, 0.0]]]), torch.tensor([[0]]), 0.1, PAD
+    )
+    assert loss.item() == pytest.approx(0.364206, abs=1e-6)  # 0.439206 with eps / (V - 1)
+    assert nll.item() == pytest.approx(math.log(math.exp(3) + 3) - 3, rel=1e-6)
+
+
 def test_label_smoothed_loss_by_hand():
     vocab, eps = 5, 0.1
     logits = torch.tensor(
@@ -92,7 +101,6 @@ def test_label_smoothed_loss_by_hand():
     )
     target = torch.tensor([[2, 4], [0, PAD]])  # the last position is padding
     want_loss = want_nll = 0.0
-    eps_i = eps / (vocab - 1)
     for b in range(2):
         for t in range(2):
             y = int(target[b, t])
@@ -102,17 +110,17 @@ def test_label_smoothed_loss_by_hand():
             log_z = math.log(sum(math.exp(v) for v in row))
             logp = [v - log_z for v in row]
             want_nll += -logp[y]
-            want_loss += (1 - eps - eps_i) * -logp[y] + eps_i * sum(-v for v in logp)
+            want_loss += (1 - eps) * -logp[y] + eps / vocab * sum(-v for v in logp)
     loss, nll = label_smoothed_loss(logits, target, eps, PAD)
     assert nll.item() == pytest.approx(want_nll, rel=1e-6)
     assert loss.item() == pytest.approx(want_loss, rel=1e-6)
-    # the same as torch's smoothing with alpha = eps * V / (V - 1) (the two forms coincide)
+    # the same as torch's smoothing with alpha = eps
     torch_loss = F.cross_entropy(
         logits.view(-1, vocab),
         target.view(-1),
         ignore_index=PAD,
         reduction="sum",
-        label_smoothing=eps * vocab / (vocab - 1),
+        label_smoothing=eps,
     )
     assert loss.item() == pytest.approx(torch_loss.item(), rel=1e-6)
 
