@@ -6,8 +6,9 @@
     python -m nmt.score --hyp H --ref R --sacrebleu            # detokenized sacreBLEU
 
 **Tokenized BLEU** (the paper's numbers): hypothesis and reference are Moses-tokenized text
-with BPE removed, scored on whitespace tokens, 4-gram corpus BLEU with the brevity penalty and
-no smoothing (``multi-bleu.perl``, ``fairseq-score``); with ``--compound-split`` both first pass
+with BPE removed, one line per ``\n`` and tokens split on ASCII whitespace (a no-break space
+stays inside its token), 4-gram corpus BLEU with the brevity penalty and no smoothing
+(``multi-bleu.perl``, ``fairseq-score``); with ``--compound-split`` both first pass
 fairseq's ``compound_split_bleu.sh`` rule (``nmt.text.compound_split``). sacreBLEU with
 ``tokenize="none"`` gives the same number. **Detokenized sacreBLEU**: detokenized hypotheses
 against the raw reference (newstest2014 as distributed), sacreBLEU's own ``13a`` tokenization,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +28,9 @@ from pathlib import Path
 from .text import compound_split
 
 MAX_ORDER = 4
+# multi-bleu.perl splits on Perl's byte-mode whitespace, fairseq's scorer on " ": ASCII only. A
+# no-break space or U+2028 inside a token is part of the token (str.split() would cut it).
+_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
 
 
 @dataclass
@@ -45,18 +50,30 @@ class Bleu:
         )
 
 
+def words(line: str) -> list[str]:
+    """The tokens of a line: split on ASCII whitespace only (``multi-bleu.perl``)."""
+    return [w for w in _ASCII_SPACE.split(line) if w]
+
+
+def lines(text: str) -> list[str]:
+    """The lines of a file's text: split on ``\n`` only (as Perl's and fairseq's readers do; a
+    form feed or U+2028 does not end a line), a final ``\n`` ending the last line."""
+    parts = text.split("\n")
+    return parts[:-1] if parts[-1] == "" else parts
+
+
 def _ngrams(words: list[str], n: int) -> Counter:
     return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
 def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> Bleu:
-    """Corpus BLEU on whitespace tokens (one reference per line, no smoothing)."""
+    """Corpus BLEU on ASCII-whitespace tokens (one reference per line, no smoothing)."""
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
     matches, totals = [0] * MAX_ORDER, [0] * MAX_ORDER
     hyp_len = ref_len = 0
     for hyp, ref in zip(hyps, refs, strict=True):
-        h, r = hyp.split(), ref.split()
+        h, r = words(hyp), words(ref)
         hyp_len, ref_len = hyp_len + len(h), ref_len + len(r)
         for n in range(1, MAX_ORDER + 1):
             hc, rc = _ngrams(h, n), _ngrams(r, n)
@@ -93,7 +110,7 @@ def _lines(path: str) -> list[str]:
     if not p.is_file():
         raise ValueError(f"{path}: no such file")
     try:
-        return p.read_text(encoding="utf-8").splitlines()
+        return lines(p.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 

@@ -48,10 +48,13 @@ def beam_search(
     max_len_a: float,
     max_len_b: int,
     max_positions: int,
+    vocab_size: int,
     min_len: int = 1,
 ) -> list[list[Hypothesis]]:
     """For each row of ``src_tokens`` (right-padded, ``</s>``-terminated), its finished
-    hypotheses, best first (at most ``beam``)."""
+    hypotheses, best first (at most ``beam``). A beam wider than ``vocab_size - 1`` is
+    narrowed to it, as fairseq's ``SequenceGenerator`` does (``<pad>`` is never a candidate)."""
+    beam = min(beam, vocab_size - 1)
     device = src_tokens.device
     bsz = src_tokens.size(0)
     src_lengths = src_tokens.ne(pad).sum(dim=1)
@@ -131,14 +134,35 @@ def generation_options(config: dict, name: str) -> dict[str, Any]:
         raise ValueError(
             f"{config['config']}: unknown generation {name!r}; generations: {', '.join(presets)}"
         )
-    options = dict(presets[name])
+    options = dict(presets[name]) if isinstance(presets[name], dict) else {}
     wrong = sorted(set(options) ^ set(GENERATION_KEYS))
     if wrong:
         raise ValueError(
             f"{config['config']}: generations.{name} keys must be {', '.join(GENERATION_KEYS)}; "
             f"unknown or missing: {', '.join(wrong)}"
         )
+    for key, ok, want in _GENERATION_CHECKS:
+        if not ok(options[key]):
+            raise ValueError(
+                f"{config['config']}: generations.{name}.{key} must be {want}, got {options[key]!r}"
+            )
     return options
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+_GENERATION_CHECKS = (
+    ("beam", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("lenpen", _is_number, "a number"),
+    ("max_len_a", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("max_len_b", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+)
 
 
 @torch.no_grad()
@@ -168,6 +192,7 @@ def translate(
                 pad=d.pad,
                 eos=d.eos,
                 max_positions=model.max_positions,
+                vocab_size=len(d),
                 **options,
             )
         for i, best in zip(chunk, hyps, strict=True):

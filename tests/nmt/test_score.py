@@ -103,3 +103,21 @@ def test_cli_scores_files_and_reports_bad_input(tmp_path, capsys):
         cli.main(score.main, ["--hyp", str(hyp), "--ref", str(ref)])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and str(ref) in err[0]
+
+
+def test_lines_split_on_newline_only_and_tokens_on_ascii_whitespace(tmp_path, capsys):
+    """multi-bleu.perl and fairseq: U+2028, a form feed or NEL do not end a line; a no-break
+    space does not end a token (str.splitlines() / str.split() did both)."""
+    assert score.words("a\u00a0b c\td\r") == ["a\u00a0b", "c", "d"]
+    assert score.lines("one\u2028two\x0cthree\x85\nfour\r\n") == [
+        "one\u2028two\x0cthree\x85",
+        "four\r",
+    ]
+    # "10\u00a0000" is one token of the reference, "Euro\u2028heute" one of both: one line each
+    hyp, ref = tmp_path / "hyp.txt", tmp_path / "ref.txt"
+    hyp.write_text("es kostet 10 000 Euro\u2028heute\n", encoding="utf-8")
+    ref.write_text("es kostet 10\u00a0000 Euro\u2028heute\n", encoding="utf-8")
+    cli.main(score.main, ["--hyp", str(hyp), "--ref", str(ref)])
+    assert capsys.readouterr().out.startswith(
+        "BLEU = 0.00 60.0/25.0/0.0/0.0 (BP=1.000, ratio=1.250, hyp_len=5, ref_len=4)"
+    )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nmt.model import Transformer
-from nmt.search import beam_search
+from nmt.search import beam_search, generation_options
 
 PAD, EOS = 1, 2
 A, B, C, D = 4, 5, 6, 7
@@ -59,6 +59,7 @@ def search(model, src: list[list[int]], **kw):
         "max_len_a": 0.0,
         "max_len_b": 10,
         "max_positions": 1024,
+        "vocab_size": VOCAB,
     }
     return beam_search(model, tokens, **{**args, **kw})
 
@@ -162,6 +163,7 @@ def test_beam_one_on_the_transformer_is_greedy_decoding():
         max_len_a=0.0,
         max_len_b=6,
         max_positions=64,
+        vocab_size=20,
     )
     with torch.no_grad():
         for row, (best,) in zip(src, hyps, strict=True):
@@ -176,3 +178,34 @@ def test_beam_one_on_the_transformer_is_greedy_decoding():
                     break
                 prefix.append(token)
             assert best.tokens == prefix[1:]
+
+
+def test_a_beam_as_wide_as_the_vocabulary_is_narrowed_to_vocab_minus_one():
+    """fairseq's SequenceGenerator: beam = min(beam, V - 1); torch.topk raised before."""
+    wide = search(TableModel(P, UNIFORM), [[A, EOS]], beam=VOCAB)
+    assert len(wide[0]) == VOCAB - 1
+    assert (
+        wide[0][0].tokens == search(TableModel(P, UNIFORM), [[A, EOS]], beam=VOCAB - 1)[0][0].tokens
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("beam", 0),
+        ("beam", 2.5),
+        ("beam", True),
+        ("lenpen", "x"),
+        ("max_len_a", -1.0),
+        ("max_len_b", -1),
+    ],
+)
+def test_bad_generation_settings_are_one_line(key, value):
+    config = {
+        "config": "c.yaml",
+        "generations": {"g": {"beam": 4, "lenpen": 0.6, "max_len_a": 0.0, "max_len_b": 200}},
+    }
+    assert generation_options(config, "g")["beam"] == 4
+    config["generations"]["g"][key] = value
+    with pytest.raises(ValueError, match=f"c.yaml: generations.g.{key} must be"):
+        generation_options(config, "g")
