@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,12 +50,36 @@ class UsageError(ValueError):
     """Bad command-line input that is not about the config (a plugin that does not import)."""
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, and ``key=value`` overrides allowed between flags."""
+_ROLE = re.compile(r":[a-z]+:`~?([^`<]+?)(?: <[^>]+>)?`")
+
+
+def help_text(doc: str | None) -> str:
+    """A docstring as ``--help`` prints it: reST markup (````x````, ``:func:`x```, ``::``)
+    removed, its line breaks kept (with :class:`ArgumentParser`'s raw description)."""
+    text = _ROLE.sub(r"\1", inspect.cleandoc(doc or "")).replace("``", "")
+    text = re.sub(r"(?m)^::$", "", text)  # a literal block's lone marker
+    text = re.sub(r"(?m)::$", ":", text)  # "Example::" -> "Example:"
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that prints its description and epilog as written (``description`` and
+    ``epilog`` go through :func:`help_text`) and reports a usage error in one line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        for key in ("description", "epilog"):
+            if kwargs.get(key):
+                kwargs[key] = help_text(kwargs[key])
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+
+class Parser(ArgumentParser):
+    """:class:`ArgumentParser` with ``key=value`` overrides allowed between flags."""
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         return self.parse_intermixed_args(args, namespace)
@@ -62,12 +88,10 @@ class Parser(argparse.ArgumentParser):
 def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     """The common flags; ``key=value`` overrides are collected as ``args.overrides``.
 
-    ``description`` is printed verbatim by ``--help``: a task passes its module docstring,
-    whose examples are its own.
+    ``description`` is printed by ``--help`` (through :func:`help_text`): a task passes its
+    module docstring, whose examples are its own.
     """
-    p = Parser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = Parser(prog=prog, description=description)
     p.add_argument("--config", required=True, help="the table file (configs/<table>.yaml)")
     p.add_argument("--row", required=True, help="a row of that table (its 'rows' section)")
     p.add_argument("--schedule", help="a schedule of that table (default: its only one)")

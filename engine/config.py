@@ -6,6 +6,7 @@ A table file (``configs/<table>.yaml``) has these top-level keys::
     task: classification          # entry point: python -m classification.train
     paper_version: current        # or v1 (the paper's first version)
     seeds: [1, 101, ...]          # the authors' seed list; --seed picks one (default: the first)
+    default_seeds: 3              # optional: a sweep runs the first 3 seeds (default: all)
     defaults: {...}               # keys shared by every row
     schedules: {milestone: {...}, cosine: {...}}   # keys each schedule sets (epochs, schedule.*)
     rows: {SGD: {...}, Apollo: {...}}              # keys each row sets (optimizer, schedule.*)
@@ -42,7 +43,17 @@ import yaml
 TypeSpec = type | tuple[type, ...]
 Schema = Mapping[str, TypeSpec]
 
-TABLE_KEYS = ("table", "task", "paper_version", "seeds", "defaults", "schedules", "rows", "extends")
+TABLE_KEYS = (
+    "table",
+    "task",
+    "paper_version",
+    "seeds",
+    "default_seeds",
+    "defaults",
+    "schedules",
+    "rows",
+    "extends",
+)
 _REPO = Path(__file__).resolve().parent.parent
 
 _OPTIONAL_INT = (int, type(None))
@@ -131,6 +142,12 @@ def load_table(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
     seeds = table.setdefault("seeds", [])
     if not isinstance(seeds, list) or not all(_is_int(s) for s in seeds):
         raise ConfigError(f"{path}: 'seeds' must be a list of integers, got {seeds!r}")
+    count = table.get("default_seeds")
+    if count is not None and not (_is_int(count) and 1 <= count <= len(seeds)):
+        raise ConfigError(
+            f"{path}: 'default_seeds' must be a count of the table's seeds, "
+            f"1..{len(seeds)}, got {count!r}"
+        )
     _reject_numeric_strings(table, str(path))
     table["_path"] = str(path)
     return table

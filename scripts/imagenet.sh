@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
 # The paper's ResNeXt-50 on ImageNet table: every row x schedule x seed of configs/imagenet.yaml,
-# each run in runs/imagenet/<version>/<row>/<schedule>/seed<N> (re-running resumes / skips finished runs).
+# each run in <out-dir>/imagenet/<version>/<row>/<schedule>/seed<N>. Re-running resumes
+# unfinished runs and skips finished ones; the first run that fails stops the table. Rows,
+# schedules, seeds and every hyperparameter come from the config; this script holds none.
+# Paths are relative to the directory you run it from. Data: docs/data.md.
 #
-#   bash scripts/imagenet.sh --gpus 8 --data-dir data/imagenet                 # the whole current table
-#   bash scripts/imagenet.sh --version v1 ...    # the first paper version (configs/v1/imagenet.yaml)
+#   bash scripts/imagenet.sh --gpus 8 --data-dir data/imagenet               # the whole table
+#   bash scripts/imagenet.sh --version v1 --gpus 8 --data-dir data/imagenet  # the first version
 #   bash scripts/imagenet.sh --rows SGD,Apollo --schedules cosine --seed-list 1,101 --dry-run
-#   bash scripts/imagenet.sh ... -- amp=bf16           # key=value overrides for every run
+#   bash scripts/imagenet.sh --gpus 8 --data-dir data/imagenet -- amp=bf16   # for every run
 #
-# Options: --gpus N (per run; >1 uses torchrun; 0 = CPU), --data-dir D, --out-root R,
-# --version V, --rows, --schedules, --seeds N (the first N of the table's seeds)
-# or --seed-list S1,S2, --plugin MODULE_OR_PATH (repeatable), --dry-run (print the commands),
-# --jobs-per-gpu N (N runs side by side on each GPU of CUDA_VISIBLE_DEVICES); see --help.
-# The first run that fails stops the sweep. Rows, schedules, seeds and every hyperparameter come
-# from the config; this script holds none.
+# Then: python -m scripts.report runs/imagenet   (the table; written to runs/imagenet/report/)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-exec "${PYTHON:-python}" -m scripts.sweep --prog "bash scripts/imagenet.sh" --table imagenet "$@"
+export PYTHONPATH="$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+exec "${PYTHON:-python}" -m scripts.sweep --script imagenet "$@"

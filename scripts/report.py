@@ -2,7 +2,8 @@
 
 ::
 
-    python -m scripts.report RUN_DIR_OR_GLOB... [--out D] [--pick {best,final}] [--no-plots]
+    python -m scripts.report RUN_DIR_OR_GLOB... [--out DIR] [--pick {best,final}] [--no-plots]
+    python -m scripts.report runs/cifar10          # writes runs/cifar10/report/
 
 Each argument is a run directory (it holds ``config.json`` / ``results.json``, see
 ``engine.metrics``), a folder searched for run directories, or a glob of either. Runs are
@@ -19,15 +20,18 @@ different config from the other runs of its group (the most common config wins; 
 paths, device and worker count may differ).
 
 Writes ``table.md``, ``table.tex``, ``table.csv`` and ``curves_<table>_<version>_<schedule>.png``
-(see ``scripts/plot_curves.py``) to ``--out`` (default ``runs/report``) and prints the Markdown.
+(see ``scripts/plot_curves.py``) to ``--out`` and prints the Markdown. By default the report goes
+beside the runs it reports, so that the reports of different tables never overwrite each other:
+``report/`` in the folder named (``runs/cifar10`` -> ``runs/cifar10/report/``), or in the
+deepest folder that holds every run named or matched.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import json
+import os
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -132,6 +136,25 @@ def find_run_dirs(patterns: Iterable[str]) -> list[Path]:
             else:
                 found.update(p.parent for name in RUN_FILES for p in path.rglob(name))
     return sorted(found)
+
+
+def default_out(patterns: Iterable[str]) -> Path:
+    """``report/`` beside the runs: in the folder named, or in the deepest folder holding every
+    run directory (or run file) named or matched by ``patterns``."""
+    folders = []
+    for pattern in patterns:
+        matched = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
+        for path in map(Path, matched):
+            if path.is_file():  # runs/**/results.json: its run directory
+                path = path.parent
+            if any((path / name).exists() for name in RUN_FILES):  # a run: the folder of runs
+                path = path.parent
+            folders.append(str(path.absolute()))
+    out = Path(os.path.commonpath(folders) if folders else ".").absolute() / "report"
+    try:
+        return out.relative_to(Path.cwd())
+    except ValueError:
+        return out
 
 
 def load_run(path: Path) -> Run | str:
@@ -482,9 +505,18 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m scripts.report", description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_GLOB")
-    p.add_argument("--out", default="runs/report", help="output folder (default: runs/report)")
+    p = cli.ArgumentParser(prog="python -m scripts.report", description=__doc__)
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR_OR_GLOB",
+        help="run directories, folders searched for them, or globs of either",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: report/ beside the runs, e.g. runs/cifar10/report)",
+    )
     p.add_argument(
         "--pick",
         choices=("best", "final"),
@@ -493,7 +525,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
     args = p.parse_args(argv)
-    result = report(args.runs, args.out, args.pick, plots=not args.no_plots)
+    find_run_dirs(args.runs)  # a pattern that matches nothing: one line, before any default
+    out = args.out if args.out is not None else default_out(args.runs)
+    result = report(args.runs, out, args.pick, plots=not args.no_plots)
     print(result["markdown"], end="")
     if result["skipped"]:
         print(f"\nskipped {len(result['skipped'])} run directories:")

@@ -81,6 +81,7 @@ def test_runs_side_by_side_give_the_numbers_they_give_alone(
     """Two tiny CIFAR runs at once on one (fake) GPU == each run alone, in this process."""
     data = write_cifar(tmp_path / "data")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    monkeypatch.setattr(sweep, "_visible_gpus", lambda: 1)  # torch would see none here
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     tiny = [

@@ -200,3 +200,24 @@ def test_paper_numbers_match_the_spec_tables() -> None:
     assert reported("cifar10", "current", "MyOpt", "cosine") is None
     assert len(PAPER[("cifar10", "current")].cells) == 9
     json.dumps({str(k): v for k, v in PAPER.items()})  # plain data
+
+
+def test_the_default_output_goes_beside_the_runs(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The reports of two tables never overwrite each other: ``report runs/X`` writes
+    ``runs/X/report/``; a run, a glob or several folders: their deepest common folder."""
+    root = tmp_path / "runs"
+    make_run(root, "Apollo", 1, [80.0], table="quickstart")
+    sgd = make_run(root, "SGD", 1, [70.0], table="cifar10")
+    monkeypatch.chdir(tmp_path)
+    assert report.default_out(["runs/cifar10"]) == Path("runs/cifar10/report")
+    assert report.default_out([str(sgd)]) == sgd.parent.relative_to(tmp_path) / "report"
+    assert report.default_out([str(sgd / "results.json")]) == report.default_out([str(sgd)])
+    assert report.default_out(["runs/*/current"]) == Path("runs/report")
+    assert report.default_out(["runs/cifar10", "runs/quickstart"]) == Path("runs/report")
+    for table in ("cifar10", "quickstart"):
+        report.main([f"runs/{table}", "--no-plots"])
+        assert f"wrote runs/{table}/report/table.md" in capsys.readouterr().out
+    assert "| SGD |" in (root / "cifar10/report/table.md").read_text()
+    assert "| Apollo |" in (root / "quickstart/report/table.md").read_text()
+    report.main(["runs/cifar10", "--no-plots"])  # its own report folder is not a run
+    assert "skipped" not in capsys.readouterr().out

@@ -127,9 +127,7 @@ def test_the_first_failed_run_stops_the_sweep(tmp_path: Path, monkeypatch, capsy
     with pytest.raises(SystemExit) as exc:
         sweep.main(
             [
-                "--prog",
-                "bash scripts/cifar10.sh",
-                "--table",
+                "--script",
                 "cifar10",
                 "--rows",
                 "SGD",
@@ -147,3 +145,66 @@ def test_the_first_failed_run_stops_the_sweep(tmp_path: Path, monkeypatch, capsy
         "bash scripts/cifar10.sh: stopped: SGD / milestone / seed 1 exited with status "
         "2 (its error is above); 3 run(s) not started"
     ]
+
+
+def _bash(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_table_script_runs_its_own_table_only(tmp_path: Path) -> None:
+    """``cifar10.sh --help`` is the script's own header; another table is refused in one line,
+    an extension of its own table is taken."""
+    helped = _bash(str(ROOT / "scripts/cifar10.sh"), "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: bash scripts/cifar10.sh")
+    assert "ResNet-110 on CIFAR-10" in helped.stdout and "--jobs-per-gpu" in helped.stdout
+    assert "Rows x schedules x seeds of one table" not in helped.stdout  # not the sweep's help
+    for args in (["--table", "imagenet"], ["--config", str(ROOT / "configs/imagenet.yaml")]):
+        refused = _bash(str(ROOT / "scripts/cifar10.sh"), *args, "--dry-run")
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr.startswith("error: bash scripts/cifar10.sh runs the cifar10 table")
+        assert refused.stderr.count("\n") == 1
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"extends: {ROOT / 'configs/cifar10.yaml'}\n")
+    taken = _bash(
+        str(ROOT / "scripts/cifar10.sh"),
+        *("--config", str(mine), "--rows", "SGD", "--seeds", "1", "--gpus", "0", "--dry-run"),
+    )
+    assert taken.returncode == 0 and len(taken.stdout.splitlines()) == 2, taken.stderr
+
+
+def test_where_runs_execute_is_said_and_never_a_silent_cpu() -> None:
+    assert sweep.gpus_per_run(None, visible=lambda: 4) == (
+        1,
+        "each run on 1 GPU (4 visible; --gpus N for N per run, --jobs-per-gpu N for N runs "
+        "on each)",
+    )
+    gpus, where = sweep.gpus_per_run(None, visible=lambda: 0)
+    assert gpus == 0 and where.startswith("no GPU visible to torch: each run on the CPU")
+    assert sweep.gpus_per_run(0, visible=lambda: 1 / 0)[0] == 0  # no probe needed
+    assert sweep.gpus_per_run(2, visible=lambda: 2)[0] == 2
+    with pytest.raises(ValueError, match=r"--gpus 2: torch sees 1 GPU\(s\) here .*--gpus 0"):
+        sweep.gpus_per_run(2, visible=lambda: 1)
+    assert sweep.gpus_per_run(8, check=False, visible=lambda: 1 / 0)[0] == 8  # a dry run
+
+
+@pytest.mark.slow  # one tiny training run: ~10 s on a 2-core CPU
+def test_a_table_script_takes_paths_relative_to_the_callers_directory(tmp_path: Path) -> None:
+    """``bash /checkout/scripts/cifar10.sh --data-dir data/x`` from another directory trains on
+    that directory's data/x and writes its runs there; the first line says where they run."""
+    from tests.classification.conftest import write_cifar
+
+    write_cifar(tmp_path / "data" / "x")
+    tiny = ["--epochs", "1", "--max-steps-per-epoch", "2", "--workers", "0", "model=cifar_resnet8"]
+    tiny += ["batch_size=8", "eval_batch_size=10", "augmentation.crop=16"]
+    proc = _bash(
+        str(ROOT / "scripts/cifar10.sh"),
+        *("--data-dir", "data/x", "--rows", "SGD", "--schedules", "cosine", "--seeds", "1"),
+        *("--gpus", "0", "--out-dir", "out", "--", *tiny),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0] == "each run on the CPU (--gpus 0)"
+    results = tmp_path / "out/cifar10/current/SGD/cosine/seed1/results.json"
+    assert '"finished": true' in results.read_text()
