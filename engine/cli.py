@@ -124,10 +124,15 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
 
 
 def resolve_args(
-    args: argparse.Namespace, schema: cfg.Schema, table: dict[str, Any] | None = None
+    args: argparse.Namespace,
+    schema: cfg.Schema,
+    table: dict[str, Any] | None = None,
+    *,
+    check_optimizer: bool = True,
 ) -> dict[str, Any]:
     """Load plugins, then the table (unless given, already loaded), then resolve
-    ``--row``/``--schedule``/flags/overrides."""
+    ``--row``/``--schedule``/flags/overrides; ``check_optimizer`` holds the ``optimizer``
+    section to the registered optimizer's signature (which imports torch)."""
     for plugin in args.plugin:
         load_plugin(plugin)
     table = table if table is not None else cfg.load_table(args.config)
@@ -145,6 +150,11 @@ def resolve_args(
     config = cfg.resolve(
         table, args.row, schedule, schema=schema, flags=flags, overrides=args.overrides
     )
+    if check_optimizer:
+        import apollo_optim as optim
+
+        spec = optim.get(config["optimizer"]["name"])  # an unknown name: one line
+        cfg.check_optimizer(config["optimizer"], spec.factory, args.config)
     config["plugins"] = list(args.plugin)
     return config
 

@@ -12,11 +12,17 @@ A table file (``configs/<table>.yaml``) has these top-level keys::
     rows: {SGD: {...}, Apollo: {...}}              # keys each row sets (optimizer, schedule.*)
     extends: cifar10.yaml         # optional: start from another table (see below)
 
+Values are read as YAML 1.2 reads them (:class:`Loader`): ``1e-4`` is a number.
+
 ``extends`` names a base table (relative to this file, else to the project root). The base is
 loaded first; this file's keys are then merged onto it, mappings key by key (so a row may set
 only ``optimizer.warmup``), and a key set to ``null`` removes the inherited one (``schedules:
-{milestone: null}``). New rows are appended after the base's. ``configs/quickstart.yaml`` and
-``docs/adding_an_optimizer.md`` use it so that a row's hyperparameters live in one file.
+{milestone: null}``). New rows are appended after the base's. A mapping tagged ``!replace``
+replaces the base's instead (``rows: !replace {...}``: this table's rows, in this order), and a
+row ``{from: NAME, ...}`` starts from the base's row NAME (``configs/v1/*.yaml`` restate the
+current tables' rows under the first paper version's names this way). ``configs/quickstart.yaml``
+and ``docs/adding_an_optimizer.md`` use ``extends`` so that a row's hyperparameters live in one
+file.
 
 :func:`resolve` merges ``defaults`` < ``schedules[name]`` < ``rows[name]`` < the CLI flags <
 ``key=value`` overrides (dotted keys reach into sections: ``optimizer.lr=0.02``), then checks
@@ -24,17 +30,22 @@ every value against the task's schema (:data:`COMMON_SCHEMA` plus the task's own
 result is a plain dict that ``--print-config`` prints and ``config.json`` stores.
 
 Types: a schema maps a key to a type or a tuple of types (``(int, type(None))`` for optional).
-An override is parsed like YAML (``true``, ``[80, 120]``, ``null``) except that ``1e-4`` is a
-float, then converted to the type the key already has (an int where a float is expected is
-fine; a string where a number is expected is an error). Every problem is a :class:`ConfigError`
-(a ``ValueError``) whose one-line message names the file and the key and lists what exists.
+An override is parsed as the tables are (``1e-4``, ``true``, ``[80, 120]``, ``null``), then
+converted to the type the key already has (an int where a float is expected is fine; a string
+where a number is expected is an error). :func:`check_optimizer` holds the ``optimizer`` section
+to the optimizer's signature: an argument it does not take, or a value of the wrong type, is an
+error before anything runs. Every problem is a :class:`ConfigError` (a ``ValueError``) whose
+one-line message names the file and the key and lists what exists.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import re
-from collections.abc import Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +120,39 @@ AMP_MODES = ("none", "fp16", "bf16")
 COMPILE_MODES = ("none", "default", "reduce-overhead")  # see engine.compiling
 DEVICES = ("cpu", "cuda")
 
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
 
 class ConfigError(ValueError):
     """A bad table, row, schedule, key or value; the message is one line for the user."""
+
+
+class Replace(dict):
+    """A mapping tagged ``!replace`` in an extending table: it replaces the base's mapping
+    instead of being merged onto it key by key."""
+
+
+class Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-4`` is a number, not the string
+    PyYAML's YAML 1.1 rules make of it (they want ``1.0e-4``); and the ``!replace`` tag."""
+
+
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+        |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+Loader.add_constructor(
+    "!replace", lambda loader, node: Replace(loader.construct_mapping(node, deep=True))
+)
 
 
 def load_table(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -124,7 +163,7 @@ def load_table(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
     try:
-        table = yaml.safe_load(text)
+        table = yaml.load(text, Loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(table, dict):
@@ -139,6 +178,9 @@ def load_table(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
     for section in ("defaults", "schedules", "rows"):
         if not isinstance(table[section], dict) or not table[section]:
             raise ConfigError(f"{path}: '{section}' must be a non-empty mapping")
+    for name, row in table["rows"].items():
+        if isinstance(row, dict) and "from" in row:
+            raise ConfigError(f"{path}: rows.{name}.from names a row of the base: it needs extends")
     seeds = table.setdefault("seeds", [])
     if not isinstance(seeds, list) or not all(_is_int(s) for s in seeds):
         raise ConfigError(f"{path}: 'seeds' must be a list of integers, got {seeds!r}")
@@ -148,7 +190,6 @@ def load_table(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
             f"{path}: 'default_seeds' must be a count of the table's seeds, "
             f"1..{len(seeds)}, got {count!r}"
         )
-    _reject_numeric_strings(table, str(path))
     table["_path"] = str(path)
     return table
 
@@ -167,16 +208,37 @@ def _extend(child: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[s
         raise ConfigError(f"{path}: 'extends' loops back to {base_path}")
     base = load_table(base_path, (*seen, path.resolve()))
     del base["_path"]
+    if isinstance(child.get("rows"), dict):
+        for name, row in child["rows"].items():
+            if isinstance(row, dict) and "from" in row:
+                child["rows"][name] = _row_from(row, base["rows"], f"{path}: rows.{name}")
     merge(base, child, none_deletes=True)
     return base
 
 
+def _row_from(row: dict[str, Any], base_rows: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A row written ``{from: NAME, ...}``: the base table's row NAME with the other keys
+    merged onto it (a replaced row, or a renamed one: the first paper version's Adam is the
+    current table's Adam*)."""
+    name = row["from"]
+    if name not in base_rows:
+        raise ConfigError(
+            f"{where}.from: the base table has no row {name!r}; rows: {', '.join(base_rows)}"
+        )
+    merged = copy.deepcopy(base_rows[name])
+    merge(merged, {k: v for k, v in row.items() if k != "from"}, none_deletes=True)
+    return merged
+
+
 def merge(base: dict[str, Any], update: Mapping[str, Any], *, none_deletes: bool = False) -> None:
-    """Merge a copy of ``update`` onto ``base`` in place, mappings key by key; with
-    ``none_deletes`` a ``None`` value removes the key (how ``extends`` drops inherited keys)."""
+    """Merge a copy of ``update`` onto ``base`` in place, mappings key by key unless tagged
+    ``!replace`` (:class:`Replace`); with ``none_deletes`` a ``None`` value removes the key (how
+    ``extends`` drops inherited keys)."""
     for key, value in update.items():
         if value is None and none_deletes:
             base.pop(key, None)
+        elif isinstance(value, Replace):
+            base[key] = copy.deepcopy(dict(value))
         elif isinstance(value, dict) and isinstance(base.get(key), dict):
             merge(base[key], value, none_deletes=none_deletes)
         else:
@@ -364,17 +426,13 @@ def apply_override(config: dict[str, Any], item: str, schema: Schema) -> None:
 
 
 def parse_value(text: str) -> Any:
-    """YAML scalars and lists, except that ``1e-4`` is a float (PyYAML reads it as a string)."""
+    """An override's value as the tables read it (:class:`Loader`): ``1e-4``, ``true``,
+    ``[80, 120]``, ``null``; anything else is a string."""
     text = text.strip()
-    if _NUMBER.match(text):
-        return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
     try:
-        value = yaml.safe_load(text) if text else ""
+        return yaml.load(text, Loader) if text else ""
     except yaml.YAMLError:
         return text
-    if isinstance(value, list):
-        return [parse_value(str(v)) if isinstance(v, str) else v for v in value]
-    return value
 
 
 def _coerce(value: Any, spec: TypeSpec, key: str, item: str) -> Any:
@@ -409,15 +467,76 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _reject_numeric_strings(node: Any, path: str, where: str = "") -> None:
-    """PyYAML reads ``1e-4`` as a string; a number-looking string is always a typo here."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            _reject_numeric_strings(value, path, f"{where}.{key}" if where else str(key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            _reject_numeric_strings(value, path, f"{where}[{i}]")
-    elif isinstance(node, str) and _NUMBER.match(node.strip()):
+def check_optimizer(section: dict[str, Any], factory: Callable[..., Any], where: str) -> None:
+    """Hold the ``optimizer`` section (``name`` and constructor arguments) to ``factory``'s
+    signature, in place: an argument it does not take (unless it takes ``**kwargs``), one it
+    needs and lacks, or a value of another type than its annotation (or default) is a
+    :class:`ConfigError`; an int where a float is annotated becomes a float."""
+    name = section.get("name")
+    accepted, any_kwargs, required = _signature_types(factory)
+    for key, value in section.items():
+        if key == "name":
+            continue
+        if key not in accepted:
+            if any_kwargs:
+                continue  # passed through to the torch.optim class, which checks it
+            raise ConfigError(
+                f"{where}: unknown key 'optimizer.{key}' for optimizer {name!r}; its "
+                f"arguments: {', '.join(accepted)}"
+            )
+        allowed = accepted[key]
+        if allowed is None or _matches(value, allowed):
+            continue
+        if float in allowed and _is_int(value):
+            section[key] = float(value)
+            continue
+        if tuple in allowed and isinstance(value, list):
+            continue  # YAML has no tuples: betas [0.9, 0.999]
+        names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
         raise ConfigError(
-            f"{path}: {where} is the string {node!r}; write floats with a dot, e.g. 1.0e-4"
+            f"{where}: optimizer.{key} must be {names} for optimizer {name!r}, got {value!r}"
         )
+    missing = [k for k in required if k not in section]
+    if missing:
+        raise ConfigError(f"{where}: optimizer {name!r} needs optimizer.{missing[0]}")
+
+
+def _signature_types(
+    factory: Callable[..., Any],
+) -> tuple[dict[str, tuple[type, ...] | None], bool, list[str]]:
+    """Each keyword argument of ``factory(params, ...)`` with the types it takes (None: any),
+    whether it takes ``**kwargs``, and the arguments without a default."""
+    params = list(inspect.signature(factory).parameters.values())[1:]  # after `params`
+    try:
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # an annotation that does not evaluate: fall back on the defaults
+        hints = {}
+    accepted: dict[str, tuple[type, ...] | None] = {}
+    required = []
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        accepted[p.name] = _types_of(hints.get(p.name), p.default)
+        if p.default is p.empty:
+            required.append(p.name)
+    any_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+    return accepted, any_kwargs, required
+
+
+def _types_of(hint: Any, default: Any) -> tuple[type, ...] | None:
+    if hint is None:
+        if default is inspect.Parameter.empty or default is None:
+            return None
+        hint = type(default)
+    options = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else (hint,)
+    )
+    found: list[type] = []
+    for option in options:
+        option = typing.get_origin(option) or option
+        if option not in (bool, int, float, str, tuple, list, dict, type(None)):
+            return None  # a type a YAML value cannot be checked against
+        found.append(option)
+    return tuple(found)

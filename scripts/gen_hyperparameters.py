@@ -12,12 +12,12 @@ row per optimizer with every constructor argument.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine import cli
 from engine import config as cfg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ def render(root: Path = ROOT) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.gen_hyperparameters")
+    p = cli.ArgumentParser(prog="python -m scripts.gen_hyperparameters", description=__doc__)
     p.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     args = p.parse_args(argv)
     text, target = render(), ROOT / OUTPUT

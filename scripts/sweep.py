@@ -140,7 +140,8 @@ def plan(
     table order, each resolved as its training command would resolve it (plugins loaded, so a
     plugin's optimizer is known); ``ValueError`` on the first bad run, before any starts.
     ``gpus`` per run: 0 trains on the CPU, 1 on a GPU, more under ``torchrun``.
-    ``check_optimizers`` looks each optimizer up in the registry (which imports torch)."""
+    ``check_optimizers`` holds each optimizer section to the registered optimizer's signature
+    (which imports torch)."""
     if gpus < 0:
         raise ValueError(f"--gpus must be >= 0, got {gpus}")
     table = cfg.load_table(config_path)
@@ -183,11 +184,8 @@ def plan(
                     args += ["--data-dir", data_dir]
                 args += ["--device", "cuda" if gpus else "cpu"]
                 args += list(extra)
-                config = cli.resolve_args(parser.parse_args(args), schema, table)
-                if check_optimizers:
-                    import apollo_optim as optim
-
-                    optim.get(config["optimizer"]["name"])  # an unknown name: one line, now
+                parsed = parser.parse_args(args)
+                config = cli.resolve_args(parsed, schema, table, check_optimizer=check_optimizers)
                 jobs.append(Job([*launch, "-m", f"{table['task']}.train", *args], run_dir, config))
     return jobs
 
