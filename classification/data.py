@@ -20,20 +20,26 @@ itself (``device``, :mod:`classification.device_data`; ``auto`` does on CUDA).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import pickle
+import shutil
+import signal
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 if TYPE_CHECKING:
     from torchvision import transforms
 
 from engine.distributed import Context, split_batch
+from engine.lock import RunDirLock
 
 from .device_data import DeviceImages
 
@@ -54,6 +60,33 @@ PIPELINES = ("auto", "device", "loader")
 
 class DataError(ValueError):
     """Missing or malformed data; the message names the path."""
+
+
+class ImageError(DataError):
+    """An image file that cannot be decoded (truncated, not an image); names the file.
+
+    Raised inside a DataLoader worker, it reaches the training process rebuilt from a message
+    that holds the worker's whole traceback; only its last line, this error's own, is kept, so
+    the user still reads one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.rstrip().rsplit(marker, 1)[1]
+        super().__init__(message)
+
+
+def load_image(path: str) -> Image.Image:
+    """An RGB image, as torchvision's default loader reads it; :class:`ImageError` naming the
+    file when it is not a readable image."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except UnidentifiedImageError:
+        raise ImageError(f"unreadable image {path} (not an image format PIL reads)") from None
+    except OSError as exc:  # "image file is truncated", an unreadable file
+        raise ImageError(f"unreadable image {path} ({exc.strerror or exc})") from None
 
 
 def cifar_dir(root: str | Path, dataset: str) -> Path:
@@ -196,7 +229,7 @@ def build_datasets(config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
     if root is None:
         raise DataError(f"no data directory for {name}: pass --data-dir")
     if not Path(root).is_dir():
-        raise DataError(f"data directory {root} does not exist")
+        raise DataError(_missing_dir(root))
     if name in CIFAR:
         sets = []
         for train in (True, False):
@@ -210,7 +243,9 @@ def build_datasets(config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
     for split, train in (("train", True), ("val", False)):
         path = Path(root) / split
         try:
-            ds = datasets.ImageFolder(str(path), transform=build_transforms(aug, train))
+            ds = datasets.ImageFolder(
+                str(path), transform=build_transforms(aug, train), loader=load_image
+            )
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"bad ImageNet folder {path}: {exc}") from None
         if len(ds.classes) != config["num_classes"]:
@@ -220,6 +255,12 @@ def build_datasets(config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
             )
         sets.append(ds)
     return sets[0], sets[1]
+
+
+def _missing_dir(root: str | Path) -> str:
+    if Path(root).exists():
+        return f"data directory {root} is a file, not a folder"
+    return f"data directory {root} does not exist"
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, root: Path) -> None:
@@ -283,12 +324,10 @@ def _device_loaders(
     config: Mapping[str, Any], ctx: Context, memory_format: torch.memory_format
 ) -> tuple[DeviceImages, DeviceImages, DistributedSampler]:
     name, root, aug = config["dataset"], config["data_dir"], config["augmentation"]
-    if root is None or not Path(root).is_dir():
-        raise DataError(
-            f"data directory {root} does not exist"
-            if root
-            else f"no data directory for {name}: pass --data-dir"
-        )
+    if root is None:
+        raise DataError(f"no data directory for {name}: pass --data-dir")
+    if not Path(root).is_dir():
+        raise DataError(_missing_dir(root))
     if aug["style"] != "cifar":
         raise ValueError(
             f"data_pipeline=device applies augmentation.style cifar, got {aug['style']!r}"
@@ -325,20 +364,117 @@ def _device_loaders(
 
 
 def download(dataset: str, root: str | Path) -> Path:
-    """Fetch CIFAR-10/100 with torchvision (which verifies the archive's checksum)."""
-    from torchvision import datasets
+    """Fetch CIFAR-10/100 into ``root``: the archive torchvision names, its MD5 checked, unpacked.
 
-    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[dataset]
-    cls(str(root), train=True, download=True)
-    return cifar_dir(root, dataset)
+    Everything happens in a hidden folder beside ``root`` (``.<dataset>-download``, locked
+    against a second download); only the complete ``cifar-10-batches-py/`` (or
+    ``cifar-100-python/``) is moved into ``root``, created then, and the archive is deleted. On
+    any failure (no network, a wrong checksum, a full disk, Ctrl-C or SIGTERM) ``root`` is as it
+    was and a :class:`DataError` says what failed, the URL, and how to get the data by hand. An
+    existing folder whose files have the published MD5s is kept as it is.
+    """
+    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets.utils import check_integrity
+
+    cls = {"cifar10": CIFAR10, "cifar100": CIFAR100}[dataset]
+    root = Path(root)
+    target = root / cls.base_folder
+    base = next(p for p in (root, *root.parents) if p.exists())  # root itself, if it exists
+    if not base.is_dir():
+        raise DataError(f"{base} is a file, not a folder: name a folder to put {dataset} in")
+    if target.exists():
+        files = cls.train_list + cls.test_list
+        bad = [n for n, md5 in files if not check_integrity(str(target / n), md5)]
+        if bad:
+            raise DataError(
+                f"{target} already exists, but {', '.join(bad)} in it are missing or not the "
+                f"published files (MD5); move it away and run this again"
+            )
+        return target
+    by_hand = (
+        f"to get it by hand (docs/data.md, CIFAR-10 and CIFAR-100): download {cls.url}, check "
+        f"that its MD5 is {cls.tgz_md5}, and unpack it in {root}"
+    )
+    staging = base / f".{dataset}-download"
+    lock = RunDirLock(staging)
+    try:
+        lock.acquire()
+    except ValueError as exc:  # another download holds it, or base is not writable
+        raise DataError(f"cannot download {dataset} into {root}: {exc}") from None
+    try:
+        _fetch(cls, staging, by_hand)
+        _move_into(staging / cls.base_folder, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        lock.release()
+    return target
+
+
+def _fetch(cls: Any, staging: Path, by_hand: str) -> None:
+    """Download and unpack ``cls``'s archive in ``staging``, the archive then deleted."""
+    import tarfile
+    import urllib.error
+    import zlib
+
+    from torchvision.datasets.utils import download_url, extract_archive
+
+    try:
+        download_url(cls.url, str(staging), cls.filename, cls.tgz_md5)
+    except RuntimeError:  # torchvision's "File not found or corrupted.": the MD5 differs
+        raise DataError(
+            f"the archive downloaded from {cls.url} does not have the MD5 {cls.tgz_md5} "
+            f"(damaged in transit, or changed at the source); {by_hand}"
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:  # no network, refused, a full disk
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise DataError(f"could not download {cls.url} ({reason}); {by_hand}") from None
+    try:
+        extract_archive(str(staging / cls.filename), str(staging), remove_finished=True)
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise DataError(
+            f"could not unpack {cls.filename} from {cls.url} ({reason}; a full disk?); {by_hand}"
+        ) from None
+    if not (staging / cls.base_folder).is_dir():
+        raise DataError(f"{cls.filename} from {cls.url} holds no {cls.base_folder}/; {by_hand}")
+
+
+def _move_into(folder: Path, target: Path) -> None:
+    """Rename the complete ``folder`` to ``target``, creating ``target``'s parents; on failure
+    the folders made for it are removed again."""
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(folder, target)  # staging lies in target's nearest existing ancestor: one fs
+    except OSError as exc:
+        for p in created:  # innermost first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise DataError(f"could not create {target}: {exc.strerror or exc}") from None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m classification.data", description=download.__doc__)
-    p.add_argument("dataset", choices=sorted(CIFAR))
-    p.add_argument("root")
+    p = argparse.ArgumentParser(
+        prog="python -m classification.data",
+        description=download.__doc__.split("\n\n")[0],
+        epilog="Example: python -m classification.data cifar10 data/cifar10",
+    )
+    p.add_argument("dataset", choices=sorted(CIFAR), help="which data set to download")
+    p.add_argument("root", help="the folder to put it in (created when missing)")
     args = p.parse_args(argv)
-    print(download(args.dataset, args.root))
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # cleaned up as Ctrl-C is
+    try:
+        path = download(args.dataset, args.root)
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.root} is as it was", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(path)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import numpy as np
@@ -62,6 +63,23 @@ def vocab_digest(raw_vocab: bytes | memoryview) -> str:
     return hashlib.sha256(raw_vocab).hexdigest()
 
 
+def check_utf8(data: bytes, name: str | os.PathLike) -> None:
+    """ValueError naming ``name`` (the file), the line and the byte offset unless ``data`` is
+    UTF-8.
+
+    The benchmark's text is UTF-8; other bytes mean another encoding (Latin-1, say), whose words
+    would silently become ``<UNK>`` or ids of other words.
+    """
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{name}: line {line} is not UTF-8 (byte 0x{data[e.start]:02x} at byte offset "
+            f"{e.start} of the file: {e.reason}); convert the file to UTF-8"
+        ) from None
+
+
 def read_vocab_file(path: str | os.PathLike) -> list[bytes]:
     """Words of a ``word count``-per-line vocabulary file in id order: most frequent first.
 
@@ -75,18 +93,19 @@ def read_vocab_file(path: str | os.PathLike) -> list[bytes]:
         raise ValueError(f"--vocab {path}: no such file")
     entries: list[tuple[int, bytes]] = []
     seen: set[bytes] = set()
-    with path.open("rb") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or not fields[1].isdigit():
-                raise ValueError(f"--vocab {path}: line {lineno} is not 'word count'")
-            word = fields[0]
-            if word in seen:
-                raise ValueError(f"--vocab {path}: line {lineno} repeats the word {word!r}")
-            seen.add(word)
-            entries.append((int(fields[1]), word))
+    data = path.read_bytes()
+    check_utf8(data, f"--vocab {path}")
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise ValueError(f"--vocab {path}: line {lineno} is not 'word count'")
+        word = fields[0]
+        if word in seen:
+            raise ValueError(f"--vocab {path}: line {lineno} repeats the word {word!r}")
+        seen.add(word)
+        entries.append((int(fields[1]), word))
     if not entries:
         raise ValueError(f"--vocab {path}: the vocabulary file is empty")
     missing = [w for w in (BOS, EOS, UNK) if w.encode() not in seen]
@@ -120,14 +139,24 @@ class Corpus:
             raise ValueError(f"--data-dir {self.path}: not a readable LMDB ({e})") from None
         try:
             self._check_size()
-            with self.env.begin() as txn:
-                raw_meta, raw_vocab = txn.get(META_KEY), txn.get(VOCAB_KEY)
+            try:
+                with self.env.begin() as txn:
+                    raw_meta, raw_vocab = txn.get(META_KEY), txn.get(VOCAB_KEY)
+            except lmdb.Error as e:
+                raise self._damaged(e) from None
             self.meta: dict = self._parse_meta(raw_meta, raw_vocab)
         except BaseException:
             self.env.close()
             raise
         self.vocab: list[str] = raw_vocab.decode("utf-8", "surrogateescape").split("\n")
         self.bos, self.eos, self.unk = (self.meta["specials"][k] for k in (BOS, EOS, UNK))
+
+    def _damaged(self, error: lmdb.Error) -> ValueError:
+        """A B-tree page LMDB cannot follow (bytes overwritten on disk): one line naming it."""
+        return ValueError(
+            f"--data-dir {self.path}: data.mdb is damaged ({error}); "
+            "re-run python -m language_model.preprocess --overwrite"
+        )
 
     def _check_size(self) -> None:
         """Refuse a ``data.mdb`` shorter than the pages its header says are in use.
@@ -153,7 +182,9 @@ class Corpus:
         try:
             meta = json.loads(raw_meta)
         except ValueError:
-            raise ValueError(f"--data-dir {self.path}: unreadable corpus metadata") from None
+            meta = None
+        if not isinstance(meta, dict):
+            raise ValueError(f"--data-dir {self.path}: unreadable corpus metadata")
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"--data-dir {self.path}: written as {meta.get('format')} version "
@@ -182,6 +213,25 @@ class Corpus:
         """The vocabulary's digest (verified when opened): which words the token ids mean."""
         return str(self.meta["vocab_sha256"])
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The corpus's identity, from its metadata alone (no shard is read): the vocabulary's
+        size and SHA-256 (which words the ids mean) and ``shards_sha256``, a SHA-256 of every
+        shard's name, sentence and token counts and recorded CRC-32s (which token streams it
+        holds, hence the number of steps an epoch takes). Re-encoding the same files with the
+        same vocabulary gives the same fingerprint; any other content gives another. Each CRC-32
+        is verified when its shard is read, so the records cannot change behind it."""
+        keys = ("name", "sentences", "tokens", "tokens_crc32", "offsets_crc32")
+        shards = [
+            [split, *(s[k] for k in keys)]
+            for split in sorted(self.meta["splits"])
+            for s in self.meta["splits"][split]["shards"]
+        ]
+        return {
+            "vocab_size": self.vocab_size,
+            "vocab_sha256": self.vocab_sha256,
+            "shards_sha256": hashlib.sha256(json.dumps(shards).encode()).hexdigest(),
+        }
+
     def shards(self, split: str) -> list[dict]:
         """Per-shard records ``{name, sentences, tokens, unk, ...}`` of ``split``, in order."""
         if split not in self.meta["splits"]:
@@ -196,8 +246,11 @@ class Corpus:
         """
         record = self.shards(split)[index]
         with self.env.begin(buffers=True) as txn:
-            tokens = txn.get(shard_key(split, index, "tokens"))
-            offsets = txn.get(shard_key(split, index, "offsets"))
+            try:
+                tokens = txn.get(shard_key(split, index, "tokens"))
+                offsets = txn.get(shard_key(split, index, "offsets"))
+            except lmdb.Error as e:
+                raise self._damaged(e) from None
             if tokens is None or offsets is None:
                 raise ValueError(f"--data-dir {self.path}: shard {split}/{index} is missing")
             expected = (

@@ -20,7 +20,9 @@ put in place only once complete; ``--overwrite`` swaps it with the old one in on
 system allows (Linux), so an interruption at any point (Ctrl-C, SIGTERM, SIGKILL, a full disk)
 leaves the old database or the new one at ``--out-dir``, never neither. What a killed run left
 beside it is cleaned up (or put back) by the next run. Re-running with the same inputs finds the
-finished database and does nothing. A split whose files hold no sentences is refused.
+finished database and does nothing. A split whose files hold no sentences is refused, and so
+are bytes that are not UTF-8 (one line naming the file, line and byte offset). A failed write (a
+full disk) is one line; the partial database is deleted and an old one stays.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from language_model.corpus import (
     UNK,
     VOCAB_KEY,
     Corpus,
+    check_utf8,
     checksum,
     read_vocab_file,
     shard_key,
@@ -96,21 +99,29 @@ def _init_pool_worker(vocab: dict[bytes, int]) -> None:
 
 
 def encode_file(path: str) -> EncodedShard:
-    """One shard file -> (name, int32 tokens, int64 sentence offsets); uses the worker's vocab."""
+    """One shard file -> (name, int32 tokens, int64 sentence offsets); uses the worker's vocab.
+
+    ValueError naming the file (and line) when it cannot be read or is not UTF-8.
+    """
     get = _vocab.get
     bos, eos, unk = _vocab[BOS.encode()], _vocab[EOS.encode()], _vocab[UNK.encode()]
     tokens = array("i")
     lengths = array("q", [0])
-    with open(path, "rb") as f:
-        for line in f:
-            # bytes.split() splits on ASCII whitespace only, as the vocabulary was built.
-            words = line.split()
-            if not words:
-                continue
-            tokens.append(bos)
-            tokens.extend(map(get, words, repeat(unk)))
-            tokens.append(eos)
-            lengths.append(len(words) + 2)
+    try:  # a shard is tens of MB: read whole, so its UTF-8 check is one C call
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+    check_utf8(data, path)
+    for line in data.split(b"\n"):
+        # bytes.split() splits on ASCII whitespace only, as the vocabulary was built.
+        words = line.split()
+        if not words:
+            continue
+        tokens.append(bos)
+        tokens.extend(map(get, words, repeat(unk)))
+        tokens.append(eos)
+        lengths.append(len(words) + 2)
+    del data
     offsets = np.cumsum(np.frombuffer(lengths, np.int64)).astype(OFFSET_DTYPE)
     return Path(path).name, np.frombuffer(tokens, np.intc).astype(TOKEN_DTYPE), offsets
 
@@ -302,7 +313,9 @@ def _encoded(
 ) -> Iterator[tuple[str, EncodedShard]]:
     """Encode files in order, in a process pool when more than one worker helps."""
     paths = [str(p) for _, p in files]
-    bar = tqdm(total=len(files), unit="shard", desc="encoding", file=sys.stderr)
+    # A bar for a person watching (none in a log file); wiped on failure, so that the error is
+    # the one line left.
+    bar = tqdm(total=len(files), unit="shard", desc="encoding", file=sys.stderr, disable=None)
     try:
         if workers <= 1 or len(files) == 1:
             _init_worker(vocab)
@@ -317,6 +330,9 @@ def _encoded(
                     bar.update()
                     bar.set_postfix(tokens=len(shard[1]))
                     yield split, shard
+    except BaseException:
+        bar.leave = False
+        raise
     finally:
         bar.close()
 
@@ -364,23 +380,55 @@ def preprocess(
                 f"--out-dir {out_dir}: exists and {reason}; pass --overwrite or choose another "
                 "directory"
             )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     files = [(split, p) for split, ps in splits.items() for p in ps]
     # Tokens never outnumber input bytes plus two markers per line; 4 bytes each, plus slack.
     input_bytes = sum(p.stat().st_size for _, p in files)
     map_size = 12 * input_bytes + 2 * vocab_path.stat().st_size + (64 << 20)
     vocab = {w: i for i, w in enumerate(words)}
     extra = {"fingerprint": digest, "vocab_file": vocab_path.name}
+    created = [p for p in reversed(out_dir.parents) if not p.exists()]  # outermost first
     try:
+        try:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            msg = f"--out-dir {out_dir}: cannot create the folder {e.filename} ({e.strerror})"
+            raise ValueError(msg) from None
         write_corpus(
             out_dir, words, _encoded(files, vocab, workers), map_size=map_size, extra_meta=extra
         )
     except EmptySplit as e:
         flag, directory, pattern = sources[e.split]
         raise ValueError(f"{flag} {directory}: its {pattern} files hold no sentences") from None
+    except (lmdb.Error, OSError) as e:  # a full disk, a read-only or vanished folder
+        raise ValueError(
+            f"--out-dir {out_dir}: writing the database failed ({_reason(e)}); a full disk? "
+            f"{_free_space(out_dir)} once the partial database was removed, for "
+            f"{input_bytes / 2**20:.0f} MiB of input text; nothing half-written was left"
+        ) from None
+    finally:
+        if not out_dir.exists():  # failed: remove the folders made for it, as they were
+            for p in reversed(created):
+                with contextlib.suppress(OSError):
+                    p.rmdir()
     return out_dir, True
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e)
+
+
+def _free_space(out_dir: Path) -> str:
+    """How much room the file system holding ``out_dir`` has left, as words."""
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            return f"{shutil.disk_usage(p).free / 2**20:.0f} MiB free there"
+    return "free space unknown"
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import shutil
 import struct
 from pathlib import Path
 
@@ -205,3 +207,150 @@ def test_empty_and_malformed_batches_are_refused(tmp_path: Path) -> None:
     test_batch.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072)), b"labels": [0, 1]}))
     with pytest.raises(data.DataError, match=r"test_batch: data is not a uint8 array"):
         data.build_datasets(config(root))
+
+
+def test_a_file_as_data_directory_is_named_so(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(data.DataError, match=r"data directory .*f is a file, not a folder"):
+        data.build_datasets(config(tmp_path / "f"))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_unreadable_image_is_one_line_naming_it(imagenet_dir, tmp_path, workers) -> None:
+    """Also from a DataLoader worker, whose error reaches the trainer as a whole traceback."""
+    from torch.utils.data import DataLoader
+
+    root = tmp_path / "in"
+    shutil.copytree(imagenet_dir, root)
+    bad = root / "train" / "n00000001" / "img_2.JPEG"
+    good = bad.read_bytes()
+    cfg = config(root, "imagenet", 3, style="imagenet", crop=16, resize=18)
+    for content, reason in [(b"not a jpeg", "not an image format"), (good[:300], "runcated")]:
+        bad.write_bytes(content)
+        train_set, _ = data.build_datasets(cfg)
+        with pytest.raises(data.DataError) as caught:
+            list(DataLoader(train_set, batch_size=4, num_workers=workers))
+        message = str(caught.value)
+        assert message.startswith(f"unreadable image {bad} (") and reason in message
+        assert "\n" not in message and "Traceback" not in message
+
+
+class _Response(io.BytesIO):
+    """What ``urllib.request.urlopen`` returns, serving ``body`` from ``url``."""
+
+    def __init__(self, body: bytes, url: str) -> None:
+        super().__init__(body)
+        self.url, self.length = url, len(body)
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, body: bytes | None) -> list[str]:
+    """Replace the network: ``body`` for every URL, or no network at all when None."""
+    import urllib.error
+    import urllib.request
+
+    asked: list[str] = []
+
+    def urlopen(request, *args, **kwargs):
+        url = getattr(request, "full_url", request)
+        asked.append(url)
+        if body is None:
+            raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+        return _Response(body, url)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return asked
+
+
+def _fake_cifar_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """A cifar-10-python.tar.gz of a small real-layout copy; torchvision's MD5s made its own."""
+    import hashlib
+    import tarfile
+
+    from torchvision.datasets import CIFAR10
+
+    src = write_cifar(tmp_path / "src") / "cifar-10-batches-py"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(src, arcname="cifar-10-batches-py")
+    body = buf.getvalue()
+
+    def md5(b: bytes) -> str:
+        return hashlib.md5(b).hexdigest()
+
+    files = [[n, md5((src / n).read_bytes())] for n, _ in CIFAR10.train_list + CIFAR10.test_list]
+    monkeypatch.setattr(CIFAR10, "tgz_md5", md5(body))
+    monkeypatch.setattr(CIFAR10, "train_list", files[:5])
+    monkeypatch.setattr(CIFAR10, "test_list", files[5:])
+    return body
+
+
+def _download(argv: list[str], capsys) -> tuple[int, str, str]:
+    from engine import cli
+
+    try:
+        cli.main(data.main, argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_download_without_network_is_one_line_and_leaves_the_folder_as_it_was(
+    tmp_path, monkeypatch, capsys, existing
+) -> None:
+    root = tmp_path / "data" / "cifar10"
+    if existing:
+        root.mkdir(parents=True)
+    asked = _serve(monkeypatch, None)
+    code, _, err = _download(["cifar10", str(root)], capsys)
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert code == 2 and asked and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: could not download {url} (") and "docs/data.md" in err
+    assert "c58f30108f718f92721af3b95e74349a" in err and f"unpack it in {root}" in err
+    # nothing created, nothing left behind: not the folder, not a partial archive
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == (
+        [Path("data"), Path("data/cifar10")] if existing else []
+    )
+
+
+def test_a_download_puts_only_the_complete_verified_folder_in_place(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    body = _fake_cifar_archive(tmp_path / "fake", monkeypatch)
+    root = tmp_path / "out" / "cifar10"
+    # a damaged transfer: refused by its MD5, nothing left
+    _serve(monkeypatch, body[:-10] + b"0123456789")
+    code, _, err = _download(["cifar10", str(root)], capsys)
+    # (above the error line: torchvision's progress bar of the transfer)
+    assert code == 2 and "does not have the MD5" in err.splitlines()[-1]
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake"]  # no hidden staging folder
+    # a full disk while unpacking: one line, nothing left
+    import torchvision.datasets.utils as tv_utils
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    _serve(monkeypatch, body)
+    with monkeypatch.context() as m:
+        m.setattr(tv_utils, "extract_archive", full_disk)
+        code, _, err = _download(["cifar10", str(root)], capsys)
+    assert code == 2 and "could not unpack" in err and "No space left" in err.splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake"]
+    # the real thing: the folder, and nothing else
+    code, out, _ = _download(["cifar10", str(root)], capsys)
+    assert code == 0 and out.strip() == str(root / "cifar-10-batches-py")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake", "out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cifar10"]
+    assert [p.name for p in root.iterdir()] == ["cifar-10-batches-py"]
+    assert len(data.read_cifar(root, "cifar10", train=True)[1]) == 45
+    # run again without a network: the verified folder is kept, nothing fetched
+    asked = _serve(monkeypatch, None)
+    assert _download(["cifar10", str(root)], capsys)[:2] == (0, f"{root / 'cifar-10-batches-py'}\n")
+    assert asked == []
+    # ... unless a file in it is not the published one
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(b"x")
+    code, _, err = _download(["cifar10", str(root)], capsys)
+    assert code == 2 and "test_batch in it are missing or not the published files" in err

@@ -232,3 +232,31 @@ def test_an_overwrite_killed_at_any_point_leaves_a_database_and_no_litter(
     assert _run(corpus_files, path, workers=1, overwrite=True)[1] == (mode != "exchange")
     assert Corpus(path).shards("train")[0]["tokens"] == 4
     assert os.listdir(tmp_path / "out") == ["db"]
+
+
+def test_a_damaged_btree_page_is_one_line_naming_the_corpus(corpus_files, tmp_path):
+    """Bytes overwritten past the header pages: LMDB's own MDB_CORRUPTED, as one clear line."""
+    path, _ = _run(corpus_files, tmp_path / "db", workers=1)
+    data = path / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    for page in range(2, len(raw) // 4096):  # every page's header, past LMDB's two meta pages
+        raw[page * 4096 : page * 4096 + 64] = b"\xff" * 64
+    data.write_bytes(bytes(raw))
+    proc = _python(READ_ALL, str(path))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: --data-dir {path}: data.mdb is damaged (")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_the_fingerprint_is_the_corpus_content_not_its_path(corpus_files, tmp_path):
+    """Re-encoding the same text gives the same fingerprint (the resume goes on); other text
+    encoded with the same vocabulary gives another (the resume is refused)."""
+    first, _ = _run(corpus_files, tmp_path / "a", workers=1)
+    again, _ = _run(corpus_files, tmp_path / "b", workers=2)
+    fingerprint = Corpus(first).fingerprint()
+    assert Corpus(again).fingerprint() == fingerprint
+    shard = sorted(corpus_files["train_dir"].iterdir())[2]
+    shard.write_text(shard.read_text("utf-8") + "w1 w2\n", "utf-8")
+    other = Corpus(_run(corpus_files, tmp_path / "c", workers=1)[0]).fingerprint()
+    assert other["vocab_sha256"] == fingerprint["vocab_sha256"]
+    assert other["shards_sha256"] != fingerprint["shards_sha256"]

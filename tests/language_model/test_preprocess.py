@@ -184,3 +184,90 @@ def test_cli_bad_train_dir_is_one_line_without_traceback(tmp_path, problem):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--train-dir" in lines[0] and str(train) in lines[0]
     assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def _argv(files: dict, out: Path, *extra: str) -> list[str]:
+    return [
+        "--train-dir",
+        str(files["train_dir"]),
+        "--heldout-dir",
+        str(files["heldout_dir"]),
+        "--vocab",
+        str(files["vocab"]),
+        "--out-dir",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_bytes_that_are_not_utf8_are_refused_naming_file_and_line(
+    corpus_files, tmp_path, capsys, workers
+):
+    shard = sorted(corpus_files["train_dir"].iterdir())[1]
+    text = shard.read_bytes()
+    offset = len(text) + len(b"w1 caf")
+    shard.write_bytes(text + "w1 café w2\n".encode("latin-1"))  # line 41, in Latin-1
+    (tmp_path / "o").mkdir()
+    assert pre.main(_argv(corpus_files, tmp_path / "o" / "db", "--workers", workers)) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"error: {shard}: line 41 is not UTF-8 (byte 0xe9 at byte offset {offset} of the file: "
+        "invalid continuation byte); convert the file to UTF-8"
+    ]
+    assert os.listdir(tmp_path / "o") == []  # no database, no hidden partial one
+
+
+def test_a_vocabulary_that_is_not_utf8_is_refused(corpus_files, tmp_path, capsys):
+    corpus_files["vocab"].write_bytes(corpus_files["vocab"].read_bytes() + b"na\xefve 1\n")
+    assert pre.main(_argv(corpus_files, tmp_path / "db")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"--vocab {corpus_files['vocab']}: line 49 is not UTF-8" in err[0]
+    assert not (tmp_path / "db").exists()
+
+
+def test_bad_workers_and_an_out_dir_under_a_file_are_one_line(corpus_files, tmp_path, capsys):
+    assert pre.main(_argv(corpus_files, tmp_path / "db", "--workers", "-2")) == 2
+    assert capsys.readouterr().err == "error: --workers must be at least 1, got -2\n"
+    (tmp_path / "f").write_text("x")
+    assert pre.main(_argv(corpus_files, tmp_path / "f" / "sub" / "db")) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --out-dir {tmp_path / 'f' / 'sub' / 'db'}: cannot create the folder "
+        f"{tmp_path / 'f' / 'sub'} (Not a directory)\n"
+    )
+    assert not (tmp_path / "db").exists()
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+import language_model.preprocess as pre
+sys.exit(pre.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_database(
+    corpus_files, tmp_path, overwrite
+):
+    """The file-size limit stands in for a full disk: writes fail part-way, as on ENOSPC."""
+    out = tmp_path / "o" / "new" / "db"
+    if overwrite:
+        _run(corpus_files, out, workers=1)
+        before = _dump(out)
+        sorted(corpus_files["train_dir"].iterdir())[0].write_text("w1 w2\n", "utf-8")
+    else:
+        (tmp_path / "o").mkdir()
+    argv = _argv(corpus_files, out, "--workers", "1", *(["--overwrite"] if overwrite else []))
+    cmd = [sys.executable, "-c", FULL_DISK, "20000", *argv]
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: --out-dir {out}: writing the database failed (")
+    assert r.stderr.count("\n") == 1 and "nothing half-written was left" in r.stderr
+    if overwrite:  # the old database stays, and nothing lies beside it
+        assert _dump(out) == before and os.listdir(out.parent) == ["db"]
+    else:  # nothing at all: not even the folders made for it
+        assert os.listdir(tmp_path / "o") == []
