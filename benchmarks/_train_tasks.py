@@ -18,7 +18,7 @@ from engine import amp, checkpoint, compiling
 from engine import config as cfg
 from engine import run as runs
 from engine.distributed import Context
-from engine.optimization import build_optimizer, build_schedule
+from engine.optimization import Training, build_optimizer, build_schedule
 
 #: The 1B Words vocabulary (``1b_word_vocab.txt``, with <S>, </S> and <UNK>).
 LM1B_VOCAB = 793_471
@@ -47,7 +47,7 @@ class Task:
 
     def attach(self, run: runs.Run) -> None:
         self.run = run
-        run.restore(self.model, self.optimizer, self.schedule, self.scaler)
+        run.restore(Training(self.model, self.optimizer, self.spec, self.schedule, self.scaler))
 
     def _backward_step(self, loss: torch.Tensor) -> None:
         amp.backward(loss, self.scaler, create_graph=self.spec.needs_create_graph)

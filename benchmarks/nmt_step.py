@@ -107,10 +107,11 @@ def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
         data_fingerprint={"fingerprint": "synthetic"},
     )
     ctx = distributed.setup(args.device)
-    train.prepare(config, ctx, data)
+    p = train.build(config, ctx, data)
     with runs.start(config, ctx, metric="valid_loss", mode="min") as run:
         run.log.handlers.clear()  # the benchmark prints its own table
-        p = train.build(config, run, data)
+        run.restore(p.training)
+        model = p.training.model
         order = p.order.order(0)
         per_update = config["update_freq"]
         pad, eps = data.dictionary.pad, config["label_smoothing"]
@@ -121,7 +122,7 @@ def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
             config["max_updates"] = run.update + args.updates
             sync()
             tic = time.perf_counter()
-            train.train_epoch(p.model, p.ddp_model, p.train, p.order, False, run, {})
+            train.train_epoch(model, model, p.train, p.order, False, run, {})
             sync()
             seconds = time.perf_counter() - tic
             done = order[start_update * per_update : run.update * per_update]
@@ -137,7 +138,7 @@ def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
                 for k in range(args.updates * per_update)
             ]
             batches = [p.train.collate(i).to(ctx.device) for i in idx]
-            model, optimizer = p.model, run.optimizer
+            optimizer = run.optimizer
             model.train()
             sync()
             tic = time.perf_counter()
@@ -159,7 +160,7 @@ def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
             for name, fn in (("loop", loop), ("bare", bare)):
                 seconds, n = fn()
                 rates[name].append(n / seconds)
-        params = sum(t.numel() for t in p.model.parameters())
+        params = sum(t.numel() for t in model.parameters())
     loop_rate, bare_rate = (statistics.median(rates[k]) for k in ("loop", "bare"))
     return {
         "model": model_name,

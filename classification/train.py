@@ -31,9 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engine import amp, checkpoint, cli, compiling, distributed, metrics
+from engine import amp, cli, compiling, distributed, metrics
 from engine import run as runs
-from engine.optimization import build_optimizer, build_schedule
+from engine.optimization import build_training
 
 from .data import build_loaders, pipeline
 from .models import build_model
@@ -148,7 +148,7 @@ def memory_format(device: torch.device, amp_mode: str) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The entry point; returns ``results.json``'s content on rank 0."""
     config, print_only = cli.parse_run_args("python -m classification.train", __doc__, SCHEMA, argv)
     if print_only:
@@ -170,23 +170,26 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
 
 
 def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] | None:
-    checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
+    # everything is built (bad input fails) before the run directory opens
     fmt = memory_format(ctx.device, config["amp"])
-    model = build_model(config["model"], config["num_classes"]).to(ctx.device, memory_format=fmt)
-    optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
+    training = build_training(
+        config,
+        ctx.rank,
+        ctx.device,
+        lambda: build_model(config["model"], config["num_classes"]).to(
+            ctx.device, memory_format=fmt
+        ),
+    )
+    model, optimizer, spec = training.model, training.optimizer, training.spec
     if config["amp"] == "fp16" and spec.needs_create_graph:
         amp.batchnorm_in_float32(model)  # else every Hessian estimate is NaN (see engine.amp)
-    schedule = build_schedule(optimizer, config)
-    scaler = amp.grad_scaler(ctx.device, config["amp"])
     mode, compile_note = compiling.compile_mode(config["compile"], spec.needs_create_graph)
-    checkpoint.seed_everything(config["seed"] + ctx.rank)  # but different augmentation draws
     micro = {**config, "batch_size": config["batch_size"] // config["update_freq"]}
-    # all before writing a file
     train_loader, eval_loader, sampler = build_loaders(micro, ctx, memory_format=fmt)
     with runs.start(
         config, ctx, metric=METRIC, mode="max", packages=PACKAGES, also_resumable=("data_pipeline",)
     ) as run:
-        run.restore(model, optimizer, schedule, scaler)
+        run.restore(training)
         ddp_model = distributed.wrap(model, ctx)
         forward = compiling.Compiled(ddp_model, mode)
         if compile_note:
@@ -230,4 +233,4 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
 
 
 if __name__ == "__main__":
-    cli.main(run)
+    cli.main(main)

@@ -1,4 +1,5 @@
-"""The run config's ``optimizer`` and ``schedule`` sections -> ``apollo_optim`` objects.
+"""The run config's ``optimizer`` and ``schedule`` sections -> ``apollo_optim`` objects, and
+:func:`build_training`: what every task's loop trains, built before its run directory opens.
 
 ``optimizer`` is ``{"name": <registry name>, **constructor kwargs}``; ``schedule`` is
 ``{"name", "kind", "unit", **optim.Schedule kwargs}``. The warmup of Apollo and AdaHessian
@@ -9,14 +10,59 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 import apollo_optim as optim
 
+from . import amp
+from .checkpoint import seed_everything
 from .config import schedule_kwargs
+
+
+@dataclass
+class Training:
+    """What a task's loop trains: the model (on its device, not DDP-wrapped), its optimizer
+    with the registry record (``spec.needs_create_graph``), the schedule and the fp16 scaler."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    spec: optim.OptimizerSpec
+    schedule: optim.Schedule
+    scaler: torch.amp.GradScaler | None
+
+
+def build_training(
+    config: Mapping[str, Any],
+    rank: int,
+    device: torch.device,
+    make_model: Callable[[], torch.nn.Module],
+) -> Training:
+    """Seed, build the model (``make_model()``, on ``device``), its optimizer, schedule and
+    scaler, then reseed for this rank.
+
+    Every rank draws the initial weights from ``seed`` alone (identical models without a
+    broadcast); afterwards the generators are reseeded with ``seed + rank``, so augmentation
+    and dropout draws differ between ranks. A bad model or optimizer value is a ValueError
+    here, before anything is written.
+    """
+    where = str(config["config"])
+    seed_everything(config["seed"])
+    try:
+        model = make_model()
+    except ValueError as exc:  # torch's own checks (dropout, sizes) name no file
+        raise ValueError(exc if str(exc).startswith(where) else f"{where}: model: {exc}") from None
+    try:
+        optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    schedule = build_schedule(optimizer, config)
+    scaler = amp.grad_scaler(device, config["amp"])
+    seed_everything(config["seed"] + rank)
+    return Training(model, optimizer, spec, schedule, scaler)
 
 
 def build_optimizer(
@@ -27,10 +73,6 @@ def build_optimizer(
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])
     spec = optim.get(section["name"])  # ValueError listing the registered names
-    # The paper's loops step the epoch schedule while Apollo's/AdaHessian's own warmup is
-    # still running (500 updates > one CIFAR epoch): that is the authors' rule, reproduced on
-    # purpose, so the warning meant for other people's training stacks stays silent here.
-    warnings.filterwarnings("ignore", category=optim.WarmupLRWarning)
     try:
         return spec.create(params, **kwargs), spec
     except TypeError as exc:  # an argument the constructor does not take

@@ -3,17 +3,18 @@ checkpoint layout, resume, records and the finished test. The loop itself stays 
 
 API, in the order a ``train.py`` calls it (``classification/train.py`` is the short example)::
 
-    model, optimizer, schedule, scaler, data = ...   # built first: bad input fails before
+    data = ...; training = engine.optimization.build_training(config, rank, device, make_model)
+                                                     # all built first: bad input fails before
                                                      # anything is written
     with run.start(config, ctx, metric="test_acc1", mode="max", packages=("torchvision",)) as r:
-        extras = r.restore(model, optimizer, schedule, scaler)  # {} unless resumed mid-epoch
+        extras = r.restore(training)                 # {} unless resumed mid-epoch
         r.log_start("<task details>")
         while not r.finished:                        # epochs or max_updates reached
             n = r.epoch_updates(updates_the_data_holds)  # capped: max_steps_per_epoch, max_updates
             for each update from r.position to n - 1:
                 for each of its update_freq micro-batches (micro_batches()):
                     with distributed.no_sync(ddp_model, skip_sync=not last): forward, backward
-                amp.step(optimizer, scaler)
+                amp.step(r.optimizer, r.scaler)
                 r.update_done()                      # counts it; steps a per-update schedule
                 if r.log_due(): read the device's sums, log them   # every log_every updates
                 if r.checkpoint_due(n):              # every checkpoint_every updates
@@ -78,16 +79,20 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+import apollo_optim as optim
+
 from . import checkpoint, metrics
 from .distributed import Context, barrier, gather_objects, get_logger
 from .lock import RunDirLock
-from .optimization import restore_schedule
+from .optimization import Training, restore_schedule
 
 T = TypeVar("T")
 
@@ -140,12 +145,37 @@ def _start(config, ctx, metric, mode, packages, also_resumable) -> Iterator[Run]
         run = Run(config, ctx, metric, mode)
         run._open(packages, also_resumable, takeover)
         try:
-            yield run
+            with warnings.catch_warnings():
+                # A run steps the schedule while Apollo's/AdaHessian's own warmup still runs
+                # (500 updates > one CIFAR epoch): the paper's rule, reproduced on purpose, so
+                # the warning meant for other training stacks is silent while a run trains.
+                warnings.filterwarnings("ignore", category=optim.WarmupLRWarning)
+                yield run
         finally:
             run._close()
     finally:
         if ctx.is_main:
             lock.release()
+
+
+@contextlib.contextmanager
+def held_log(name: str) -> Iterator[list[logging.LogRecord]]:
+    """Hold what logger ``name`` (a task's package) says while a run is built, before the run
+    directory and its log exist; :meth:`Run.log_held` writes the records there afterwards."""
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    logger, handler = logging.getLogger(name), Hold()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield held
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 class Run:
@@ -247,16 +277,18 @@ class Run:
             self.log.removeHandler(handler)
 
     # -- resume ---------------------------------------------------------------------------
-    def restore(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        schedule: torch.optim.lr_scheduler.LRScheduler,
-        scaler: torch.amp.GradScaler | None,
-    ) -> dict[str, Any]:
-        """Load the checkpoint into these objects (kept for :meth:`snapshot`) and set this
-        rank's generators; returns this rank's task state when resuming mid-epoch, else {}."""
-        self.model, self.optimizer, self.schedule, self.scaler = model, optimizer, schedule, scaler
+    def restore(self, training: Training) -> dict[str, Any]:
+        """Load the checkpoint into ``training``'s objects (kept for :meth:`snapshot` and the
+        loop: ``run.optimizer``, ``run.scaler``) and set this rank's generators; returns this
+        rank's task state when resuming mid-epoch, else {}."""
+        t = training
+        self.model, self.optimizer, self.schedule, self.scaler = (
+            t.model,
+            t.optimizer,
+            t.schedule,
+            t.scaler,
+        )
+        model, optimizer, schedule, scaler = self._parts()
         state = self.state
         if state is None:
             return {}
@@ -278,6 +310,12 @@ class Run:
         mine = ranks[self.ctx.rank]
         checkpoint.set_rng_state(mine["rng"])
         return {k: v for k, v in mine.items() if k != "rng"} if self.position else {}
+
+    def log_held(self, records: Iterable[logging.LogRecord]) -> None:
+        """Write what :func:`held_log` held to this run's log (rank 0; the others stay quiet)."""
+        if self.ctx.is_main:
+            for record in records:
+                self.log.handle(record)
 
     def log_start(self, *details: str) -> None:
         """The run's first log line: what, from where, how long, on what."""
@@ -363,7 +401,7 @@ class Run:
 
     def _restored(self) -> Run:
         if self.model is None:
-            raise RuntimeError("Run.restore(model, optimizer, schedule, scaler) comes first")
+            raise RuntimeError("Run.restore(training) comes first")
         return self
 
     # -- writing --------------------------------------------------------------------------

@@ -22,7 +22,6 @@ size, is refused.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -30,9 +29,9 @@ from typing import Any
 
 import torch
 
-from engine import amp, checkpoint, cli, compiling, distributed, metrics
+from engine import amp, cli, compiling, distributed, metrics
 from engine import run as runs
-from engine.optimization import build_optimizer, build_schedule
+from engine.optimization import build_training
 
 from .corpus import Corpus
 from .data import TokenStream
@@ -182,7 +181,7 @@ def evaluate(
     }
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The entry point; returns ``results.json``'s content on rank 0."""
     config, print_only = cli.parse_run_args("python -m language_model.train", __doc__, SCHEMA, argv)
     if print_only:
@@ -197,7 +196,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         )
     if config["data_dir"] is None:
         raise ValueError("--data-dir: required (the LMDB written by language_model.preprocess)")
-    corpus = Corpus(config["data_dir"])  # bad data fails before the run directory is touched
+    corpus = Corpus(config["data_dir"])
     try:
         config["data_fingerprint"] = data_fingerprint(corpus)
         with distributed.process_group(config["device"]) as ctx:
@@ -207,23 +206,24 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
 
 
 def _train(config: dict[str, Any], ctx: distributed.Context, corpus: Corpus) -> dict | None:
+    # everything is built (bad input fails) before the run directory opens
     batch = distributed.split_batch(config["batch_size"], ctx)
     where = {"rank": ctx.rank, "world_size": ctx.world_size}
     train_stream = TokenStream(corpus, "train", batch, config["bptt"], seed=config["seed"], **where)
     test_stream = TokenStream(
         corpus, "test", config["eval_batch_size"], config["eval_bptt"], shuffle=False
     )
+    with runs.held_log("language_model") as notes:  # the model's warnings (dropped cutoffs)
+        training = build_training(
+            config,
+            ctx.rank,
+            ctx.device,
+            lambda: build_model(config, corpus.vocab_size).to(ctx.device),
+        )
+    model, spec = training.model, training.spec
     with runs.start(config, ctx, metric=METRIC, mode="min", packages=PACKAGES) as run:
-        # The model's warnings (dropped cutoffs) go to train.log too, once (rank 0).
-        package_log = logging.getLogger("language_model")
-        package_log.handlers = list(run.log.handlers) if ctx.is_main else [logging.NullHandler()]
-        checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
-        model = build_model(config, corpus.vocab_size).to(ctx.device)
-        optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
-        schedule = build_schedule(optimizer, config)
-        scaler = amp.grad_scaler(ctx.device, config["amp"])
-        checkpoint.seed_everything(config["seed"] + ctx.rank)  # but different dropout draws
-        resume = run.restore(model, optimizer, schedule, scaler)
+        run.log_held(notes)
+        resume = run.restore(training)
         # The adaptive softmax skips tail clusters that no target of a batch falls in.
         ddp_model = distributed.wrap(model, ctx, find_unused_parameters=True)
         run.log_start(
@@ -231,7 +231,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context, corpus: Corpus) -> 
             f"{train_stream.steps_per_epoch()} steps/epoch",
         )
         while not run.finished:
-            lr = optimizer.param_groups[0]["lr"]
+            lr = run.optimizer.param_groups[0]["lr"]
             tic = time.perf_counter()
             train_stats = train_one_epoch(
                 model, ddp_model, train_stream, spec.needs_create_graph, run, resume
@@ -249,9 +249,8 @@ def _train(config: dict[str, Any], ctx: distributed.Context, corpus: Corpus) -> 
                 f"ppl {record['test_ppl']:.2f} ({record['test_tokens']} tokens) | "
                 f"{record['tokens_per_s']:.0f} tokens/s"
             )
-        package_log.handlers.clear()
         return run.finish(model)
 
 
 if __name__ == "__main__":
-    cli.main(run)
+    cli.main(main)

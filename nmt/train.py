@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from engine import amp, checkpoint, cli, compiling, distributed, metrics
+from engine import amp, cli, compiling, distributed, metrics
 from engine import run as runs
-from engine.optimization import build_optimizer, build_schedule
+from engine.optimization import Training, build_training
 
 from .data import EpochOrder, ParallelData, Split, token_batches
 from .model import build_model, label_smoothed_loss
@@ -201,7 +201,7 @@ def validate(
     return out
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The entry point; returns ``results.json``'s content on rank 0."""
     config, print_only = cli.parse_run_args("python -m nmt.train", __doc__, SCHEMA, argv)
     if print_only:
@@ -210,7 +210,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     compiling.refuse(config, "translation batches change shape every update")
     if config["data_dir"] is None:
         raise ValueError("--data-dir: required (a directory written by nmt.preprocess)")
-    data = ParallelData(config["data_dir"])  # bad data fails before the run directory is touched
+    data = ParallelData(config["data_dir"])
     check_data(config, data)
     for name in (config["generation"], config["valid_generation"]):
         if name != NO_BLEU:
@@ -225,33 +225,31 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
 
 @dataclass
 class Parts:
-    """What the loop trains with, built once a run directory is open."""
+    """What the loop trains with, built before the run directory opens."""
 
-    model: torch.nn.Module
-    ddp_model: torch.nn.Module
-    spec: Any  # the optimizer's registry record (optim.OptimizerSpec)
+    training: Training  # model, optimizer (+ its registry record), schedule, scaler
     train: Split
     valid: Split
     order: EpochOrder
-    resume: dict[str, Any]  # this rank's mid-epoch state from the checkpoint, or {}
+    details: list[str]  # for the run's first log line
 
 
-def prepare(config: dict[str, Any], ctx: distributed.Context, data: ParallelData) -> None:
-    """Settle what depends on the number of ranks before the run directory opens."""
+def build(config: dict[str, Any], ctx: distributed.Context, data: ParallelData) -> Parts:
+    """Micro-batches per update (they depend on the number of ranks), batches, model,
+    optimizer, schedule and scaler: everything, so bad input fails before anything is
+    written."""
     config["update_freq"] = update_freq(config, ctx.world_size)
-
-
-def build(config: dict[str, Any], run: runs.Run, data: ParallelData) -> Parts:
-    """Batches, model, optimizer, schedule and scaler, restored from the run's checkpoint."""
-    ctx = run.ctx
     train, valid = data.split("train"), data.split("valid")
-    batches = token_batches(
-        train.src_sizes,
-        train.tgt_sizes,
-        config["max_tokens"],
-        seed=config["seed"],
-        batch_multiple=config["batch_multiple"],
-    )
+    try:
+        batches = token_batches(
+            train.src_sizes,
+            train.tgt_sizes,
+            config["max_tokens"],
+            seed=config["seed"],
+            batch_multiple=config["batch_multiple"],
+        )
+    except ValueError as exc:  # a sentence longer than max_tokens
+        raise ValueError(f"--data-dir {data.path}: train: {exc}") from None
     order = EpochOrder(
         batches,
         seed=config["seed"],
@@ -264,41 +262,40 @@ def build(config: dict[str, Any], run: runs.Run, data: ParallelData) -> Parts:
             f"--data-dir {data.path}: {len(batches)} batches, fewer than one update needs "
             f"({config['update_freq']} x {ctx.world_size}); lower tokens_per_update"
         )
-    checkpoint.seed_everything(config["seed"])  # identical initial weights on every rank
-    model = build_model(
-        config["model"], len(data.dictionary), data.dictionary.pad, config["config"]
-    ).to(ctx.device)
-    optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
-    schedule = build_schedule(optimizer, config)
-    scaler = amp.grad_scaler(ctx.device, config["amp"])
-    checkpoint.seed_everything(config["seed"] + ctx.rank)  # but different dropout draws
-    resume = run.restore(model, optimizer, schedule, scaler)
-    ddp_model = distributed.wrap(model, ctx)
-    run.log_start(
-        f"{sum(p.numel() for p in model.parameters()):,} parameters",
+    d = data.dictionary
+    training = build_training(
+        config,
+        ctx.rank,
+        ctx.device,
+        lambda: build_model(config["model"], len(d), d.pad, config["config"]).to(ctx.device),
+    )
+    details = [
+        f"{sum(p.numel() for p in training.model.parameters()):,} parameters",
         f"{len(train):,} pairs in {len(batches):,} batches",
         f"{order.updates_per_epoch():,} updates/epoch of {config['update_freq']} "
         f"micro-batch(es) per rank",
-    )
-    return Parts(model, ddp_model, spec, train, valid, order, resume)
+    ]
+    return Parts(training, train, valid, order, details)
 
 
 def _train(config: dict[str, Any], ctx: distributed.Context, data: ParallelData) -> dict | None:
-    prepare(config, ctx, data)
+    p = build(config, ctx, data)
+    model, spec = p.training.model, p.training.spec
     bleu = config["valid_generation"] != NO_BLEU
     metric, mode = ("valid_bleu", "max") if bleu else ("valid_loss", "min")
     with runs.start(
         config, ctx, metric=metric, mode=mode, packages=PACKAGES, also_resumable=("update_freq",)
     ) as run:
-        p = build(config, run, data)
-        resume = p.resume
+        resume = run.restore(p.training)
+        ddp_model = distributed.wrap(model, ctx)
+        run.log_start(*p.details)
         while not run.finished:
             tic = time.perf_counter()
             stats = train_epoch(
-                p.model, p.ddp_model, p.train, p.order, p.spec.needs_create_graph, run, resume
+                model, ddp_model, p.train, p.order, spec.needs_create_graph, run, resume
             )
             resume = {}
-            stats.update(validate(p.model, p.valid, config, ctx))
+            stats.update(validate(model, p.valid, config, ctx))
             lr = run.optimizer.param_groups[0]["lr"]
             record = run.epoch_done({"lr": lr, **stats, "epoch_time_s": time.perf_counter() - tic})
             run.snapshot()
@@ -308,8 +305,8 @@ def _train(config: dict[str, Any], ctx: distributed.Context, data: ParallelData)
                 f"valid loss {record['valid_loss']:.3f} ppl {record['valid_ppl']:.2f}"
                 f"{bleu_text} | {record['tokens_per_s']:.0f} tokens/s"
             )
-        return run.finish(p.model)
+        return run.finish(model)
 
 
 if __name__ == "__main__":
-    cli.main(run)
+    cli.main(main)

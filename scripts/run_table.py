@@ -69,7 +69,7 @@ def _run(job: tuple[list[str], Path]) -> tuple[Path, str | None, float]:
     cmd, run_dir = job
     assert cmd[1] == "-m", cmd
     module = importlib.import_module(cmd[2])
-    entry = getattr(module, "main", None) or module.run
+    entry = module.main
     run_dir.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
     with open(run_dir / "stdout.log", "a", encoding="utf-8") as log:

@@ -45,7 +45,7 @@ def argv(out: Path, *extra: str, row: str = "SGD", epochs: int = 2) -> list[str]
 def fails(args: list[str], capsys) -> str:
     """One ``error:`` line on stderr and exit status 2, as the command line shows it."""
     with pytest.raises(SystemExit) as exc:
-        cli.main(train.run, args)
+        cli.main(train.main, args)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: "), err
@@ -70,7 +70,7 @@ def test_a_second_run_on_a_locked_directory_is_refused(tmp_path: Path, capsys) -
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
     finally:
         holder.release()
-    assert train.run(argv(out))["finished"]
+    assert train.main(argv(out))["finished"]
 
 
 def test_a_run_in_another_process_holds_the_directory_until_it_dies(tmp_path, capsys) -> None:
@@ -92,7 +92,7 @@ def test_a_run_in_another_process_holds_the_directory_until_it_dies(tmp_path, ca
     finally:
         other.kill()  # SIGKILL: no chance to release anything
         other.wait()
-    assert train.run(argv(out))["finished"]
+    assert train.main(argv(out))["finished"]
     assert f"locked by PID {other.pid} on " in (out / "train.log").read_text()
 
 
@@ -101,7 +101,7 @@ def test_a_dead_runs_lock_is_taken_over(tmp_path: Path) -> None:
     out.mkdir()
     (out / ".lock").write_text("999999999 elsewhere\n")  # its holder was killed: no flock held
     (out / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"")  # and left a temp file behind
-    assert train.run(argv(out))["finished"]
+    assert train.main(argv(out))["finished"]
     assert (
         "was locked by PID 999999999 on elsewhere, which ended" in (out / "train.log").read_text()
     )
@@ -110,7 +110,7 @@ def test_a_dead_runs_lock_is_taken_over(tmp_path: Path) -> None:
 
 def test_another_runs_results_are_never_overwritten(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    train.run(argv(out, epochs=1))
+    train.main(argv(out, epochs=1))
     (out / "checkpoint.pt").unlink()
     before = files(out)
     err = fails(argv(out, row="Adam", epochs=1), capsys)
@@ -118,22 +118,22 @@ def test_another_runs_results_are_never_overwritten(tmp_path: Path, capsys) -> N
     err = fails(argv(out, epochs=3), capsys)  # the same row, but a longer run: another run too
     assert "epochs: 1 -> 3" in err
     assert files(out) == before
-    assert train.run(argv(out, epochs=1))["finished"]  # the same run again: trained again
+    assert train.main(argv(out, epochs=1))["finished"]  # the same run again: trained again
 
 
 def test_length_changes_continue_only_where_nothing_done_changes(tmp_path, capsys) -> None:
     # cosine sized by --epochs: 1 epoch then 2 would not be a 2-epoch run
     sized = tmp_path / "sized"
-    train.run(argv(sized, epochs=1))
+    train.main(argv(sized, epochs=1))
     before = files(sized)
     err = fails(argv(sized, epochs=2), capsys)
     assert "epochs=1 whose cosine schedule is sized by it; epochs=2 would not continue it" in err
     assert files(sized) == before
     # pinned cosine: the continuation equals the longer run asked for from the start
     pin = "schedule.total_steps=2"
-    train.run(argv(tmp_path / "straight", pin, epochs=2))
-    train.run(argv(tmp_path / "cont", pin, epochs=1))
-    results = train.run(argv(tmp_path / "cont", pin, epochs=2))
+    train.main(argv(tmp_path / "straight", pin, epochs=2))
+    train.main(argv(tmp_path / "cont", pin, epochs=1))
+    results = train.main(argv(tmp_path / "cont", pin, epochs=2))
     assert results["finished"] and results["epochs_completed"] == 2
     assert model_digest(tmp_path / "cont") == model_digest(tmp_path / "straight")
     # shorter than what was trained: refused, not counted as finished
@@ -165,7 +165,7 @@ def test_an_out_dir_that_is_a_file_is_one_line(tmp_path: Path, capsys) -> None:
 
 def test_a_damaged_checkpoint_stops_the_run(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    train.run(argv(out, epochs=1))
+    train.main(argv(out, epochs=1))
     ckpt = out / "checkpoint.pt"
     data = bytearray(ckpt.read_bytes())
     weights = checkpoint.load(ckpt)["model"]["fc.weight"]  # a tensor's bytes in the file
@@ -200,11 +200,11 @@ def test_a_foreign_checkpoint_or_a_read_only_directory_is_one_line(tmp_path, mon
 def test_the_number_of_ranks_changes(tmp_path: Path, capsys) -> None:
     """At an epoch end: resumed with a warning (reseeded ranks); mid-epoch: refused."""
     out = tmp_path / "run"
-    train.run(argv(out, "schedule.total_steps=2", epochs=1))
+    train.main(argv(out, "schedule.total_steps=2", epochs=1))
     state = checkpoint.load(out / "checkpoint.pt")
     state["ranks"] = state["ranks"] * 2  # as if written by two ranks
     checkpoint.save(out / "checkpoint.pt", state)
-    assert train.run(argv(out, "schedule.total_steps=2", epochs=2))["finished"]
+    assert train.main(argv(out, "schedule.total_steps=2", epochs=2))["finished"]
     assert (
         "checkpoint written by 2 rank(s), resuming on 1: same global batch, different "
         "random draws" in (out / "train.log").read_text()
@@ -244,7 +244,7 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path, monk
 
 def test_keep_last_epoch_checkpoints(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    train.run(argv(out, "keep_last=2", epochs=4))
+    train.main(argv(out, "keep_last=2", epochs=4))
     assert [p.name for p in checkpoint.epoch_paths(out)] == [
         "checkpoint_epoch3.pt",
         "checkpoint_epoch4.pt",
@@ -265,7 +265,7 @@ def test_update_bounded_run_with_accumulation_resumes_bit_exactly(tmp_path, monk
         "no_sync",
         lambda model, skip_sync: syncs.append(skip_sync) or real_no_sync(model, skip_sync),
     )
-    straight = train.run(argv(tmp_path / "a", *extra, "log_every=1"))
+    straight = train.main(argv(tmp_path / "a", *extra, "log_every=1"))
     assert syncs == [True, False] * 5
     log = (tmp_path / "a" / "train.log").read_text()
     assert "epoch 1 step 2/2 train loss" in log and "epoch 3 step 1/1 train loss" in log
@@ -281,9 +281,9 @@ def test_update_bounded_run_with_accumulation_resumes_bit_exactly(tmp_path, monk
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.run(argv(tmp_path / "b", *extra))
+        train.main(argv(tmp_path / "b", *extra))
     monkeypatch.setattr(checkpoint, "save", real_save)
-    assert train.run(argv(tmp_path / "b", *extra))["finished"]
+    assert train.main(argv(tmp_path / "b", *extra))["finished"]
     assert model_digest(tmp_path / "a") == model_digest(tmp_path / "b")
     timing = ("images_per_s", "epoch_time_s")
     assert [{k: v for k, v in r.items() if k not in timing} for r in _history(tmp_path / "a")] == [
@@ -316,7 +316,7 @@ def test_the_loop_reads_metrics_only_at_epoch_ends(tmp_path: Path, monkeypatch) 
 
         monkeypatch.setattr(train, "train_one_epoch", one_epoch)
         args = argv(tmp_path / f"s{steps}", epochs=1)
-        train.run([*args[:-1], str(steps)])
+        train.main([*args[:-1], str(steps)])
         assert len(reads) > start
         return counted[0]
 
@@ -338,5 +338,5 @@ def test_no_device_sync_per_update_on_cuda(tmp_path: Path, sync_counts: list[int
     for steps in (1, 2, 6):
         args = argv(tmp_path / f"s{steps}", epochs=1)
         args[args.index("--device") + 1] = "cuda"
-        train.run([*args[:-1], str(steps)])
+        train.main([*args[:-1], str(steps)])
     assert sync_counts[1] == sync_counts[2], sync_counts

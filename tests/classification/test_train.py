@@ -61,7 +61,7 @@ def run(
         *TINY,
         *extra,
     ]
-    return train.run(argv)
+    return train.main(argv)
 
 
 # One row per optimizer family of the table; AdaHessian takes the second-order path.
@@ -199,7 +199,7 @@ def test_two_process_gloo_ddp_ranks_end_identical(
 
 def test_print_config_matches_the_paper(capsys) -> None:
     def printed(*argv: str) -> dict:
-        train.run(["--print-config", *argv])
+        train.main(["--print-config", *argv])
         return json.loads(capsys.readouterr().out)
 
     c = printed("--config", CIFAR, "--row", "Apollo", "--schedule", "cosine")
@@ -278,7 +278,7 @@ def test_print_config_matches_the_paper(capsys) -> None:
 
 def _fails(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exc:
-        cli.main(train.run, argv)
+        cli.main(train.main, argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err

@@ -53,7 +53,7 @@ def test_compiled_run_equals_eager_within_rounding(tmp_path: Path, monkeypatch) 
     )
 
     def digits(out: Path, *extra: str) -> dict:  # the quickstart's 3-layer CNN: quick to trace
-        return train.run(
+        return train.main(
             [
                 "--config",
                 QUICKSTART,

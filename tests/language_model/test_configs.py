@@ -82,7 +82,7 @@ def test_every_row_matches_the_paper_and_builds(table, row, paper):
 
 
 def test_print_config_shows_clip_without_a_schedule_flag(capsys):
-    train.run(["--config", str(ROOT / "configs/lm1b.yaml"), "--row", "Apollo", "--print-config"])
+    train.main(["--config", str(ROOT / "configs/lm1b.yaml"), "--row", "Apollo", "--print-config"])
     c = json.loads(capsys.readouterr().out)
     assert c["clip"] == 1.0 and c["schedule"]["name"] == "milestone"
     assert c["optimizer"]["lr"] == 0.1 and c["optimizer"]["warmup"] == 500
@@ -108,7 +108,7 @@ def test_script_runs_every_row_and_seed_of_both_tables():
 
 def test_help_shows_this_tasks_examples(capsys):
     with pytest.raises(SystemExit) as exc:
-        train.run(["--help"])
+        train.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "python -m language_model.train --config configs/lm1b.yaml" in text

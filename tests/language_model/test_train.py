@@ -37,7 +37,7 @@ TIMING = ("tokens_per_s", "epoch_time_s")
 
 def _run(lmdb_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
     argv = ["--config", CONFIG, "--row", row, "--data-dir", str(lmdb_dir)]
-    return train.run([*argv, "--out-dir", str(out), "--device", "cpu", *extra])
+    return train.main([*argv, "--out-dir", str(out), "--device", "cpu", *extra])
 
 
 def _history(out: Path) -> list[dict]:
@@ -213,11 +213,41 @@ def test_bad_data_dir_is_one_line_and_exit_2(lmdb_dir, tmp_path, capsys, problem
         dst.close()
     argv = ["--config", CONFIG, "--row", "Adam", "--data-dir", str(data)]
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(train.run, [*argv, "--out-dir", str(tmp_path / "o"), "--device", "cpu"])
+        cli.main(train.main, [*argv, "--out-dir", str(tmp_path / "o"), "--device", "cpu"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(data) in err[0]
     assert not (tmp_path / "o").exists()  # nothing written for a run that cannot start
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("model.dropout=1.5", "model: dropout probability has to be between 0 and 1"),
+        ("model.hidden_size=0", "model: hidden_size must be greater than zero"),
+        ("optimizer.lr=-1", "optimizer 'apollo': Apollo: invalid lr=-1.0"),
+    ],
+)
+def test_bad_model_or_optimizer_values_write_nothing(lmdb_dir, tmp_path, capsys, bad, message):
+    """Found while the run is built, before its directory opens: no .lock, config.json, tb/."""
+    out = tmp_path / "o"
+    argv = ["--config", CONFIG, "--row", "Apollo", "--data-dir", str(lmdb_dir)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(train.main, [*argv, "--out-dir", str(out), "--device", "cpu", *SMALL, bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert err[0].startswith(f"error: {CONFIG}: ")
+    assert not out.exists()
+
+
+def test_the_models_warnings_reach_the_run_log(lmdb_dir, tmp_path):
+    """A cutoff beyond the vocabulary is dropped while the model is built, before the run's
+    log exists; the warning still lands in train.log, once."""
+    out = tmp_path / "run"
+    small = [x for x in SMALL if not x.startswith("model.cutoffs")]
+    args = ["--epochs", "1", "--max-steps-per-epoch", "1", "model.cutoffs=[20, 5000]", *small]
+    _run(lmdb_dir, out, *args)
+    assert (out / "train.log").read_text().count("dropping cutoffs [5000]") == 1
 
 
 @pytest.mark.slow
@@ -341,7 +371,7 @@ def test_a_resume_on_other_data_is_refused(lmdb_dir, tmp_path, capsys, monkeypat
         *SMALL,
     ]
     with pytest.raises(SystemExit):
-        cli.main(train.run, argv)
+        cli.main(train.main, argv)
     err = capsys.readouterr().err
     assert "holds a run with another config (data_fingerprint:" in err and "'vocab_size': 7" in err
 

@@ -134,7 +134,7 @@ def lr_points(kind: str, lr: float, warmup: int, init_lr: float | None) -> list[
 
 
 def test_print_config_shows_the_row(capsys):
-    train.run(
+    train.main(
         [
             "--config",
             str(ROOT / "configs/wmt14.yaml"),
@@ -171,7 +171,7 @@ def test_script_trains_every_row_and_seed_then_evaluates():
 
 def test_help_shows_this_tasks_examples(capsys):
     with pytest.raises(SystemExit) as exc:
-        train.run(["--help"])
+        train.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "python -m nmt.train --config configs/wmt14.yaml --row Apollo" in text

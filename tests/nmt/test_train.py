@@ -54,7 +54,7 @@ def _run(data_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
         *SMALL,
         *extra,
     ]
-    return train.run(argv)
+    return train.main(argv)
 
 
 def _history(out: Path) -> list[dict]:
@@ -160,7 +160,7 @@ def test_bad_data_dir_is_one_line_and_exit_2(data_dir, tmp_path, capsys, problem
     out = tmp_path / "o"
     with pytest.raises(SystemExit) as exit_info:
         cli.main(
-            train.run,
+            train.main,
             [
                 "--config",
                 CONFIG,
@@ -180,6 +180,32 @@ def test_bad_data_dir_is_one_line_and_exit_2(data_dir, tmp_path, capsys, problem
     assert exit_info.value.code == 2 and len(err) == 1 and str(data) in err[0]
     if problem == "other_preprocessing":
         assert "bpe_merges=200 (config: 300)" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (["model.heads=3"], "model: embed_dim 16 is not a multiple of heads 3"),
+        (["model.dropout=1.5"], "model.dropout must be in [0, 1], got 1.5"),
+        (["optimizer.lr=-1"], "optimizer 'apollo': Apollo: invalid lr=-1.0"),
+        (
+            ["max_tokens=4", "tokens_per_update=8"],
+            "train: a sentence of 20 tokens exceeds max_tokens 4",
+        ),
+    ],
+)
+def test_bad_model_optimizer_or_batch_values_write_nothing(
+    data_dir, tmp_path, capsys, bad, message
+):
+    """Found while the run is built, before its directory opens: no .lock, config.json, tb/."""
+    out = tmp_path / "o"
+    argv = ["--config", CONFIG, "--row", "Apollo", "--data-dir", str(data_dir)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(train.main, [*argv, "--out-dir", str(out), "--device", "cpu", *SMALL, *bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert err[0].startswith(f"error: {CONFIG}: ") or str(data_dir) in err[0]
     assert not out.exists()
 
 

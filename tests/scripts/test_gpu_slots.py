@@ -127,7 +127,7 @@ def test_runs_side_by_side_give_the_numbers_they_give_alone(
             out_root=tmp_path / "b",
             extra=tiny,
         ):
-            train.run(job.command[3:])
+            train.main(job.command[3:])
     finally:
         torch.set_num_threads(threads)
     for row in ("SGD", "Apollo"):
