@@ -19,7 +19,6 @@ itself (``device``, :mod:`classification.device_data`; ``auto`` does on CUDA).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import pickle
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 if TYPE_CHECKING:
     from torchvision import transforms
 
+from engine.cli import ArgumentParser
 from engine.distributed import Context, split_batch
 from engine.lock import RunDirLock
 
@@ -370,8 +370,8 @@ def download(dataset: str, root: str | Path) -> Path:
     against a second download); only the complete ``cifar-10-batches-py/`` (or
     ``cifar-100-python/``) is moved into ``root``, created then, and the archive is deleted. On
     any failure (no network, a wrong checksum, a full disk, Ctrl-C or SIGTERM) ``root`` is as it
-    was and a :class:`DataError` says what failed, the URL, and how to get the data by hand. An
-    existing folder whose files have the published MD5s is kept as it is.
+    was and one line (a :class:`DataError`) says what failed, the URL, and how to get the data
+    by hand. An existing folder whose files have the published MD5s is kept as it is.
     """
     from torchvision.datasets import CIFAR10, CIFAR100
     from torchvision.datasets.utils import check_integrity
@@ -458,10 +458,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m classification.data",
-        description=download.__doc__.split("\n\n")[0],
-        epilog="Example: python -m classification.data cifar10 data/cifar10",
+        description=download.__doc__,
+        epilog="Example:\n\n    python -m classification.data cifar10 data/cifar10\n\n"
+        "By hand, and the layout: docs/data.md.",
     )
     p.add_argument("dataset", choices=sorted(CIFAR), help="which data set to download")
     p.add_argument("root", help="the folder to put it in (created when missing)")

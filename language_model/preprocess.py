@@ -1,5 +1,8 @@
 """Encode the One Billion Words benchmark into LMDB once, so training can stream it.
 
+Example (from the benchmark's unpacked folder, with the repository on the path)::
+
+    export PYTHONPATH=/path/to/repo
     cd 1-billion-word-language-modeling-benchmark-r13output
     python -m language_model.preprocess \\
         --train-dir training-monolingual.tokenized.shuffled \\
@@ -27,7 +30,6 @@ full disk) is one line; the partial database is deleted and an old one stays.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import errno
@@ -48,6 +50,7 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
+from engine.cli import ArgumentParser
 from language_model.corpus import (
     BOS,
     EOS,
@@ -435,17 +438,51 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train-dir", required=True, help="training-monolingual.tokenized.shuffled/")
-    p.add_argument("--heldout-dir", required=True, help="heldout-monolingual.tokenized.shuffled/")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m language_model.preprocess",
+        description="\n\n".join(__doc__.split("\n\n")[:4]),
+        epilog="Where the files come from: docs/data.md. More (the layout, what is verified): "
+        "language_model/README.md.",
+    )
+    p.add_argument(
+        "--train-dir",
+        required=True,
+        help="the training shards' folder (training-monolingual.tokenized.shuffled/): its "
+        "--train-pattern files",
+    )
+    p.add_argument(
+        "--heldout-dir",
+        required=True,
+        help="the heldout folder (heldout-monolingual.tokenized.shuffled/): its "
+        "--heldout-pattern files are the test split",
+    )
     p.add_argument("--vocab", required=True, help="1b_word_vocab.txt (lines: word count)")
     p.add_argument("--out-dir", required=True, help="the LMDB directory to create")
-    p.add_argument("--workers", type=int, default=None, help="encoding processes (default: cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace a different existing DB")
-    p.add_argument("--train-pattern", default=TRAIN_PATTERN)
-    p.add_argument("--heldout-pattern", default=HELDOUT_PATTERN)
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--workers", type=int, default=None, help="encoding processes (default: one per core)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing database built from other inputs (kept until the new one is "
+        "complete)",
+    )
+    p.add_argument(
+        "--train-pattern",
+        default=TRAIN_PATTERN,
+        help=f"file names of the training shards (default: {TRAIN_PATTERN})",
+    )
+    p.add_argument(
+        "--heldout-pattern",
+        default=HELDOUT_PATTERN,
+        help=f"file names of the test shards (default: {HELDOUT_PATTERN})",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     # SIGTERM cleans up as Ctrl-C does (after a SIGKILL, the next run does).
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:

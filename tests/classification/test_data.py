@@ -354,3 +354,13 @@ def test_a_download_puts_only_the_complete_verified_folder_in_place(
     (root / "cifar-10-batches-py" / "test_batch").write_bytes(b"x")
     code, _, err = _download(["cifar10", str(root)], capsys)
     assert code == 2 and "test_batch in it are missing or not the published files" in err
+
+
+def test_download_help_names_the_command_and_keeps_the_example(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        data.main(["--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and out.startswith("usage: python -m classification.data ")
+    assert "\n    python -m classification.data cifar10 data/cifar10\n" in out
+    assert "``" not in out and ":class:" not in out
+    assert "which data set to download" in out and "the folder to put it in" in out

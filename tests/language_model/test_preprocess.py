@@ -271,3 +271,13 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_database(
         assert _dump(out) == before and os.listdir(out.parent) == ["db"]
     else:  # nothing at all: not even the folders made for it
         assert os.listdir(tmp_path / "o") == []
+
+
+def test_help_names_the_command_keeps_the_example_and_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exited:
+        pre.main(["--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and out.startswith("usage: python -m language_model.preprocess")
+    assert "    python -m language_model.preprocess \\\n        --train-dir " in out
+    assert "``" not in out and ":func:" not in out
+    assert [a.dest for a in pre.build_parser()._actions if not a.help] == []
