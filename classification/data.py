@@ -254,7 +254,15 @@ def build_datasets(config: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
                 f"{config['num_classes']} (override with num_classes={len(ds.classes)})"
             )
         sets.append(ds)
-    return sets[0], sets[1]
+    train_set, val_set = sets
+    if val_set.classes != train_set.classes:  # an index would name another class in val
+        only = sorted(set(train_set.classes) ^ set(val_set.classes))
+        raise DataError(
+            f"{Path(root) / 'val'} and {Path(root) / 'train'} hold different class folders "
+            f"({', '.join(only[:5])}{' ...' if len(only) > 5 else ''} in only one of them); "
+            "labels follow the sorted folder names, so both need the same ones"
+        )
+    return train_set, val_set
 
 
 def _missing_dir(root: str | Path) -> str:

@@ -63,7 +63,10 @@ def cache_digits(path: str | Path) -> Path:
 def load_digits(data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(images, labels)``: uint8 (1797, 8, 8) in 0..16 and (1797,) in 0..9, from the cache
     (written first if missing). ``ValueError`` naming the file if it is not the digits."""
-    path = Path(data_dir or default_data_dir()) / CACHE_NAME
+    folder = Path(data_dir or default_data_dir())
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"data directory {folder} is a file, not a folder (for {CACHE_NAME})")
+    path = folder / CACHE_NAME
     if not path.is_file():
         cache_digits(path)
     try:

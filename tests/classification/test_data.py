@@ -364,3 +364,16 @@ def test_download_help_names_the_command_and_keeps_the_example(capsys) -> None:
     assert "\n    python -m classification.data cifar10 data/cifar10\n" in out
     assert "``" not in out and ":class:" not in out
     assert "which data set to download" in out and "the folder to put it in" in out
+
+
+def test_val_classes_other_than_train_classes_are_refused(imagenet_dir, tmp_path) -> None:
+    """Same count, another name: every index past it would silently name another class."""
+    root = tmp_path / "in"
+    shutil.copytree(imagenet_dir, root)
+    (root / "val" / "n00000001").rename(root / "val" / "n00000009")
+    cfg = config(root, "imagenet", 3, style="imagenet", crop=16, resize=18)
+    with pytest.raises(
+        data.DataError,
+        match=r"val and .*train hold different class folders \(n00000001, n00000009 in only",
+    ):
+        data.build_datasets(cfg)

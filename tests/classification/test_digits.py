@@ -39,3 +39,10 @@ def test_a_damaged_digits_file_is_one_clear_error(tmp_path: Path) -> None:
     np.savez(path, images=np.zeros((10, 8, 8), np.uint8), labels=np.zeros(10, np.uint8))
     with pytest.raises(ValueError, match=r"digits\.npz does not hold scikit-learn's digits"):
         digits.load_digits(tmp_path)
+
+
+def test_a_file_as_data_directory_is_named_so(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match=r"data directory .*f is a file, not a folder"):
+        digits.load_digits(tmp_path / "f")
+    assert (tmp_path / "f").read_text() == "x"
