@@ -8,8 +8,11 @@
   (``compound_split_bleu.sh``) and Moses detokenization (:func:`remove_bpe`,
   :func:`compound_split`, :class:`MosesPipeline.detokenize`).
 
-sacremoses with ``perl_parity=True`` matches the Perl tools on 99.8% of real lines (the rest
-differ on a period after an abbreviation).
+sacremoses with ``perl_parity=True`` is the base; two rules of the Perl tools it ports
+differently are ported again here (:class:`_Tokenizer`, :meth:`MosesPipeline.tokenize`), so
+that the output matches current Moses' ``normalize-punctuation.perl`` and ``tokenizer.perl``
+(``tests/nmt/test_text.py`` holds the cases, and compares with the Perl scripts where they are
+installed).
 """
 
 from __future__ import annotations
@@ -25,22 +28,73 @@ _BPE_SEPARATOR = "@@ "
 MAX_WORD_LENGTH = 1000  # clean-corpus-n.perl's default -max-word-length
 
 
+_ENDS_WITH_PERIOD = re.compile(r"^(\S+)\.$")
+_LEADING_DIGITS = re.compile(r"^[0-9]+")
+# Python's \s also matches the C0 separators U+001C-U+001F, Perl's does not: tokenizer.perl
+# deletes them (with the other control characters) where sacremoses would leave a space.
+_C0_SEPARATORS = re.compile("[\x1c-\x1f]")
+
+
+class _Tokenizer(MosesTokenizer):
+    """sacremoses' tokenizer with ``tokenizer.perl``'s loop over words ending in a period.
+
+    Since 2018 the Perl loop splits the period off the last word of a line whatever the word
+    (``am 2.`` -> ``am 2 .``, ``usw.`` -> ``usw .``: "unlikely to be non-breaking prefixes"),
+    and it splits words on single spaces, so a word before a doubled space sees an empty next
+    word (never lowercase); sacremoses keeps a line-final ``2.`` and looks past empty words.
+    """
+
+    def handles_nonbreaking_prefixes(self, text: str) -> str:
+        words = re.split(r"\s", text)
+        while words and not words[-1]:  # Perl's split drops trailing empty fields
+            words.pop()
+        for i, word in enumerate(words):
+            match = _ENDS_WITH_PERIOD.match(word)
+            if not match:
+                continue
+            pre = match.group(1)
+            if i == len(words) - 1:
+                words[i] = pre + " ."
+                continue
+            following = words[i + 1]
+            if (
+                ("." in pre and self.isanyalpha(pre))
+                or (pre in self.NONBREAKING_PREFIXES and pre not in self.NUMERIC_ONLY_PREFIXES)
+                or (following and self.islower(following[0]))
+            ):
+                continue
+            if pre in self.NUMERIC_ONLY_PREFIXES and _LEADING_DIGITS.match(following):
+                continue
+            words[i] = pre + " ."
+        return " ".join(words)
+
+
 class MosesPipeline:
     """Normaliser, tokenizer and detokenizer of one language, configured as the recipe is."""
 
     def __init__(self, lang: str) -> None:
         self.lang = lang
         self._normalizer = MosesPunctNormalizer(lang, perl_parity=True)
-        self._tokenizer = MosesTokenizer(lang)
+        # normalize-punctuation.perl runs on bytes, where \d is an ASCII digit only (Python's
+        # \d also takes Arabic-Indic and other digits: "5\u00a0١٢" would become "5.١٢").
+        self._normalizer.substitutions = [
+            (pattern.replace(r"\d", "[0-9]"), replacement)
+            for pattern, replacement in self._normalizer.substitutions
+        ]
+        self._tokenizer = _Tokenizer(lang)
         self._detokenizer = MosesDetokenizer(lang)
 
     def tokenize(self, line: str, *, train: bool) -> str:
-        """One line of training (``train=True``) or test text, tokenized with ``-a``."""
+        """One line (without its newline) of training (``train=True``) or test text, tokenized
+        with ``-a``."""
         if train:
-            line = self._normalizer.normalize(line)
-            line = _NON_PRINTING.sub(" ", line)
+            # normalize-punctuation.perl sees the line with its newline: the German rule
+            # s/(\.+)"(\s*[^<])/"$1$2/ moves a line-final period before the closing quote.
+            line = self._normalizer.normalize(line + "\n")
+            line = _NON_PRINTING.sub(" ", line.removesuffix("\n"))
         else:
             line = line.replace("’", "'")
+        line = _C0_SEPARATORS.sub("", line)
         return self._tokenizer.tokenize(
             line, aggressive_dash_splits=True, escape=True, return_str=True
         ).strip()

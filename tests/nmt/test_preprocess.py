@@ -26,7 +26,8 @@ def _opts(*extra: str) -> pre.Options:
 
 
 def _moses(lang: str, line: str, train: bool) -> str:
-    """The spec's settings, written out independently of nmt.text."""
+    """The spec's settings, written out with sacremoses independently of nmt.text (the test
+    corpus has no line where nmt.text's Perl-parity rules differ: see test_text.py)."""
     if train:
         line = MosesPunctNormalizer(lang, perl_parity=True).normalize(line)
     else:
