@@ -34,7 +34,8 @@ An override is parsed as the tables are (``1e-4``, ``true``, ``[80, 120]``, ``nu
 converted to the type the key already has (an int where a float is expected is fine; a string
 where a number is expected is an error). :func:`check_optimizer` holds the ``optimizer`` section
 to the optimizer's signature: an argument it does not take, or a value of the wrong type, is an
-error before anything runs. Every problem is a :class:`ConfigError` (a ``ValueError``) whose
+error before anything runs; :func:`check_values` rejects a negative number, a size below one
+and a probability of one or more. Every problem is a :class:`ConfigError` (a ``ValueError``) whose
 one-line message names the file and the key and lists what exists.
 """
 
@@ -310,6 +311,7 @@ def resolve(
         _check_type(config[key], spec, key, path)
     check_schedule(config, path)
     check_run_keys(config, path)
+    check_values(config, path)
     config["schedule"] = {
         k: config["schedule"][k] for k in SCHEDULE_SCHEMA if k in config["schedule"]
     }
@@ -371,6 +373,37 @@ def check_run_keys(config: Mapping[str, Any], path: str = "<config>") -> None:
             f"{path}: a cosine schedule stepped per {sched['unit']} needs {length} or "
             "schedule.total_steps (its length)"
         )
+
+
+#: Name endings of the keys that are sizes or counts of at least one (a batch of 0 sentences,
+#: a model of 0 layers, a beam of 0): ``batch_size``, ``model.num_layers``, ``generations.*.beam``.
+SIZE_KEYS = ("batch_size", "_size", "_dim", "_layers", "heads", "num_classes", "bptt", "beam")
+SIZE_KEYS += ("max_tokens", "tokens_per_update", "batch_multiple", "max_positions")
+#: Name endings of the keys that are probabilities below one.
+PROBABILITY_KEYS = ("dropout", "label_smoothing")
+
+
+def check_values(config: Mapping[str, Any], path: str = "<config>", where: str = "") -> None:
+    """Numbers outside ``optimizer`` and ``schedule`` (which their constructors check): none is
+    negative (no count, size, length, seed, limit or probability here is), sizes
+    (:data:`SIZE_KEYS`) are at least one, probabilities (:data:`PROBABILITY_KEYS`) below one."""
+    for key, value in config.items():
+        name = f"{where}{key}"
+        if name in ("optimizer", "schedule"):
+            continue
+        if isinstance(value, dict):
+            check_values(value, path, f"{name}.")
+            continue
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            if name.endswith(SIZE_KEYS) and v < 1:
+                raise ConfigError(f"{path}: {name} must be >= 1, got {value!r}")
+            if v < 0:
+                raise ConfigError(f"{path}: {name} must be >= 0, got {value!r}")
+            if name.endswith(PROBABILITY_KEYS) and v >= 1:
+                raise ConfigError(f"{path}: {name} must be in [0, 1), got {value!r}")
 
 
 def schedule_kwargs(schedule: Mapping[str, Any], steps: int) -> dict[str, Any]:

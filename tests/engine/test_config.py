@@ -22,7 +22,7 @@ defaults:
   workers: 0
   amp: none
   device: cpu
-  augmentation: {crop: 32, mean: [0.5, 0.5]}
+  augmentation: {crop: 32, mean: [0.5, 0.5], dropout: 0.1}
   schedule: {unit: epoch, warmup: 0}
 schedules:
   s:
@@ -93,6 +93,11 @@ def test_override_parsing_and_coercion(table: dict) -> None:
         ("optimizer=3", "is a section"),
         ("noequals", "expected key=value"),
         ("amp=fp8", "amp must be one of"),
+        ("workers=-2", r"workers must be >= 0, got -2"),
+        ("seed=-1", r"seed must be >= 0, got -1"),
+        ("batch_size=0", r"batch_size must be >= 1, got 0"),
+        ("augmentation.mean=[0.5, -0.5]", r"augmentation.mean must be >= 0, got \[0.5, -0.5\]"),
+        ("augmentation.dropout=1.0", r"augmentation.dropout must be in \[0, 1\), got 1.0"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(table: dict, override: str, message: str) -> None:
