@@ -11,12 +11,13 @@ variant fails. Not run with ``TRITON_INTERPRET=1`` (the interpreter compiles not
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import time
 
 import torch
+
+from engine import cli
 
 TYPES = {torch.float32: "fp32", torch.int64: "i64", torch.int32: "i32"}
 
@@ -91,7 +92,7 @@ def _variants() -> dict[str, tuple]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(prog="python -m benchmarks.fused_compile", description=__doc__)
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability (90: H100/H200)")
     ap.add_argument("--ptx-only", action="store_true", help="stop at PTX (skip ptxas)")
     args = ap.parse_args(argv)

@@ -14,7 +14,6 @@ over ``--repeats`` epochs, the two sources taking turns (the CPU may be shared).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import cli
 from language_model.corpus import BOS, EOS, UNK, Corpus
 from language_model.data import InMemorySource, ShardSource, TokenStream
 from language_model.preprocess import write_corpus
@@ -75,14 +75,16 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m benchmarks.lm_data", description=__doc__)
     p.add_argument("--data-dir", help="a preprocessed corpus (default: a synthetic one)")
     p.add_argument("--shards", type=int, default=4, help="synthetic corpus: shards")
-    p.add_argument("--tokens-per-shard", type=int, default=2_000_000)
+    p.add_argument(
+        "--tokens-per-shard", type=int, default=2_000_000, help="synthetic corpus: tokens per shard"
+    )
     p.add_argument("--vocab", type=int, default=793_471, help="synthetic vocabulary size")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--bptt", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--batch-size", type=int, default=128, help="streams read side by side")
+    p.add_argument("--bptt", type=int, default=20, help="tokens per stream and batch")
+    p.add_argument("--repeats", type=int, default=7, help="timed passes (median reported)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
     args = p.parse_args(argv)
     if not args.no_pin and hasattr(os, "sched_setaffinity"):

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import amp, distributed
+from engine import amp, cli, distributed
 from engine import config as cfg
 from engine import run as runs
 from nmt import train
@@ -173,12 +173,12 @@ def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.nmt_step", description=__doc__.split("\n")[0]
-    )
+    p = cli.ArgumentParser(prog="python -m benchmarks.nmt_step", description=__doc__)
     p.add_argument("--models", default="demo,base", help="comma-separated: base, demo")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    p.add_argument(
+        "--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision"
+    )
     p.add_argument("--updates", type=int, default=3, help="updates per timed round")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per side")
     p.add_argument(

@@ -19,7 +19,6 @@ docs/performance.md, with the figures and how to read them.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import platform
@@ -29,6 +28,8 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from engine import cli
 
 try:  # the project's optimizers; AdaBelief is optional (written in parallel)
     from apollo_optim.apollo import Apollo
@@ -343,9 +344,11 @@ def machine(device: str = "cpu") -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sets", default="resnet110,lstm,transformer")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap = cli.ArgumentParser(prog="python -m benchmarks.optim_step", description=__doc__)
+    ap.add_argument(
+        "--sets", default="resnet110,lstm,transformer", help="parameter sets, comma-separated"
+    )
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default: cpu")
     ap.add_argument(
         "--steps",
         type=int,

@@ -279,13 +279,13 @@ def sum_rates(copies: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0]
-    )
+    p = cli.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__)
     p.add_argument("--config", required=True, help="a table, e.g. configs/cifar10.yaml")
     p.add_argument("--row", required=True, help="row(s), comma-separated: SGD,Apollo")
     p.add_argument("--schedule", help="default: the table's first")
-    p.add_argument("--device", choices=cfg.DEVICES, default=cli.default_device())
+    p.add_argument(
+        "--device", choices=cfg.DEVICES, default=cli.default_device(), help="default: cuda if any"
+    )
     p.add_argument("--amp", choices=cfg.AMP_MODES, help="default: the table's")
     p.add_argument(
         "--compile",

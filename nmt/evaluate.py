@@ -25,7 +25,6 @@ A run evaluated already with the same checkpoints and decoding is skipped unless
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,12 +155,14 @@ def evaluate_run(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m nmt.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = cli.ArgumentParser(prog="python -m nmt.evaluate", description=__doc__)
+    p.add_argument(
+        "--run-dir",
+        nargs="+",
+        required=True,
+        metavar="RUN_DIR_OR_FOLDER",
+        help="run directories, or folders searched for them",
     )
-    p.add_argument("--run-dir", nargs="+", required=True, metavar="RUN_DIR_OR_FOLDER")
     p.add_argument("--data-dir", help="default: the run's data_dir")
     p.add_argument(
         "--average-last",
@@ -170,7 +171,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p.add_argument("--generation", help="a key of the run's generations (default: generation)")
     p.add_argument("--split", default="test", help="test (default) or valid")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=cli.default_device())
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=cli.default_device(),
+        help="default: cuda if any",
+    )
     p.add_argument("--amp", choices=("none", "fp16", "bf16"), help="default: the run's")
     p.add_argument("--batch-size", type=int, help="sentences per beam-search batch")
     p.add_argument("--force", action="store_true", help="evaluate again")

@@ -10,7 +10,10 @@ schedule name (``ANY``). This module is the one place these numbers live; the ta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
+
+from engine import cli
 
 ANY = "*"
 
@@ -146,7 +149,13 @@ def markdown(table: str, version: str) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print every table the paper reports."""
+    cli.ArgumentParser(prog="python -m scripts.paper_results", description=__doc__).parse_args(argv)
     for (table, version), paper in PAPER.items():
         print(f"**{paper.title}** (`{table}`, paper version `{version}`)\n")
         print(markdown(table, version) + "\n")
+
+
+if __name__ == "__main__":
+    main()
