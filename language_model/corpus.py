@@ -17,9 +17,10 @@ environment (a directory holding ``data.mdb``) contains:
 header records (a truncated file is one clear error, never a bus error when a page past its end
 is touched), the vocabulary against its digest and that every split holds sentences; each shard
 read checks both records' lengths and CRC-32s (``zlib.crc32``, a few percent of the reader's
-time: see ``benchmarks/lm_data.py``). Training puts ``vocab_sha256`` into the run config's
-``data_fingerprint``, so a resume on a corpus encoded with another vocabulary is refused like
-any other config change.
+time: see ``benchmarks/lm_data.py``). Training puts :meth:`Corpus.fingerprint` (the vocabulary's
+SHA-256 and a digest of every shard's recorded counts and CRC-32s) into the run config's
+``data_fingerprint``, so a resume on a corpus encoded with another vocabulary or from other
+text is refused like any other config change.
 
 Open it with the plain ``lmdb`` package: ``lmdb.open(path, readonly=True, lock=False)``.
 """

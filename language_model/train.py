@@ -15,9 +15,10 @@ perplexity on the heldout split, one step of the epoch-based schedule and the ru
 files (``engine.run``). A checkpoint is also written every ``checkpoint_every`` updates with
 each rank's data position, hidden state and partial sums, so an interrupted epoch resumes where
 it stopped: re-run the same command. ``--max-steps-per-epoch K`` also caps evaluation at K
-windows (``test_tokens`` says how many tokens the perplexity covers). The vocabulary's size and
-SHA-256 are the run's ``data_fingerprint``: a resume on another vocabulary, even one of the same
-size, is refused.
+windows (``test_tokens`` says how many tokens the perplexity covers). The corpus's identity
+(its vocabulary's size and SHA-256, and a digest of every shard's recorded counts and CRC-32s)
+is the run's ``data_fingerprint``: a resume on another vocabulary, even one of the same size, or
+on a corpus encoded from other text, is refused.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def build_model(config: Mapping[str, Any], vocab_size: int) -> LSTMLanguageModel
 
 def data_fingerprint(corpus: Corpus) -> dict[str, Any]:
     """What a resume must find unchanged in the data (see engine.run: ``data_fingerprint``): what
-    the token ids mean, i.e. the vocabulary (its digest is verified when the corpus opens)."""
-    return {"vocab_size": corpus.vocab_size, "vocab_sha256": corpus.vocab_sha256}
+    the token ids mean and which token streams the epochs walk (:meth:`Corpus.fingerprint`,
+    from the metadata: nothing is re-read at start)."""
+    return corpus.fingerprint()
 
 
 def _detach(hidden: Hidden) -> Hidden:

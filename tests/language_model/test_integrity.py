@@ -260,3 +260,32 @@ def test_the_fingerprint_is_the_corpus_content_not_its_path(corpus_files, tmp_pa
     other = Corpus(_run(corpus_files, tmp_path / "c", workers=1)[0]).fingerprint()
     assert other["vocab_sha256"] == fingerprint["vocab_sha256"]
     assert other["shards_sha256"] != fingerprint["shards_sha256"]
+
+
+def test_resume_on_a_corpus_re_encoded_from_other_text_is_refused(tmp_path, capsys):
+    """The corpus re-encoded (same vocabulary) half-way through a run: another epoch length,
+    so the checkpoint's position would point into other data. Refused in one line; the same
+    text encoded again resumes."""
+    from engine import cli
+    from language_model import train
+
+    files = make_corpus(tmp_path / "raw")
+    db, _ = _run(files, tmp_path / "db", workers=1)
+    out, args = tmp_path / "run", ("--max-steps-per-epoch", "2", *SMALL)
+    _train(db, out, "--epochs", "1", *args)
+    saved = (out / "config.json").read_text()
+    shard = sorted(files["train_dir"].iterdir())[0]
+    original = shard.read_bytes()
+    shard.write_bytes(original[: len(original) // 3])  # fewer sentences: fewer steps an epoch
+    _run(files, db, workers=1, overwrite=True)
+    argv = ["--config", str(ROOT / "configs" / "lm1b.yaml"), "--row", "Apollo"]
+    argv += ["--data-dir", str(db), "--out-dir", str(out), "--device", "cpu", "--epochs", "2"]
+    with pytest.raises(SystemExit) as exited:
+        cli.main(train.main, [*argv, *args])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "holds a run with another config (data_fingerprint:" in err and "shards_sha256" in err
+    assert (out / "config.json").read_text() == saved  # the run is as it was
+    shard.write_bytes(original)
+    _run(files, db, workers=1, overwrite=True)  # the same text again: the same corpus
+    assert _train(db, out, "--epochs", "2", *args)["epochs_completed"] == 2
