@@ -70,6 +70,8 @@ from language_model.corpus import (
 )
 
 TRAIN_PATTERN = "news.en-*"
+#: What an LMDB environment directory holds; --overwrite replaces only a directory of these.
+LMDB_FILES = ("data.mdb", "lock.mdb")
 HELDOUT_PATTERN = "news.en.heldout-*"
 
 # (split name, encoded shard) pairs; a shard is (file name, tokens, sentence offsets).
@@ -133,7 +135,8 @@ def list_shards(directory: str | os.PathLike, pattern: str, flag: str) -> list[P
     """The shard files of one split, sorted; ValueError naming ``flag`` when there are none."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"{flag} {directory}: no such directory")
+        what = "is a file, not a directory" if directory.exists() else "no such directory"
+        raise ValueError(f"{flag} {directory}: {what}")
     files = sorted(p for p in directory.glob(pattern) if p.is_file())
     if not files:
         raise ValueError(f"{flag} {directory}: no files matching {pattern}")
@@ -369,6 +372,13 @@ def preprocess(
         clean_leftovers(out_dir)  # first: it may put a database back at out_dir
     digest = fingerprint(vocab_path, splits)
     if out_dir.exists() and any(out_dir.iterdir()):
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in LMDB_FILES)
+        if foreign:  # --overwrite deletes what it replaces: never a folder of other files
+            raise ValueError(
+                f"--out-dir {out_dir}: holds other files than a database ({', '.join(foreign[:3])}"
+                f"{' ...' if len(foreign) > 3 else ''}); not replaced, even with --overwrite: "
+                "choose another directory"
+            )
         try:
             existing = Corpus(out_dir)
             same = existing.meta.get("fingerprint") == digest

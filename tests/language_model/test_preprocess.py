@@ -281,3 +281,26 @@ def test_help_names_the_command_keeps_the_example_and_explains_every_option(caps
     assert "    python -m language_model.preprocess \\\n        --train-dir " in out
     assert "``" not in out and ":func:" not in out
     assert [a.dest for a in pre.build_parser()._actions if not a.help] == []
+
+
+def test_overwrite_never_replaces_a_folder_of_other_files(corpus_files, tmp_path, capsys):
+    """--out-dir mistaken for the text's own folder: refused even with --overwrite."""
+    train = corpus_files["train_dir"]
+    before = {p.name: p.read_bytes() for p in train.iterdir()}
+    argv = _argv(corpus_files, train, "--overwrite", "--workers", "1")
+    assert pre.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out-dir {train}: holds other files than a database (news.en-")
+    assert "not replaced, even with --overwrite" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in train.iterdir()} == before
+    assert sorted(os.listdir(train.parent)) == sorted(
+        [train.name, corpus_files["heldout_dir"].name, corpus_files["vocab"].name]
+    )
+
+
+def test_a_file_given_as_a_text_folder_is_named_so(corpus_files, tmp_path, capsys):
+    files = {**corpus_files, "train_dir": corpus_files["vocab"]}
+    assert pre.main(_argv(files, tmp_path / "db")) == 2
+    assert capsys.readouterr().err == (
+        f"error: --train-dir {corpus_files['vocab']}: is a file, not a directory\n"
+    )
