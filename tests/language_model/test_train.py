@@ -223,8 +223,8 @@ def test_bad_data_dir_is_one_line_and_exit_2(lmdb_dir, tmp_path, capsys, problem
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ("model.dropout=1.5", "model: dropout probability has to be between 0 and 1"),
-        ("model.hidden_size=0", "model: hidden_size must be greater than zero"),
+        ("model.dropout=1.5", "model.dropout must be in [0, 1), got 1.5"),  # the config check
+        ("model.hidden_size=0", "model.hidden_size must be >= 1, got 0"),
         ("optimizer.lr=-1", "optimizer 'apollo': Apollo: invalid lr=-1.0"),
     ],
 )

@@ -187,7 +187,7 @@ def test_bad_data_dir_is_one_line_and_exit_2(data_dir, tmp_path, capsys, problem
     ("bad", "message"),
     [
         (["model.heads=3"], "model: embed_dim 16 is not a multiple of heads 3"),
-        (["model.dropout=1.5"], "model.dropout must be in [0, 1], got 1.5"),
+        (["model.dropout=1.5"], "model.dropout must be in [0, 1), got 1.5"),
         (["optimizer.lr=-1"], "optimizer 'apollo': Apollo: invalid lr=-1.0"),
         (
             ["max_tokens=4", "tokens_per_update=8"],
