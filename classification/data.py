@@ -410,6 +410,11 @@ def download(dataset: str, root: str | Path) -> Path:
     except ValueError as exc:  # another download holds it, or base is not writable
         raise DataError(f"cannot download {dataset} into {root}: {exc}") from None
     try:
+        for p in staging.iterdir():  # a killed download's partial archive or unpacked files
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p != lock.path:
+                p.unlink()
         _fetch(cls, staging, by_hand)
         _move_into(staging / cls.base_folder, target)
     finally:
@@ -461,8 +466,12 @@ def _move_into(folder: Path, target: Path) -> None:
         raise DataError(f"could not create {target}: {exc.strerror or exc}") from None
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised so that it cleans up as Ctrl-C does."""
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise _Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -478,9 +487,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     previous = signal.signal(signal.SIGTERM, _interrupt)  # cleaned up as Ctrl-C is
     try:
         path = download(args.dataset, args.root)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"interrupted: {args.root} is as it was", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, _Terminated) else 130)
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(path)

@@ -339,12 +339,18 @@ def test_a_download_puts_only_the_complete_verified_folder_in_place(
         code, _, err = _download(["cifar10", str(root)], capsys)
     assert code == 2 and "could not unpack" in err and "No space left" in err.splitlines()[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake"]
+    # what a SIGKILLed download leaves (a partial archive, half the files) is not used
+    killed = tmp_path / ".cifar10-download"
+    (killed / "cifar-10-batches-py").mkdir(parents=True)
+    (killed / "cifar-10-batches-py" / "stray").write_text("x")
+    (killed / "cifar-10-python.tar.gz").write_bytes(body[:100])
     # the real thing: the folder, and nothing else
     code, out, _ = _download(["cifar10", str(root)], capsys)
     assert code == 0 and out.strip() == str(root / "cifar-10-batches-py")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake", "out"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cifar10"]
     assert [p.name for p in root.iterdir()] == ["cifar-10-batches-py"]
+    assert not (root / "cifar-10-batches-py" / "stray").exists()
     assert len(data.read_cifar(root, "cifar10", train=True)[1]) == 45
     # run again without a network: the verified folder is kept, nothing fetched
     asked = _serve(monkeypatch, None)
@@ -377,3 +383,19 @@ def test_val_classes_other_than_train_classes_are_refused(imagenet_dir, tmp_path
         match=r"val and .*train hold different class folders \(n00000001, n00000009 in only",
     ):
         data.build_datasets(cfg)
+
+
+def test_an_interrupted_download_leaves_the_folder_as_it_was(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets.utils as tv_utils
+
+    def interrupted(url, root, *args, **kwargs):
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"part of it")
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM (turned into it while downloading)
+
+    monkeypatch.setattr(tv_utils, "download_url", interrupted)
+    root = tmp_path / "c10"
+    with pytest.raises(SystemExit) as exited:
+        data.main(["cifar10", str(root)])
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == f"interrupted: {root} is as it was\n"
+    assert list(tmp_path.iterdir()) == []
