@@ -8,10 +8,11 @@ bytes, every plain value); :func:`load` recomputes it, so a flipped byte is a
 :class:`CheckpointError` naming the file instead of a silently damaged resume, and a dict that
 this project did not write is refused by name.
 
-The layout of a run's checkpoint is :mod:`engine.run`'s (one for every task tree). Beside
-``checkpoint.pt`` (the resume point), a run with ``keep_last`` N > 0 keeps its last N epoch
-checkpoints ``checkpoint_epoch<E>.pt`` (:func:`epoch_path`, :func:`prune`), which
-:func:`average` turns into one model as fairseq's ``scripts/average_checkpoints.py`` does.
+The layout of a run's checkpoint is :mod:`engine.run`'s, one for every task tree
+(docs/run_directory.md). Beside ``checkpoint.pt`` (the resume point), a run with ``keep_last``
+N > 0 keeps its last N epoch checkpoints ``checkpoint_epoch<E>.pt`` (:func:`epoch_path`,
+:func:`prune`), which :func:`average` turns into one model as fairseq's
+``scripts/average_checkpoints.py`` does.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """The run directory's files, metrics kept on the device, TensorBoard and tqdm.
 
-A run directory holds (written by rank 0 only; :mod:`engine.run` decides when)::
-
-    config.json     the resolved run config + "provenance" (git commit, versions, hardware, argv)
-    metrics.jsonl   one JSON object per completed epoch (rewritten from the checkpoint on resume)
-    results.json    {"finished", "epochs", "epochs_completed", "max_updates",
-                     "updates_completed", "metric", "mode", "final", "best", plus the run's
-                     identity: table, paper_version, row, schedule, seed, optimizer}
-    checkpoint.pt   see engine.run (layout) and engine.checkpoint (format)
-    train.log       the log lines; tb/ TensorBoard events
-
-Every JSON file is written atomically, so a reader (``scripts/report.py``) never sees half a
-file, and is strict JSON: a non-finite number (a diverged loss, an overflowed perplexity) is
-written as ``null``.
+What each file holds is in docs/run_directory.md; :mod:`engine.run` decides when they are
+written (rank 0 only). Every JSON file is written atomically, so a reader
+(``scripts/report.py``) never sees half a file, and is strict JSON: a non-finite number (an
+overflowed perplexity) is written as ``null``.
 """
 
 from __future__ import annotations

@@ -1,78 +1,6 @@
 """The run structure every task's ``train.py`` shares: one writer per run directory, one
-checkpoint layout, resume, records and the finished test. The loop itself stays in the task.
-
-API, in the order a ``train.py`` calls it (``classification/train.py`` is the short example)::
-
-    data = ...; training = engine.optimization.build_training(config, rank, device, make_model)
-                                                     # all built first: bad input fails before
-                                                     # anything is written
-    with run.start(config, ctx, metric="test_acc1", mode="max", packages=("torchvision",)) as r:
-        extras = r.restore(training)                 # {} unless resumed mid-epoch
-        r.log_start("<task details>")
-        while not r.finished:                        # epochs or max_updates reached
-            n = r.epoch_updates(updates_the_data_holds)  # capped: max_steps_per_epoch, max_updates
-            for each update from r.position to n - 1:
-                for each of its update_freq micro-batches (micro_batches()):
-                    with distributed.no_sync(ddp_model, skip_sync=not last): forward, backward
-                amp.step(r.optimizer, r.scaler)
-                r.update_done()                      # counts it; steps a per-update schedule
-                if r.log_due(): read the device's sums, log them   # every log_every updates
-                if r.checkpoint_due(n):              # every checkpoint_every updates
-                    r.snapshot(**this_ranks_mid_epoch_state)
-            evaluate
-            r.epoch_done(record)                     # steps a per-epoch schedule; history
-            r.snapshot()                             # checkpoint.pt (+ checkpoint_epoch<E>.pt)
-            r.record(log_line)                       # metrics.jsonl, results.json, TB, log
-        return r.finish(model)                       # rank digests, final results.json
-
-**The run directory** (``config["out_dir"]``), written by rank 0 only: ``.lock``, ``config.json``,
-``metrics.jsonl``, ``results.json``, ``checkpoint.pt``, ``checkpoint_epoch<E>.pt`` (the last
-``keep_last`` epochs, when it is > 0; ``engine.checkpoint.average(epoch_paths(out_dir))``
-averages them), ``train.log``, ``tb/`` (see :mod:`engine.metrics`).
-
-**One writer.** :func:`start` takes the directory's exclusive lock (:mod:`engine.lock`; a
-killed run's lock is taken over, with a warning naming its PID); a second run on the directory
-stops with one line naming the holder's PID. Orphaned temp files are then deleted.
-
-**Resume.** With ``checkpoint.pt`` present, its config must equal this run's except for the
-keys in :data:`RESUMABLE_CHANGES` (where and how the run executes; a task adds its own).
-Without one, a directory that holds ``results.json`` is refused unless its ``config.json``
-is this run's (only where-it-ran keys may differ): another run's results are never
-overwritten. A task puts a fingerprint of its data into the config before :func:`start`,
-under ``data_fingerprint`` (a JSON-able value; the language model's is
-``language_model.train.data_fingerprint``), so a resume on different data is refused by the
-same comparison, and the fingerprint is recorded in ``config.json``.
-
-**Changing the length** (``epochs`` / ``max_updates``) on resume is a continuation when the
-schedule does not depend on it (milestones, or a cosine with ``schedule.total_steps`` set): the
-result equals a run asked for the new length from the start. It is refused when the schedule
-is sized by that length (a cosine without ``total_steps``: the epochs already trained would
-differ), and when the run already went past the new length. A run is finished when it reached
-``epochs`` epochs or ``max_updates`` updates (whichever is set and first). An update-bounded
-run's last epoch ends at ``max_updates``.
-
-**Checkpoint layout** (every tree)::
-
-    {"format", "sha256",              # engine.checkpoint: what this is, payload checksum
-     "config": the run config, "epoch": completed epochs, "update": optimizer updates,
-     "position": updates into the current epoch (0 at an epoch end),
-     "model", "optimizer", "schedule", "scaler" (None without fp16),
-     "ranks": [{"rng": engine.checkpoint.rng_state(), **the task's per-rank state}, ...],
-     "history": [one record per completed epoch]}
-
-The task's per-rank state (the language model's hidden state and partial sums) is what
-:meth:`Run.snapshot` gets as keyword arguments and :meth:`Run.restore` returns.
-
-**The number of ranks changes** between a checkpoint and its resume: at an epoch end this is
-allowed (same global batch; each rank's generators are reseeded from ``seed``, rank and epoch,
-so the run is valid but not bit-identical to an uninterrupted one; a warning says so). A
-checkpoint written mid-epoch holds per-rank data positions and is refused on another number
-of ranks.
-
-**Gradient accumulation** (``update_freq`` k): an update is k micro-batches (:func:`micro_batches`),
-each ``backward`` inside ``engine.distributed.no_sync(model, skip_sync=not last)`` so DDP
-all-reduces once per update; ``epoch_updates``, ``checkpoint_every``, ``max_updates`` and a
-per-update schedule all count updates.
+checkpoint layout, resume, records and the finished test; the loop stays in the task.
+docs/run_directory.md describes the directory, its rules and a loop's calls in order.
 """
 
 from __future__ import annotations
@@ -127,7 +55,7 @@ def start(
     packages: Sequence[str] = (),
     also_resumable: Iterable[str] = (),
 ) -> contextlib.AbstractContextManager[Run]:
-    """Open the run directory for this run (see the module docstring): lock, checks, resume
+    """Open the run directory for this run (docs/run_directory.md): lock, checks, resume
     state, ``config.json`` (provenance lists ``packages``' versions), logger, TensorBoard.
 
     ``metric`` (``mode`` "max" or "min") is what ``results.json`` ranks epochs by;

@@ -307,11 +307,4 @@ def build_model(section: dict, vocab_size: int, pad: int, where: str = "config")
             f"{where}: model keys must be {', '.join(MODEL_KEYS)}; unknown or missing: "
             f"{', '.join(wrong)}"
         )
-    for key in ("embed_dim", "ffn_dim", "heads", "max_positions"):
-        if not section[key] >= 1:
-            raise ValueError(f"{where}: model.{key} must be >= 1, got {section[key]}")
-    for key in ("dropout", "attention_dropout", "activation_dropout"):
-        # applied functionally at each forward: checked here, before a run directory opens
-        if not 0 <= section[key] <= 1:
-            raise ValueError(f"{where}: model.{key} must be in [0, 1], got {section[key]}")
     return Transformer(vocab_size, pad, **section)

@@ -1,21 +1,64 @@
-"""Tiny data sets in the real on-disk layouts: CIFAR's python pickles and an ImageFolder."""
+"""Tiny data sets in the real on-disk layouts (CIFAR's python pickles, an ImageFolder), and a
+tiny run of a real table row on them (:func:`train_tiny`)."""
 
 from __future__ import annotations
 
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from classification.data import CIFAR
 
-# Several engineers share 2 cores: one intra-op thread per test process avoids oversubscription
-# (measured: a tiny two-epoch run took 12 s with the default thread count and 0.8 s with one).
-torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2]
+CIFAR10 = str(ROOT / "configs" / "cifar10.yaml")
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+# A tiny run of a real row: the table's optimizer and schedule, a 1-block-per-stage ResNet.
+TINY = [
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "model=cifar_resnet8",
+    "batch_size=8",
+    "eval_batch_size=10",
+    "augmentation.crop=16",
+]
+
+
+def train_tiny(
+    out: Path,
+    data: Path,
+    row: str,
+    *extra: str,
+    schedule: str = "milestone",
+    epochs: int = 2,
+    config: str = CIFAR10,
+) -> dict:
+    """``classification.train.main`` for ``epochs`` epochs of 2 updates of :data:`TINY`."""
+    from classification import train
+
+    argv = [
+        "--config",
+        config,
+        "--row",
+        row,
+        "--schedule",
+        schedule,
+        "--data-dir",
+        str(data),
+        "--out-dir",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--max-steps-per-epoch",
+        "2",
+        *TINY,
+        *extra,
+    ]
+    return train.main(argv)
 
 
 def write_cifar(
@@ -67,23 +110,8 @@ def imagenet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def sync_counts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Synchronizing CUDA calls of each classification training epoch, one entry per epoch, as
-    ``torch.cuda.set_sync_debug_mode("warn")`` flags them."""
+    """Synchronizing CUDA calls of each classification training epoch, one entry per epoch."""
     from classification import train
+    from tests.helpers import cuda_syncs_per_call
 
-    counted: list[int] = []
-    real = train.train_one_epoch
-
-    def one_epoch(*args):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                stats = real(*args)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        counted.append(sum("synchroniz" in str(w.message) for w in caught))
-        return stats
-
-    monkeypatch.setattr(train, "train_one_epoch", one_epoch)
-    return counted
+    return cuda_syncs_per_call(monkeypatch, train, "train_one_epoch")

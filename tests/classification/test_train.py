@@ -13,55 +13,15 @@ import torch
 
 import apollo_optim as optim
 from classification import train
-from engine import checkpoint, cli
+from engine import checkpoint
+from tests.classification.conftest import CIFAR10 as CIFAR
+from tests.classification.conftest import QUICKSTART, ROOT, TINY, train_tiny
+from tests.helpers import count_host_reads, per_call
+from tests.helpers import fails as one_error_line
 
 # AdaHessian's create_graph backward makes torch warn about a grad/param cycle; the loop
 # breaks it with zero_grad(set_to_none=True).
 pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph:UserWarning")
-
-ROOT = Path(__file__).resolve().parents[2]
-CIFAR = str(ROOT / "configs" / "cifar10.yaml")
-# A tiny run of a real row: the table's optimizer and schedule, a 1-block-per-stage ResNet.
-TINY = [
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "model=cifar_resnet8",
-    "batch_size=8",
-    "eval_batch_size=10",
-    "augmentation.crop=16",
-]
-
-
-def run(
-    out: Path,
-    data: Path,
-    row: str,
-    *extra: str,
-    schedule: str = "milestone",
-    epochs: int = 2,
-    config: str = CIFAR,
-) -> dict:
-    argv = [
-        "--config",
-        config,
-        "--row",
-        row,
-        "--schedule",
-        schedule,
-        "--data-dir",
-        str(data),
-        "--out-dir",
-        str(out),
-        "--epochs",
-        str(epochs),
-        "--max-steps-per-epoch",
-        "2",
-        *TINY,
-        *extra,
-    ]
-    return train.main(argv)
 
 
 # One row per optimizer family of the table; AdaHessian takes the second-order path.
@@ -69,7 +29,7 @@ def run(
     "row", ["SGD", "Adam", "RAdam", "AdaBelief", "Apollo", "ApolloW", "AdaHessian"]
 )
 def test_two_epochs_per_optimizer_family(row: str, cifar_dir: Path, tmp_path: Path) -> None:
-    results = run(tmp_path, cifar_dir, row, schedule="cosine")
+    results = train_tiny(tmp_path, cifar_dir, row, schedule="cosine")
     assert results["finished"] and results["epochs_completed"] == 2
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2]
@@ -99,8 +59,8 @@ def test_adahessian_runs_with_create_graph(cifar_dir: Path, tmp_path: Path, monk
             seen.append(create_graph) or real(loss, scaler, create_graph)
         ),
     )
-    run(tmp_path / "h", cifar_dir, "AdaHessian", epochs=1)
-    run(tmp_path / "s", cifar_dir, "SGD", epochs=1)
+    train_tiny(tmp_path / "h", cifar_dir, "AdaHessian", epochs=1)
+    train_tiny(tmp_path / "s", cifar_dir, "SGD", epochs=1)
     assert seen == [True, True, False, False]
 
 
@@ -110,11 +70,11 @@ def test_resume_is_bit_exact(row: str, schedule: str, cifar_dir: Path, tmp_path:
     # milestones at epochs 1 and 2, or a cosine pinned to 3 epochs (by default its length is
     # --epochs): either way the lr changes across the resume boundary
     extra = ["schedule.milestones=[1, 2]" if schedule == "milestone" else "schedule.total_steps=3"]
-    run(tmp_path / "straight", cifar_dir, row, *extra, schedule=schedule, epochs=3)
-    run(tmp_path / "resumed", cifar_dir, row, *extra, schedule=schedule, epochs=2)
+    train_tiny(tmp_path / "straight", cifar_dir, row, *extra, schedule=schedule, epochs=3)
+    train_tiny(tmp_path / "resumed", cifar_dir, row, *extra, schedule=schedule, epochs=2)
     first = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert first["epochs_completed"] == 2
-    run(tmp_path / "resumed", cifar_dir, row, *extra, schedule=schedule, epochs=3)
+    train_tiny(tmp_path / "resumed", cifar_dir, row, *extra, schedule=schedule, epochs=3)
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert checkpoint.state_digest(a["model"]) == checkpoint.state_digest(b["model"])
@@ -137,7 +97,7 @@ def test_resume_is_bit_exact(row: str, schedule: str, cifar_dir: Path, tmp_path:
 
 def test_imagefolder_run_and_bf16(imagenet_dir: Path, tmp_path: Path) -> None:
     """ImageNet's layout and eval pipeline at toy sizes, under bf16 autocast on the CPU."""
-    results = run(
+    results = train_tiny(
         tmp_path,
         imagenet_dir,
         "SGD",
@@ -277,12 +237,7 @@ def test_print_config_matches_the_paper(capsys) -> None:
 
 
 def _fails(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        cli.main(train.main, argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
-    return err
+    return one_error_line(train.main, argv, capsys)
 
 
 def test_bad_input_is_one_line(cifar_dir: Path, tmp_path: Path, capsys) -> None:
@@ -312,7 +267,7 @@ def test_bad_input_is_one_line(cifar_dir: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_corrupt_checkpoint_is_kept_and_reported(cifar_dir: Path, tmp_path: Path, capsys) -> None:
-    run(tmp_path, cifar_dir, "SGD", epochs=1)
+    train_tiny(tmp_path, cifar_dir, "SGD", epochs=1)
     ckpt = tmp_path / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
@@ -335,7 +290,7 @@ def test_corrupt_checkpoint_is_kept_and_reported(cifar_dir: Path, tmp_path: Path
     assert before == {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     # and a run directory of another experiment is refused rather than overwritten
     ckpt.unlink()
-    run(tmp_path, cifar_dir, "SGD", epochs=1)
+    train_tiny(tmp_path, cifar_dir, "SGD", epochs=1)
     err = _fails([*argv[:3], "Adam", *argv[4:]], capsys)
     assert "holds a run with another config" in err and "optimizer" in err
 
@@ -369,7 +324,7 @@ def test_cli_exits_cleanly_without_traceback(tmp_path: Path) -> None:
 
 
 def test_fp16_with_gradscaler_through_the_loop(cifar_dir: Path, tmp_path: Path) -> None:
-    results = run(tmp_path, cifar_dir, "Apollo", "--amp", "fp16", epochs=1)
+    results = train_tiny(tmp_path, cifar_dir, "Apollo", "--amp", "fp16", epochs=1)
     assert results["finished"]
     scaler = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["scaler"]
     assert scaler["scale"] > 0 and scaler["_growth_tracker"] == 2  # two unskipped steps
@@ -385,7 +340,7 @@ def test_plugin_registers_an_optimizer(cifar_dir: Path, tmp_path: Path) -> None:
         "    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)\n"
     )
     try:
-        results = run(
+        results = train_tiny(
             tmp_path / "o",
             cifar_dir,
             "SGD",
@@ -403,3 +358,41 @@ def test_correct_topk_counts_on_the_device() -> None:
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
     counts = train.correct_topk(logits, torch.tensor([1, 1, 0]), ks=(1, 2, 5))
     assert isinstance(counts, torch.Tensor) and counts.tolist() == [1, 2, 3]
+
+
+def _quickstart(out: Path, steps: int, device: str = "cpu") -> list[str]:
+    return [
+        "--config",
+        QUICKSTART,
+        "--row",
+        "SGD",
+        "--schedule",
+        "cosine",
+        "--out-dir",
+        str(out),
+        "--device",
+        device,
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        str(steps),
+    ]
+
+
+def test_the_loop_reads_metrics_only_at_epoch_ends(tmp_path: Path, monkeypatch) -> None:
+    """No .item()/float()/.tolist()/.cpu() per update: the host reads are the same for 2
+    updates per epoch as for 6 (they happen at the epoch's end and in evaluation)."""
+    reads = count_host_reads(monkeypatch)
+    per_epoch = per_call(monkeypatch, train, "train_one_epoch", lambda: len(reads))
+    for steps in (2, 6):
+        train.main(_quickstart(tmp_path / f"s{steps}", steps))
+    assert per_epoch[0] > 0 and per_epoch[0] == per_epoch[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts CUDA device syncs")
+def test_no_device_sync_per_update_on_cuda(tmp_path: Path, sync_counts: list[int]) -> None:
+    """torch.cuda.set_sync_debug_mode('warn') flags every synchronizing CUDA call: a training
+    epoch of 6 updates makes as many as one of 2 (after a warm-up run: cuDNN's autotuning)."""
+    for steps in (1, 2, 6):
+        train.main(_quickstart(tmp_path / f"s{steps}", steps, device="cuda"))
+    assert sync_counts[1] == sync_counts[2], sync_counts

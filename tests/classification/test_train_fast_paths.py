@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,14 +9,10 @@ import torch
 
 from classification import train
 from engine import checkpoint, compiling
-from tests.classification.test_train import ROOT, run
+from tests.classification.conftest import QUICKSTART, train_tiny
+from tests.helpers import history
 
 DEVICE_DATA = ["data_pipeline=device"]
-QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
-
-
-def _history(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
@@ -27,16 +22,16 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 def test_device_pipeline_trains_and_resumes_bit_exactly(cifar_dir: Path, tmp_path: Path) -> None:
     """2 epochs straight == 1 epoch, then the same command with --epochs 2 (the draws of an
     epoch come from (seed, rank, epoch), not from what ran before)."""
-    straight = run(tmp_path / "a", cifar_dir, "SGD", *DEVICE_DATA)
-    run(tmp_path / "b", cifar_dir, "SGD", *DEVICE_DATA, epochs=1)
-    resumed = run(tmp_path / "b", cifar_dir, "SGD", *DEVICE_DATA)
+    straight = train_tiny(tmp_path / "a", cifar_dir, "SGD", *DEVICE_DATA)
+    train_tiny(tmp_path / "b", cifar_dir, "SGD", *DEVICE_DATA, epochs=1)
+    resumed = train_tiny(tmp_path / "b", cifar_dir, "SGD", *DEVICE_DATA)
     assert straight["finished"] and resumed["finished"]
     assert straight["model_sha256_by_rank"] == resumed["model_sha256_by_rank"]
-    assert _history(tmp_path / "a")[1]["train_samples"] == 16
+    assert history(tmp_path / "a")[1]["train_samples"] == 16
     log = (tmp_path / "a" / "train.log").read_text()
     assert "data pipeline device, compile none, NCHW" in log
     # a resume may switch pipelines (how the run executes, like --device)
-    more = run(tmp_path / "b", cifar_dir, "SGD", "data_pipeline=loader", epochs=3)
+    more = train_tiny(tmp_path / "b", cifar_dir, "SGD", "data_pipeline=loader", epochs=3)
     assert more["epochs_completed"] == 3
 
 
@@ -80,13 +75,15 @@ def test_compiled_run_equals_eager_within_rounding(tmp_path: Path, monkeypatch) 
     for name in a:
         assert torch.allclose(a[name].float(), b[name].float(), rtol=1e-4, atol=1e-6), name
     assert compiled["final"]["train_loss"] == pytest.approx(eager["final"]["train_loss"], 1e-5)
-    record = _history(tmp_path / "compiled")[0]
-    assert record["compile_s"] > 0 and "compile_s" not in _history(tmp_path / "eager")[0]
+    record = history(tmp_path / "compiled")[0]
+    assert record["compile_s"] > 0 and "compile_s" not in history(tmp_path / "eager")[0]
     assert "(compiling: " in (tmp_path / "compiled" / "train.log").read_text()
 
 
 def test_compile_falls_back_to_eager_for_second_order(cifar_dir: Path, tmp_path: Path) -> None:
-    results = run(tmp_path, cifar_dir, "AdaHessian", "--compile", "reduce-overhead", epochs=1)
+    results = train_tiny(
+        tmp_path, cifar_dir, "AdaHessian", "--compile", "reduce-overhead", epochs=1
+    )
     assert results["finished"]
     log = (tmp_path / "train.log").read_text()
     assert "compile=reduce-overhead ignored: torch.compile has no double backward" in log
@@ -125,7 +122,7 @@ def test_no_device_sync_per_update_on_cuda_with_cifar_on_the_gpu(
     a warm-up run; all batches full, so cuDNN autotunes one shape)."""
     for steps in (1, 2, 5):
         args = ["--device", "cuda", "--max-steps-per-epoch", str(steps), "--amp", "bf16"]
-        results = run(tmp_path / f"s{steps}", cifar_dir, row, *args, epochs=1)
+        results = train_tiny(tmp_path / f"s{steps}", cifar_dir, row, *args, epochs=1)
         log = (tmp_path / f"s{steps}" / "train.log").read_text()
         assert "data pipeline device, compile none, channels_last" in log
         assert results["final"]["train_samples"] == 8 * steps

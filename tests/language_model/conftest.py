@@ -1,11 +1,27 @@
-"""A tiny One Billion Words corpus in the benchmark's real on-disk layout."""
+"""A tiny One Billion Words corpus in the benchmark's real on-disk layout, and what the tests
+do with it: preprocess it, read the LMDB back, train a tiny model on it."""
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "configs" / "lm1b.yaml")
+#: A tiny model on the tiny corpus (the table's optimizers and schedule).
+SMALL = [
+    "batch_size=4",
+    "eval_batch_size=4",
+    "bptt=5",
+    "model.embed_dim=8",
+    "model.hidden_size=16",
+    "model.cutoffs=[20]",
+    "log_every=0",
+]
 
 WORDS = [f"w{i}" for i in range(40)] + ["the", "a", ",", ".", "Ünïcode"]
 OOV = ["zebra", "qux", "Zoë"]  # never in the vocabulary: encoded as <UNK>
@@ -55,12 +71,42 @@ def lmdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread():
-    """Tiny LSTM steps are ~30x slower with 2 OpenMP threads on a shared 2-core CPU."""
-    import torch
+def preprocess_corpus(files: dict, out: Path, **kw) -> tuple[Path, bool]:
+    """``language_model.preprocess.preprocess`` on :func:`make_corpus`'s files."""
+    from language_model.preprocess import preprocess
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return preprocess(files["train_dir"], files["heldout_dir"], files["vocab"], out, **kw)
+
+
+def dump_lmdb(path: Path) -> dict[bytes, bytes]:
+    """Every key and value of an LMDB, read with the plain lmdb package."""
+    import lmdb
+
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        items = dict(txn.cursor())
+    env.close()
+    return items
+
+
+def copy_with_meta(src: Path, dst: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of the corpus at ``src`` whose metadata ``edit`` changed in place."""
+    import lmdb
+
+    items = dump_lmdb(src)
+    meta = json.loads(items[b"meta"])
+    edit(meta)
+    env = lmdb.open(str(dst), map_size=1 << 22)
+    with env.begin(write=True) as txn:
+        for k, v in items.items():
+            txn.put(k, json.dumps(meta).encode() if k == b"meta" else v)
+    env.close()
+    return dst
+
+
+def train_small(lmdb_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
+    """``language_model.train.main`` on the CPU with ``extra`` flags and overrides."""
+    from language_model import train
+
+    argv = ["--config", CONFIG, "--row", row, "--data-dir", str(lmdb_dir)]
+    return train.main([*argv, "--out-dir", str(out), "--device", "cpu", *extra])

@@ -16,10 +16,10 @@ import pytest
 
 import language_model.preprocess as pre
 from language_model.corpus import Corpus
-from tests.language_model.conftest import make_corpus
-from tests.language_model.test_preprocess import _dump, _run, copy_with_meta
-from tests.language_model.test_train import SMALL
-from tests.language_model.test_train import _run as _train
+from tests.language_model.conftest import SMALL, copy_with_meta, make_corpus
+from tests.language_model.conftest import dump_lmdb as _dump
+from tests.language_model.conftest import preprocess_corpus as _run
+from tests.language_model.conftest import train_small as _train
 
 ROOT = Path(__file__).resolve().parents[2]
 READ_ALL = """

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -15,19 +14,9 @@ import pytest
 
 import language_model.preprocess as pre
 from language_model.corpus import FORMAT_VERSION, Corpus, read_vocab_file
-from tests.language_model.conftest import OOV, make_corpus
-
-
-def _run(files: dict, out: Path, **kw) -> tuple[Path, bool]:
-    return pre.preprocess(files["train_dir"], files["heldout_dir"], files["vocab"], out, **kw)
-
-
-def _dump(path: Path) -> dict[bytes, bytes]:
-    env = lmdb.open(str(path), readonly=True, lock=False)  # the plain lmdb package opens it
-    with env.begin() as txn:
-        items = dict(txn.cursor())
-    env.close()
-    return items
+from tests.language_model.conftest import OOV, copy_with_meta, make_corpus
+from tests.language_model.conftest import dump_lmdb as _dump
+from tests.language_model.conftest import preprocess_corpus as _run
 
 
 def test_sentences_are_marked_and_unknown_words_become_unk(corpus_files, tmp_path):
@@ -121,19 +110,6 @@ def test_database_without_metadata_is_refused(tmp_path):
     env.close()
     with pytest.raises(ValueError, match="no corpus metadata"):
         Corpus(tmp_path / "partial")
-
-
-def copy_with_meta(src: Path, dst: Path, edit: Callable[[dict], None]) -> Path:
-    """A copy of the corpus at ``src`` whose metadata ``edit`` changed in place."""
-    items = _dump(src)
-    meta = json.loads(items[b"meta"])
-    edit(meta)
-    env = lmdb.open(str(dst), map_size=1 << 22)
-    with env.begin(write=True) as txn:
-        for k, v in items.items():
-            txn.put(k, json.dumps(meta).encode() if k == b"meta" else v)
-    env.close()
-    return dst
 
 
 def test_older_format_version_is_refused(lmdb_dir, tmp_path):

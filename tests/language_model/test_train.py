@@ -14,35 +14,17 @@ import pytest
 import torch
 
 import engine.checkpoint
-from engine import cli, distributed
+from engine import distributed
 from language_model import train
 from language_model.corpus import Corpus
 from language_model.data import TokenStream
 from language_model.model import LSTMLanguageModel
+from tests.helpers import count_host_reads, history, per_call
+from tests.helpers import fails as one_error_line
+from tests.language_model.conftest import CONFIG, ROOT, SMALL
+from tests.language_model.conftest import train_small as _run
 
-SMALL = [
-    "batch_size=4",
-    "eval_batch_size=4",
-    "bptt=5",
-    "model.embed_dim=8",
-    "model.hidden_size=16",
-    "model.cutoffs=[20]",
-    "log_every=0",
-]
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = str(ROOT / "configs" / "lm1b.yaml")
 CPU = distributed.Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-TIMING = ("tokens_per_s", "epoch_time_s")
-
-
-def _run(lmdb_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
-    argv = ["--config", CONFIG, "--row", row, "--data-dir", str(lmdb_dir)]
-    return train.main([*argv, "--out-dir", str(out), "--device", "cpu", *extra])
-
-
-def _history(out: Path) -> list[dict]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
 
 
 @pytest.mark.slow
@@ -89,7 +71,7 @@ def uninterrupted(lmdb_dir, tmp_path_factory) -> Path:
 
 
 def _same_run(a: Path, b: Path) -> None:
-    ha, hb = _history(a), _history(b)
+    ha, hb = history(a), history(b)
     assert len(ha) == len(hb) == 2
     for ra, rb in zip(ha, hb, strict=True):
         assert ra.keys() == rb.keys()
@@ -212,11 +194,8 @@ def test_bad_data_dir_is_one_line_and_exit_2(lmdb_dir, tmp_path, capsys, problem
         src.close()
         dst.close()
     argv = ["--config", CONFIG, "--row", "Adam", "--data-dir", str(data)]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(train.main, [*argv, "--out-dir", str(tmp_path / "o"), "--device", "cpu"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and str(data) in err[0]
+    argv += ["--out-dir", str(tmp_path / "o"), "--device", "cpu"]
+    assert str(data) in one_error_line(train.main, argv, capsys)
     assert not (tmp_path / "o").exists()  # nothing written for a run that cannot start
 
 
@@ -232,11 +211,10 @@ def test_bad_model_or_optimizer_values_write_nothing(lmdb_dir, tmp_path, capsys,
     """Found while the run is built, before its directory opens: no .lock, config.json, tb/."""
     out = tmp_path / "o"
     argv = ["--config", CONFIG, "--row", "Apollo", "--data-dir", str(lmdb_dir)]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(train.main, [*argv, "--out-dir", str(out), "--device", "cpu", *SMALL, bad])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
-    assert err[0].startswith(f"error: {CONFIG}: ")
+    err = one_error_line(
+        train.main, [*argv, "--out-dir", str(out), "--device", "cpu", *SMALL, bad], capsys
+    )
+    assert message in err and err.startswith(f"error: {CONFIG}: ")
     assert not out.exists()
 
 
@@ -370,28 +348,15 @@ def test_a_resume_on_other_data_is_refused(lmdb_dir, tmp_path, capsys, monkeypat
         "2",
         *SMALL,
     ]
-    with pytest.raises(SystemExit):
-        cli.main(train.main, argv)
-    err = capsys.readouterr().err
+    err = one_error_line(train.main, argv, capsys)
     assert "holds a run with another config (data_fingerprint:" in err and "'vocab_size': 7" in err
 
 
 def test_the_loop_reads_metrics_only_at_log_points(lmdb_dir, tmp_path, monkeypatch):
     """Host reads grow with the number of log lines, never with the number of updates (SGD:
     the loop's reads, not an optimizer's)."""
-    reads: list[str] = []
-    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__"):
-        monkeypatch.setattr(torch.Tensor, name, _counting(getattr(torch.Tensor, name), reads))
-    counted: list[int] = []
-    real_epoch = train.train_one_epoch
-
-    def one_epoch(*args):
-        before = len(reads)
-        stats = real_epoch(*args)
-        counted.append(len(reads) - before)
-        return stats
-
-    monkeypatch.setattr(train, "train_one_epoch", one_epoch)
+    reads = count_host_reads(monkeypatch)
+    counted = per_call(monkeypatch, train, "train_one_epoch", lambda: len(reads))
     small = [x for x in SMALL if not x.startswith("log_every")]
     for steps, log_every in ((3, 0), (9, 0), (9, 3)):
         _run(
@@ -407,11 +372,3 @@ def test_the_loop_reads_metrics_only_at_log_points(lmdb_dir, tmp_path, monkeypat
         )
     assert counted[0] == counted[1] < counted[2]
     assert (counted[2] - counted[1]) % 3 == 0  # the same reads at each of the 3 log points
-
-
-def _counting(real, reads: list[str]):
-    def wrapper(self, *args, **kwargs):
-        reads.append(real.__name__)
-        return real(self, *args, **kwargs)
-
-    return wrapper

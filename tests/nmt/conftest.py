@@ -98,14 +98,3 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     opts = options_from_config(CONFIG, SMALL_PREP)
     path, _ = preprocess(opts, train, root / "data", test=test, workers=1)
     return path
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread():
-    """Tiny models are slower with 2 OpenMP threads on a shared 2-core CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

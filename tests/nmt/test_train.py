@@ -16,6 +16,8 @@ import engine.checkpoint
 from engine import cli
 from nmt import evaluate, train
 from nmt.score import tokenized_bleu
+from tests.helpers import fails as one_error_line
+from tests.helpers import history
 from tests.nmt.conftest import CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +38,6 @@ SMALL = [
     "generations.valid.max_len_b=8",
     "generations.paper.max_len_b=8",
 ]
-TIMING = ("tokens_per_s", "epoch_time_s")
 
 
 def _run(data_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
@@ -55,11 +56,6 @@ def _run(data_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
         *extra,
     ]
     return train.main(argv)
-
-
-def _history(out: Path) -> list[dict]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +84,8 @@ def test_resume_mid_epoch_is_bit_exact(data_dir, tmp_path, uninterrupted, monkey
     results = _run(data_dir, out, "--max-updates", "8", "checkpoint_every=3")
     assert "resuming epoch 1 at step 3" in (out / "train.log").read_text()
     assert results["finished"] and results["updates_completed"] == 8
-    assert _history(out) == _history(uninterrupted)  # train and valid numbers, exactly
-    assert [r["update"] for r in _history(out)] == [5, 8]  # 5 updates an epoch, then 3
+    assert history(out) == history(uninterrupted)  # train and valid numbers, exactly
+    assert [r["update"] for r in history(out)] == [5, 8]  # 5 updates an epoch, then 3
     a = engine.checkpoint.load(uninterrupted / "checkpoint.pt")["model"]
     b = engine.checkpoint.load(out / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -158,28 +154,11 @@ def test_bad_data_dir_is_one_line_and_exit_2(data_dir, tmp_path, capsys, problem
         data = data_dir
         extra = ["preprocess.bpe_merges=300"]
     out = tmp_path / "o"
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(
-            train.main,
-            [
-                "--config",
-                CONFIG,
-                "--row",
-                "Adam",
-                "--data-dir",
-                str(data),
-                "--out-dir",
-                str(out),
-                "--device",
-                "cpu",
-                *SMALL,
-                *extra,
-            ],
-        )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1 and str(data) in err[0]
+    argv = ["--config", CONFIG, "--row", "Adam", "--data-dir", str(data), "--out-dir", str(out)]
+    err = one_error_line(train.main, [*argv, "--device", "cpu", *SMALL, *extra], capsys)
+    assert str(data) in err
     if problem == "other_preprocessing":
-        assert "bpe_merges=200 (config: 300)" in err[0]
+        assert "bpe_merges=200 (config: 300)" in err
     assert not out.exists()
 
 
@@ -201,11 +180,11 @@ def test_bad_model_optimizer_or_batch_values_write_nothing(
     """Found while the run is built, before its directory opens: no .lock, config.json, tb/."""
     out = tmp_path / "o"
     argv = ["--config", CONFIG, "--row", "Apollo", "--data-dir", str(data_dir)]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(train.main, [*argv, "--out-dir", str(out), "--device", "cpu", *SMALL, *bad])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
-    assert err[0].startswith(f"error: {CONFIG}: ") or str(data_dir) in err[0]
+    err = one_error_line(
+        train.main, [*argv, "--out-dir", str(out), "--device", "cpu", *SMALL, *bad], capsys
+    )
+    assert message in err
+    assert err.startswith(f"error: {CONFIG}: ") or str(data_dir) in err
     assert not out.exists()
 
 

@@ -11,7 +11,6 @@ with find_unused_parameters would give it.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from apollo_optim.adahessian import AdaHessian
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
 
@@ -76,15 +76,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_match_each_other_and_one_process(tmp_path):
     # spawn, not fork: a child forked from a process whose OpenMP pool is running can hang
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for a, b in zip(*ranks, strict=True):
         assert torch.equal(a, b)

@@ -15,7 +15,6 @@ parameters it flattens (``torch.distributed.fsdp._common_utils._set_fsdp_flatten
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from apollo_optim import AdaBelief, AdaHessian, Apollo
+from tests.helpers import free_port
 from tests.optim.docs_snippets import run_snippet
 
 STEPS = 4
@@ -118,17 +118,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded")
     # spawn, not fork: a child forked from a process whose OpenMP pool is running can hang
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=2)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 

@@ -1,11 +1,10 @@
-"""The run directory through classification.train: one writer, never another run's results
-lost, length changes, bad values up front, damaged checkpoints, full disks, keep-last,
-update-bounded runs with gradient accumulation (the digits task: each run takes ~1 s)."""
+"""The run directory (engine.run) through a toy task (tests/engine/toy_task.py): one writer,
+never another run's results lost, length changes, bad values up front, damaged checkpoints,
+full disks, keep-last, update-bounded runs with gradient accumulation, mid-epoch resume."""
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import sys
@@ -14,18 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from classification import train
-from engine import checkpoint, cli
+from engine import checkpoint
 from engine.lock import RunDirLock
+from tests.engine import toy_task
+from tests.helpers import fails as one_error_line
+from tests.helpers import files, history, model_digest
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK = str(ROOT / "configs" / "quickstart.yaml")
+TOY = str(Path(__file__).with_name("toy.yaml"))
 
 
 def argv(out: Path, *extra: str, row: str = "SGD", epochs: int = 2) -> list[str]:
     return [
         "--config",
-        QUICK,
+        TOY,
         "--row",
         row,
         "--schedule",
@@ -43,21 +44,7 @@ def argv(out: Path, *extra: str, row: str = "SGD", epochs: int = 2) -> list[str]
 
 
 def fails(args: list[str], capsys) -> str:
-    """One ``error:`` line on stderr and exit status 2, as the command line shows it."""
-    with pytest.raises(SystemExit) as exc:
-        cli.main(train.main, args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    return err
-
-
-def files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
-
-
-def model_digest(out: Path) -> str:
-    return checkpoint.state_digest(checkpoint.load(out / "checkpoint.pt")["model"])
+    return one_error_line(toy_task.main, args, capsys)
 
 
 def test_a_second_run_on_a_locked_directory_is_refused(tmp_path: Path, capsys) -> None:
@@ -70,7 +57,7 @@ def test_a_second_run_on_a_locked_directory_is_refused(tmp_path: Path, capsys) -
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
     finally:
         holder.release()
-    assert train.main(argv(out))["finished"]
+    assert toy_task.main(argv(out))["finished"]
 
 
 def test_a_run_in_another_process_holds_the_directory_until_it_dies(tmp_path, capsys) -> None:
@@ -92,7 +79,7 @@ def test_a_run_in_another_process_holds_the_directory_until_it_dies(tmp_path, ca
     finally:
         other.kill()  # SIGKILL: no chance to release anything
         other.wait()
-    assert train.main(argv(out))["finished"]
+    assert toy_task.main(argv(out))["finished"]
     assert f"locked by PID {other.pid} on " in (out / "train.log").read_text()
 
 
@@ -101,7 +88,7 @@ def test_a_dead_runs_lock_is_taken_over(tmp_path: Path) -> None:
     out.mkdir()
     (out / ".lock").write_text("999999999 elsewhere\n")  # its holder was killed: no flock held
     (out / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"")  # and left a temp file behind
-    assert train.main(argv(out))["finished"]
+    assert toy_task.main(argv(out))["finished"]
     assert (
         "was locked by PID 999999999 on elsewhere, which ended" in (out / "train.log").read_text()
     )
@@ -110,7 +97,7 @@ def test_a_dead_runs_lock_is_taken_over(tmp_path: Path) -> None:
 
 def test_another_runs_results_are_never_overwritten(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    train.main(argv(out, epochs=1))
+    toy_task.main(argv(out, epochs=1))
     (out / "checkpoint.pt").unlink()
     before = files(out)
     err = fails(argv(out, row="Adam", epochs=1), capsys)
@@ -118,22 +105,22 @@ def test_another_runs_results_are_never_overwritten(tmp_path: Path, capsys) -> N
     err = fails(argv(out, epochs=3), capsys)  # the same row, but a longer run: another run too
     assert "epochs: 1 -> 3" in err
     assert files(out) == before
-    assert train.main(argv(out, epochs=1))["finished"]  # the same run again: trained again
+    assert toy_task.main(argv(out, epochs=1))["finished"]  # the same run again: trained again
 
 
 def test_length_changes_continue_only_where_nothing_done_changes(tmp_path, capsys) -> None:
     # cosine sized by --epochs: 1 epoch then 2 would not be a 2-epoch run
     sized = tmp_path / "sized"
-    train.main(argv(sized, epochs=1))
+    toy_task.main(argv(sized, epochs=1))
     before = files(sized)
     err = fails(argv(sized, epochs=2), capsys)
     assert "epochs=1 whose cosine schedule is sized by it; epochs=2 would not continue it" in err
     assert files(sized) == before
     # pinned cosine: the continuation equals the longer run asked for from the start
     pin = "schedule.total_steps=2"
-    train.main(argv(tmp_path / "straight", pin, epochs=2))
-    train.main(argv(tmp_path / "cont", pin, epochs=1))
-    results = train.main(argv(tmp_path / "cont", pin, epochs=2))
+    toy_task.main(argv(tmp_path / "straight", pin, epochs=2))
+    toy_task.main(argv(tmp_path / "cont", pin, epochs=1))
+    results = toy_task.main(argv(tmp_path / "cont", pin, epochs=2))
     assert results["finished"] and results["epochs_completed"] == 2
     assert model_digest(tmp_path / "cont") == model_digest(tmp_path / "straight")
     # shorter than what was trained: refused, not counted as finished
@@ -165,10 +152,10 @@ def test_an_out_dir_that_is_a_file_is_one_line(tmp_path: Path, capsys) -> None:
 
 def test_a_damaged_checkpoint_stops_the_run(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    train.main(argv(out, epochs=1))
+    toy_task.main(argv(out, epochs=1))
     ckpt = out / "checkpoint.pt"
     data = bytearray(ckpt.read_bytes())
-    weights = checkpoint.load(ckpt)["model"]["fc.weight"]  # a tensor's bytes in the file
+    weights = checkpoint.load(ckpt)["model"]["0.weight"]  # a tensor's bytes in the file
     at = data.find(weights.numpy().tobytes()[:64]) + 16
     data[at] ^= 0x10
     ckpt.write_bytes(bytes(data))
@@ -200,11 +187,11 @@ def test_a_foreign_checkpoint_or_a_read_only_directory_is_one_line(tmp_path, mon
 def test_the_number_of_ranks_changes(tmp_path: Path, capsys) -> None:
     """At an epoch end: resumed with a warning (reseeded ranks); mid-epoch: refused."""
     out = tmp_path / "run"
-    train.main(argv(out, "schedule.total_steps=2", epochs=1))
+    toy_task.main(argv(out, "schedule.total_steps=2", epochs=1))
     state = checkpoint.load(out / "checkpoint.pt")
     state["ranks"] = state["ranks"] * 2  # as if written by two ranks
     checkpoint.save(out / "checkpoint.pt", state)
-    assert train.main(argv(out, "schedule.total_steps=2", epochs=2))["finished"]
+    assert toy_task.main(argv(out, "schedule.total_steps=2", epochs=2))["finished"]
     assert (
         "checkpoint written by 2 rank(s), resuming on 1: same global batch, different "
         "random draws" in (out / "train.log").read_text()
@@ -244,7 +231,7 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path, monk
 
 def test_keep_last_epoch_checkpoints(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    train.main(argv(out, "keep_last=2", epochs=4))
+    toy_task.main(argv(out, "keep_last=2", epochs=4))
     assert [p.name for p in checkpoint.epoch_paths(out)] == [
         "checkpoint_epoch3.pt",
         "checkpoint_epoch4.pt",
@@ -259,19 +246,19 @@ def test_update_bounded_run_with_accumulation_resumes_bit_exactly(tmp_path, monk
     micro-batches with DDP's sync on the last only; a per-update cosine; killed after epoch 1."""
     extra = ("max_updates=5", "update_freq=2", "schedule.unit=update", "--epochs", "9")
     syncs: list[bool] = []
-    real_no_sync = train.distributed.no_sync
+    real_no_sync = toy_task.distributed.no_sync
     monkeypatch.setattr(
-        train.distributed,
+        toy_task.distributed,
         "no_sync",
         lambda model, skip_sync: syncs.append(skip_sync) or real_no_sync(model, skip_sync),
     )
-    straight = train.main(argv(tmp_path / "a", *extra, "log_every=1"))
+    straight = toy_task.main(argv(tmp_path / "a", *extra, "log_every=1"))
     assert syncs == [True, False] * 5
     log = (tmp_path / "a" / "train.log").read_text()
     assert "epoch 1 step 2/2 train loss" in log and "epoch 3 step 1/1 train loss" in log
-    assert [r["update"] for r in _history(tmp_path / "a")] == [2, 4, 5]
+    assert [r["update"] for r in history(tmp_path / "a")] == [2, 4, 5]
     assert straight["finished"] and straight["updates_completed"] == 5
-    assert straight["final"]["train_samples"] == 32  # one update: 2 micro-batches of 16 digits
+    assert straight["final"]["train_samples"] == 8  # one update: 2 micro-batches of 4 pairs
 
     real_save = checkpoint.save
 
@@ -281,62 +268,32 @@ def test_update_bounded_run_with_accumulation_resumes_bit_exactly(tmp_path, monk
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.main(argv(tmp_path / "b", *extra))
+        toy_task.main(argv(tmp_path / "b", *extra))
     monkeypatch.setattr(checkpoint, "save", real_save)
-    assert train.main(argv(tmp_path / "b", *extra))["finished"]
+    assert toy_task.main(argv(tmp_path / "b", *extra))["finished"]
     assert model_digest(tmp_path / "a") == model_digest(tmp_path / "b")
-    timing = ("images_per_s", "epoch_time_s")
-    assert [{k: v for k, v in r.items() if k not in timing} for r in _history(tmp_path / "a")] == [
-        {k: v for k, v in r.items() if k not in timing} for r in _history(tmp_path / "b")
-    ]
+    assert history(tmp_path / "a") == history(tmp_path / "b")
 
 
-def _history(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(tmp_path, monkeypatch) -> None:
+    """Killed right after the mid-epoch checkpoint of update 6 (epoch 2, step 2 of 4): the
+    resumed run restores its partial sums and dropout draws and ends bit-identical."""
+    extra = ("checkpoint_every=3", "--max-steps-per-epoch", "4")
+    toy_task.main(argv(tmp_path / "a", *extra))
+    real_save = checkpoint.save
 
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["update"] == 6:
+            raise KeyboardInterrupt
 
-def test_the_loop_reads_metrics_only_at_epoch_ends(tmp_path: Path, monkeypatch) -> None:
-    """No .item()/float()/.tolist()/.cpu() per update: the host reads are the same for 2
-    updates per epoch as for 6 (they happen at the epoch's end and in evaluation)."""
-    reads: list[str] = []
-    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__"):
-        real = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, _counting(real, name, reads))
-
-    def reads_in_one_epoch(steps: int) -> int:
-        start = len(reads)
-        real_epoch = train.train_one_epoch
-        counted: list[int] = []
-
-        def one_epoch(*args):
-            before = len(reads)
-            stats = real_epoch(*args)
-            counted.append(len(reads) - before)
-            return stats
-
-        monkeypatch.setattr(train, "train_one_epoch", one_epoch)
-        args = argv(tmp_path / f"s{steps}", epochs=1)
-        train.main([*args[:-1], str(steps)])
-        assert len(reads) > start
-        return counted[0]
-
-    assert reads_in_one_epoch(2) == reads_in_one_epoch(6)
-
-
-def _counting(real, name: str, reads: list[str]):
-    def wrapper(self, *args, **kwargs):
-        reads.append(name)
-        return real(self, *args, **kwargs)
-
-    return wrapper
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts CUDA device syncs")
-def test_no_device_sync_per_update_on_cuda(tmp_path: Path, sync_counts: list[int]) -> None:
-    """torch.cuda.set_sync_debug_mode('warn') flags every synchronizing CUDA call: a training
-    epoch of 6 updates makes as many as one of 2 (after a warm-up run: cuDNN's autotuning)."""
-    for steps in (1, 2, 6):
-        args = argv(tmp_path / f"s{steps}", epochs=1)
-        args[args.index("--device") + 1] = "cuda"
-        train.main([*args[:-1], str(steps)])
-    assert sync_counts[1] == sync_counts[2], sync_counts
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        toy_task.main(argv(tmp_path / "b", *extra))
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    state = checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    assert (state["epoch"], state["position"]) == (1, 2) and state["ranks"][0]["sums"]["count"]
+    toy_task.main(argv(tmp_path / "b", *extra))
+    assert "resuming epoch 2 at step 2" in (tmp_path / "b" / "train.log").read_text()
+    assert model_digest(tmp_path / "a") == model_digest(tmp_path / "b")
+    assert history(tmp_path / "a") == history(tmp_path / "b")
