@@ -12,7 +12,7 @@ import socket
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -118,3 +118,53 @@ def model_digest(out: Path) -> str:
     from engine import checkpoint
 
     return checkpoint.state_digest(checkpoint.load(Path(out) / "checkpoint.pt")["model"])
+
+
+def initial_parameters(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tensor]]:
+    """From now on, each run's parameters as ``Run.restore`` leaves them (a fresh run's
+    initial weights) are appended to the returned list, copied."""
+    from engine import run as runs
+
+    captured: list[dict[str, torch.Tensor]] = []
+    real = runs.Run.restore
+
+    def restore(self, training):
+        state = real(self, training)
+        captured.append({k: p.detach().clone() for k, p in training.model.named_parameters()})
+        return state
+
+    monkeypatch.setattr(runs.Run, "restore", restore)
+    return captured
+
+
+def unmoved(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    """The parameters of ``before`` that ``after`` (a state dict) holds bit for bit unchanged."""
+    return [k for k, v in before.items() if torch.equal(v, after[k].to(v.device, v.dtype))]
+
+
+def output_dtypes(monkeypatch: pytest.MonkeyPatch, module_type: type) -> list[torch.dtype]:
+    """From now on the dtype of every output of a ``module_type`` layer (its first tensor) is
+    appended to the returned list: what autocast really ran it in."""
+    seen: list[torch.dtype] = []
+    real = module_type.forward
+
+    def forward(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        seen.append((out if isinstance(out, torch.Tensor) else out[0]).dtype)
+        return out
+
+    monkeypatch.setattr(module_type, "forward", forward)
+    return seen
+
+
+class TrainedRun(NamedTuple):
+    out: Path  # the run directory
+    initial: dict[str, torch.Tensor]  # the parameters the run started from
+
+
+def trained(run: Callable[[], Any], out: Path) -> TrainedRun:
+    """Call ``run()`` (a fresh run into ``out``), recording the parameters it starts from."""
+    with pytest.MonkeyPatch.context() as mp:
+        initial = initial_parameters(mp)
+        run()
+    return TrainedRun(Path(out), initial[0])

@@ -16,7 +16,14 @@ from classification import train
 from engine import checkpoint
 from tests.classification.conftest import CIFAR10 as CIFAR
 from tests.classification.conftest import QUICKSTART, ROOT, TINY, train_tiny
-from tests.helpers import count_host_reads, per_call
+from tests.helpers import (
+    count_host_reads,
+    history,
+    initial_parameters,
+    output_dtypes,
+    per_call,
+    unmoved,
+)
 from tests.helpers import fails as one_error_line
 
 # AdaHessian's create_graph backward makes torch warn about a grad/param cycle; the loop
@@ -28,7 +35,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create
 @pytest.mark.parametrize(
     "row", ["SGD", "Adam", "RAdam", "AdaBelief", "Apollo", "ApolloW", "AdaHessian"]
 )
-def test_two_epochs_per_optimizer_family(row: str, cifar_dir: Path, tmp_path: Path) -> None:
+def test_two_epochs_per_optimizer_family(row: str, cifar_dir: Path, tmp_path, monkeypatch) -> None:
+    initial = initial_parameters(monkeypatch)
     results = train_tiny(tmp_path, cifar_dir, row, schedule="cosine")
     assert results["finished"] and results["epochs_completed"] == 2
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -45,7 +53,21 @@ def test_two_epochs_per_optimizer_family(row: str, cifar_dir: Path, tmp_path: Pa
     assert {"git", "versions", "hardware"} <= set(config["provenance"])
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2 and state["schedule"]["last_epoch"] == 2
+    assert not unmoved(initial[0], state["model"]), "every weight is trained"
     assert list((tmp_path / "tb").iterdir()), "TensorBoard events"
+
+
+@pytest.mark.parametrize("row", ["SGD", "Apollo"])
+def test_training_lowers_the_loss_and_moves_every_weight(row: str, tmp_path, monkeypatch) -> None:
+    """Three short epochs of the quickstart's digits (10 updates each): the training loss falls
+    every epoch, the test loss falls and the accuracy leaves chance (10%) behind."""
+    initial = initial_parameters(monkeypatch)
+    argv = ["--config", QUICKSTART, "--row", row, "--schedule", "cosine", "--device", "cpu"]
+    train.main([*argv, "--out-dir", str(tmp_path), "--epochs", "3", "--max-steps-per-epoch", "10"])
+    h = history(tmp_path)
+    assert h[0]["train_loss"] > h[1]["train_loss"] > h[2]["train_loss"]
+    assert h[0]["test_loss"] > h[2]["test_loss"] and h[2]["test_acc1"] > 30.0
+    assert not unmoved(initial[0], checkpoint.load(tmp_path / "checkpoint.pt")["model"])
 
 
 def test_adahessian_runs_with_create_graph(cifar_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -95,8 +117,11 @@ def test_resume_is_bit_exact(row: str, schedule: str, cifar_dir: Path, tmp_path:
     )
 
 
-def test_imagefolder_run_and_bf16(imagenet_dir: Path, tmp_path: Path) -> None:
-    """ImageNet's layout and eval pipeline at toy sizes, under bf16 autocast on the CPU."""
+def test_imagefolder_run_and_bf16(imagenet_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """ImageNet's layout and eval pipeline at toy sizes, under bf16 autocast on the CPU: the
+    convolutions and the classifier really run in bfloat16."""
+    convs = output_dtypes(monkeypatch, torch.nn.Conv2d)
+    linears = output_dtypes(monkeypatch, torch.nn.Linear)
     results = train_tiny(
         tmp_path,
         imagenet_dir,
@@ -112,6 +137,7 @@ def test_imagefolder_run_and_bf16(imagenet_dir: Path, tmp_path: Path) -> None:
         epochs=1,
     )
     assert results["finished"] and results["final"]["train_samples"] == 8  # 2 steps of 4
+    assert set(convs) == set(linears) == {torch.bfloat16}
 
 
 # Apollo takes DDP's gradient all-reduce; AdaHessian's create_graph backward runs under no_sync
@@ -323,11 +349,15 @@ def test_cli_exits_cleanly_without_traceback(tmp_path: Path) -> None:
     ]
 
 
-def test_fp16_with_gradscaler_through_the_loop(cifar_dir: Path, tmp_path: Path) -> None:
+def test_fp16_with_gradscaler_through_the_loop(cifar_dir: Path, tmp_path, monkeypatch) -> None:
+    """float16 autocast (convolutions in float16, BatchNorm's statistics in float32) with the
+    GradScaler: two steps taken, none skipped; the weights stay float32."""
+    convs = output_dtypes(monkeypatch, torch.nn.Conv2d)
     results = train_tiny(tmp_path, cifar_dir, "Apollo", "--amp", "fp16", epochs=1)
-    assert results["finished"]
-    scaler = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["scaler"]
-    assert scaler["scale"] > 0 and scaler["_growth_tracker"] == 2  # two unskipped steps
+    assert results["finished"] and set(convs) == {torch.float16}
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0 and state["scaler"]["_growth_tracker"] == 2
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state["model"].values())
 
 
 def test_plugin_registers_an_optimizer(cifar_dir: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from engine import checkpoint
 from engine.lock import RunDirLock
 from tests.engine import toy_task
 from tests.helpers import fails as one_error_line
-from tests.helpers import files, history, model_digest
+from tests.helpers import files, history, initial_parameters, model_digest, unmoved
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = str(Path(__file__).with_name("toy.yaml"))
@@ -297,3 +297,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(tmp_path, monkeypatc
     assert "resuming epoch 2 at step 2" in (tmp_path / "b" / "train.log").read_text()
     assert model_digest(tmp_path / "a") == model_digest(tmp_path / "b")
     assert history(tmp_path / "a") == history(tmp_path / "b")
+
+
+def test_a_run_lowers_the_loss_and_moves_every_weight(tmp_path, monkeypatch) -> None:
+    initial = initial_parameters(monkeypatch)
+    toy_task.main([*argv(tmp_path, epochs=3)[:-2], "--max-steps-per-epoch", "8"])
+    h = history(tmp_path)
+    assert h[0]["train_loss"] > h[1]["train_loss"] > h[2]["train_loss"]
+    assert h[0]["test_loss"] > h[2]["test_loss"]
+    assert not unmoved(initial[0], checkpoint.load(tmp_path / "checkpoint.pt")["model"])

@@ -19,7 +19,15 @@ from language_model import train
 from language_model.corpus import Corpus
 from language_model.data import TokenStream
 from language_model.model import LSTMLanguageModel
-from tests.helpers import count_host_reads, history, per_call
+from tests.helpers import (
+    TrainedRun,
+    count_host_reads,
+    history,
+    output_dtypes,
+    per_call,
+    trained,
+    unmoved,
+)
 from tests.helpers import fails as one_error_line
 from tests.language_model.conftest import CONFIG, ROOT, SMALL
 from tests.language_model.conftest import train_small as _run
@@ -64,10 +72,22 @@ def test_paper_size_model_trains_a_few_steps_from_lmdb(lmdb_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(lmdb_dir, tmp_path_factory) -> Path:
+def uninterrupted(lmdb_dir, tmp_path_factory) -> TrainedRun:
+    """Two whole epochs (53 updates each) of the Apollo row on the tiny corpus."""
     out = tmp_path_factory.mktemp("lm_runs") / "a"
-    _run(lmdb_dir, out, "--epochs", "2", *SMALL)
-    return out
+    return trained(lambda: _run(lmdb_dir, out, "--epochs", "2", *SMALL), out)
+
+
+def test_training_lowers_the_loss_and_moves_every_weight(lmdb_dir, uninterrupted):
+    """The training loss falls from epoch to epoch, and the test perplexity beats a uniform
+    guess over the vocabulary."""
+    h = history(uninterrupted.out)
+    assert h[0]["train_loss"] > h[1]["train_loss"]
+    corpus = Corpus(lmdb_dir)
+    assert h[1]["test_ppl"] < corpus.vocab_size
+    corpus.close()
+    trained = engine.checkpoint.load(uninterrupted.out / "checkpoint.pt")["model"]
+    assert not unmoved(uninterrupted.initial, trained)
 
 
 def _same_run(a: Path, b: Path) -> None:
@@ -90,7 +110,7 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(lmdb_dir, tmp_path, u
     second = _run(lmdb_dir, out, "--epochs", "2", *SMALL)
     assert second["finished"] and second["epochs_completed"] == 2
     assert "resuming after epoch 1" in (out / "train.log").read_text()
-    _same_run(uninterrupted, out)
+    _same_run(uninterrupted.out, out)
 
 
 @pytest.mark.slow
@@ -115,7 +135,7 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(
     assert state["update"] % 3 == 0 and state["update"] == state["history"][0]["update"] + position
     _run(lmdb_dir, out, "--epochs", "2", "checkpoint_every=3", *SMALL)
     assert f"resuming epoch 2 at step {position}" in (out / "train.log").read_text()
-    _same_run(uninterrupted, out)
+    _same_run(uninterrupted.out, out)
 
 
 def _test_targets(corpus: Corpus) -> list[int]:
@@ -276,7 +296,9 @@ def test_two_process_gloo_ddp_matches_one_process(lmdb_dir, tmp_path):
         assert results["final"][key] == pytest.approx(single["final"][key], rel=1e-5)
 
 
-def test_bf16_autocast_run_on_cpu(lmdb_dir, tmp_path):
+def test_bf16_autocast_run_on_cpu(lmdb_dir, tmp_path, monkeypatch):
+    """The LSTM really runs in bfloat16 (the adaptive softmax's log-probabilities in float32)."""
+    lstm = output_dtypes(monkeypatch, torch.nn.LSTM)
     results = _run(
         lmdb_dir,
         tmp_path / "bf16",
@@ -291,6 +313,7 @@ def test_bf16_autocast_run_on_cpu(lmdb_dir, tmp_path):
     )
     assert results["finished"] and math.isfinite(results["final"]["test_ppl"])
     assert results["final"]["train_tokens"] == 3 * 4 * 5
+    assert set(lstm) == {torch.bfloat16}
 
 
 @pytest.mark.slow

@@ -16,8 +16,8 @@ import engine.checkpoint
 from engine import cli
 from nmt import evaluate, train
 from nmt.score import tokenized_bleu
+from tests.helpers import TrainedRun, history, output_dtypes, trained, unmoved
 from tests.helpers import fails as one_error_line
-from tests.helpers import history
 from tests.nmt.conftest import CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,10 +59,21 @@ def _run(data_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data_dir, tmp_path_factory) -> Path:
+def uninterrupted(data_dir, tmp_path_factory) -> TrainedRun:
+    """8 updates (an epoch of 5, then 3) of the Apollo row on the tiny corpus."""
     out = tmp_path_factory.mktemp("nmt_runs") / "a"
-    _run(data_dir, out, "--max-updates", "8", "checkpoint_every=3")
-    return out
+    return trained(lambda: _run(data_dir, out, "--max-updates", "8", "checkpoint_every=3"), out)
+
+
+def test_training_lowers_the_loss_and_moves_every_weight(uninterrupted):
+    """Train and valid loss fall from the first epoch to the second; every weight moves but
+    the attention keys' biases, whose gradient is zero (a shift common to every key's score
+    leaves the softmax unchanged)."""
+    h = history(uninterrupted.out)
+    assert h[0]["train_loss"] > h[1]["train_loss"] and h[0]["valid_loss"] > h[1]["valid_loss"]
+    trained_model = engine.checkpoint.load(uninterrupted.out / "checkpoint.pt")["model"]
+    still = unmoved(uninterrupted.initial, trained_model)
+    assert still and all(k.endswith("attn.k_proj.bias") for k in still), still
 
 
 @pytest.mark.slow
@@ -84,9 +95,9 @@ def test_resume_mid_epoch_is_bit_exact(data_dir, tmp_path, uninterrupted, monkey
     results = _run(data_dir, out, "--max-updates", "8", "checkpoint_every=3")
     assert "resuming epoch 1 at step 3" in (out / "train.log").read_text()
     assert results["finished"] and results["updates_completed"] == 8
-    assert history(out) == history(uninterrupted)  # train and valid numbers, exactly
+    assert history(out) == history(uninterrupted.out)  # train and valid numbers, exactly
     assert [r["update"] for r in history(out)] == [5, 8]  # 5 updates an epoch, then 3
-    a = engine.checkpoint.load(uninterrupted / "checkpoint.pt")["model"]
+    a = engine.checkpoint.load(uninterrupted.out / "checkpoint.pt")["model"]
     b = engine.checkpoint.load(out / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in out.glob("checkpoint_epoch*.pt")) == [
@@ -112,7 +123,7 @@ def test_evaluate_averages_the_last_checkpoints_and_reports_both_bleus(
     import shutil
 
     run_dir = tmp_path / "run"
-    shutil.copytree(uninterrupted, run_dir)
+    shutil.copytree(uninterrupted.out, run_dir)
     cli.main(evaluate.main, ["--run-dir", str(tmp_path), "--device", "cpu", "--average-last", "2"])
     assert "test BLEU" in capsys.readouterr().out
     results = json.loads((run_dir / "results.json").read_text())
@@ -240,7 +251,9 @@ def test_two_ranks_equal_one_rank_accumulating(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
-def test_mixed_precision_trains(data_dir, tmp_path, mode):
+def test_mixed_precision_trains(data_dir, tmp_path, mode, monkeypatch):
+    """The projections really run in the autocast dtype; the weights stay float32."""
+    linears = output_dtypes(monkeypatch, torch.nn.Linear)
     results = _run(
         data_dir,
         tmp_path / mode,
@@ -257,3 +270,4 @@ def test_mixed_precision_trains(data_dir, tmp_path, mode):
     state = engine.checkpoint.load(tmp_path / mode / "checkpoint.pt")
     assert (state["scaler"] is not None) == (mode == "fp16")  # fp16 scales its loss
     assert all(v.dtype == torch.float32 for v in state["model"].values())
+    assert set(linears) == {torch.bfloat16 if mode == "bf16" else torch.float16}

@@ -32,7 +32,8 @@ def test_quickstart_trains_reports_and_records_provenance(short_quickstart) -> N
     assert rows["Method"][1:] == ["cosine", "cosine: final train loss", "cosine: seeds"]
     for row in ("SGD", "Apollo"):
         acc, loss, seeds = rows[row][1:]
-        assert acc.endswith(" (-)") and 0.0 <= float(acc.split()[0]) <= 100.0  # one seed: no std
+        assert acc.endswith(" (-)")  # one seed: no std
+        assert 20.0 < float(acc.split()[0]) <= 100.0  # well above chance (10%): it trained
         assert float(loss.split()[0]) > 0 and seeds == "1"
     report = out / "quickstart" / "report"
     for name in ("table.md", "table.tex", "table.csv"):
