@@ -255,3 +255,12 @@ def test_every_table_row_fits_its_optimizers_signature() -> None:
         for name, row in cfg.load_table(path)["rows"].items():
             section = dict(row["optimizer"])
             cfg.check_optimizer(section, optim.get(section["name"]).factory, f"{path}:{name}")
+
+
+def test_the_first_paper_versions_tables_extend_the_current_ones() -> None:
+    """configs/v1/T.yaml restates only what the first version changed: it extends configs/T.yaml."""
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for path in sorted((root / "v1").glob("*.yaml")):
+        raw = cfg.yaml.load(path.read_text(encoding="utf-8"), cfg.Loader)
+        assert raw["extends"] == f"../{path.name}", path
+        assert "defaults" not in raw and "schedules" not in raw, path
