@@ -25,7 +25,6 @@ they happen at epoch ends and every N updates, not per update.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -39,7 +38,7 @@ from engine import amp, cli, distributed
 from engine import config as cfg
 from engine import run as runs
 from nmt import train
-from nmt.data import FORMAT, FORMAT_VERSION, META, ParallelData, array_paths
+from nmt.data import FORMAT, FORMAT_VERSION, ParallelData, array_paths, write_meta
 from nmt.dictionary import Dictionary
 from nmt.model import label_smoothed_loss
 
@@ -73,7 +72,7 @@ def synthetic_data(root: Path, vocab_size: int, pairs: int, preprocess: dict, se
         "splits": splits,
         "fingerprint": "synthetic",
     }
-    (root / META).write_text(json.dumps(meta), encoding="utf-8")
+    write_meta(root, meta)
     return ParallelData(root)
 
 
@@ -104,7 +103,7 @@ def measure(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
     config.update(
         out_dir=str(tmp / f"run_{model_name}"),
         data_dir=str(data.path),
-        data_fingerprint={"fingerprint": "synthetic"},
+        data_fingerprint=data.fingerprint(),
     )
     ctx = distributed.setup(args.device)
     p = train.build(config, ctx, data)

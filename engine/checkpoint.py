@@ -211,7 +211,7 @@ def average(paths: Sequence[str | Path]) -> dict[str, Any]:
     floating types in their own dtype) and divided by N; integer tensors (BatchNorm's
     ``num_batches_tracked``) are floor-divided. Everything else (optimizer, schedule, history)
     comes from the newest checkpoint (the most updates, then the most epochs). Each file is
-    loaded and verified by :func:`load`; the models must have the same keys.
+    loaded and verified by :func:`load`; the models must have the same keys and shapes.
     """
     if not paths:
         raise ValueError("average: no checkpoints given")
@@ -227,6 +227,11 @@ def average(paths: Sequence[str | Path]) -> dict[str, Any]:
             raise CheckpointError(f"{path}: its model's keys differ from {paths[0]}'s")
         for k, v in model.items():
             v = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+            if k in total and total[k].shape != v.shape:
+                raise CheckpointError(
+                    f"{path}: {k} has shape {tuple(v.shape)} but {tuple(total[k].shape)} in "
+                    f"{paths[0]}; checkpoints of different models cannot be averaged"
+                )
             total[k] = v.clone() if k not in total else total[k].add_(v)
         progress = (int(state.get("update", 0)), int(state.get("epoch", 0)))
         if newest is None or progress > newest[0]:

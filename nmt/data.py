@@ -2,7 +2,8 @@
 
 Layout of a data directory (written by ``nmt.preprocess``, atomically: ``meta.json`` last)::
 
-    meta.json                   format, languages, per-split counts, the preprocessing options
+    meta.json                   format, languages, per-split counts, the preprocessing options,
+                                and ``files``: every other file's size and CRC-32
     dict.txt                    the joined dictionary (fairseq's format, see nmt.dictionary)
     bpe.codes                   the joint BPE merges (subword-nmt's format)
     {split}.{lang}.tokens.npy   every sentence's ids concatenated, no </s> (uint16 or int32)
@@ -13,6 +14,13 @@ Layout of a data directory (written by ``nmt.preprocess``, atomically: ``meta.js
 Splits are ``train``, ``valid`` and (when prepared) ``test``. The arrays are opened with
 ``numpy.load(mmap_mode="r")``: a batch reads only its sentences, so the corpus streams from
 disk (and the page cache) without being loaded.
+
+Opening verifies what is used against ``meta.json``'s ``files``: every file's size at once,
+the CRC-32 of ``dict.txt`` and ``bpe.codes`` at once and of a split's arrays (or a test text)
+when it is first read, and that no token id is outside the dictionary. A ``dict.txt`` or an
+array from another directory, even of the same size, is one error naming the file, never used.
+:meth:`ParallelData.fingerprint` (the digest of ``files``) goes into a run's config, so a
+resume or an evaluation on other data is refused.
 
 Batches follow fairseq: sentences sorted by source length, then target length, ties in a
 random order drawn from the seed; cut greedily so that (sentences x longest side, ``</s>``
@@ -27,8 +35,10 @@ too few for a whole update, are left out of that epoch (they differ from epoch t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +50,10 @@ import torch
 from .dictionary import Dictionary
 
 FORMAT = "apollo-nmt-mmap"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json records every file's size and CRC-32
 META = "meta.json"
 SPLITS = ("train", "valid", "test")
+_BLOCK = 1 << 22  # bytes read at a time for a checksum
 
 
 def array_paths(root: Path, split: str, lang: str) -> tuple[Path, Path]:
@@ -51,6 +62,27 @@ def array_paths(root: Path, split: str, lang: str) -> tuple[Path, Path]:
 
 class DataError(ValueError):
     """A data directory that cannot be used; the message names the path."""
+
+
+def file_checksum(path: Path) -> int:
+    """CRC-32 of a file's bytes (``zlib.crc32``, read in blocks)."""
+    crc = 0
+    with path.open("rb") as f:
+        while block := f.read(_BLOCK):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def write_meta(root: Path, meta: dict[str, Any]) -> None:
+    """Write ``meta.json`` with ``files``: the size and CRC-32 of every other file in ``root``
+    (written last: a directory without it is incomplete)."""
+    files = {
+        p.name: {"bytes": p.stat().st_size, "crc32": file_checksum(p)}
+        for p in sorted(root.iterdir())
+        if p.is_file() and p.name != META
+    }
+    text = json.dumps({**meta, "files": files}, indent=1) + "\n"
+    (root / META).write_text(text, encoding="utf-8")
 
 
 class Side:
@@ -123,6 +155,21 @@ class Split:
     def __len__(self) -> int:
         return len(self.src)
 
+    def check_positions(self, max_positions: int, where: str) -> None:
+        """Refuse a pair with a side longer than the model's positions (``</s>`` counted), as
+        fairseq's generation and validation do without ``--skip-invalid-size-inputs-valid-test``:
+        one line naming the first such sentence."""
+        for side, sizes in (("source", self.src_sizes), ("target", self.tgt_sizes)):
+            over = np.flatnonzero(sizes > max_positions)
+            if len(over):
+                i = int(over[0])
+                raise DataError(
+                    f"{where}: sentence {i + 1} of the {self.name} split has {int(sizes[i])} "
+                    f"{side} tokens (with </s>), more than the model's max_positions "
+                    f"{max_positions} ({len(over)} such sentence(s)); shorten or drop them, as "
+                    "fairseq refuses them too"
+                )
+
     def collate(self, index: Sequence[int] | np.ndarray) -> Batch:
         index = np.asarray(index, dtype=np.int64)
         d = self.dictionary
@@ -145,7 +192,7 @@ class ParallelData:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = path = Path(path)
         if not path.is_dir():
-            raise DataError(f"--data-dir {path}: no such directory")
+            raise DataError(f"--data-dir {path}: no such directory{_interrupted_swap(path)}")
         try:
             meta = json.loads((path / META).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -163,6 +210,21 @@ class ParallelData:
             )
         self.meta: dict[str, Any] = meta
         self.source_lang, self.target_lang = meta["source_lang"], meta["target_lang"]
+        if not isinstance(meta.get("files"), dict):
+            raise DataError(f"--data-dir {path}: {META} lists no files; prepare it again")
+        self._files: dict[str, dict[str, int]] = meta["files"]
+        for name, record in self._files.items():
+            try:
+                size = (path / name).stat().st_size
+            except OSError:
+                raise DataError(
+                    f"--data-dir {path}: {name} is missing (listed in {META}); prepare the "
+                    "directory again with python -m nmt.preprocess"
+                ) from None
+            if size != record["bytes"]:
+                raise self._changed(name, f"{size:,} bytes, {META} records {record['bytes']:,}")
+        for name in ("dict.txt", "bpe.codes"):
+            self._verify(name)
         try:
             self.dictionary = Dictionary.load(path / "dict.txt")
         except (OSError, ValueError) as exc:
@@ -170,6 +232,32 @@ class ParallelData:
         if len(self.dictionary) != meta["vocab_size"]:
             raise DataError(f"--data-dir {path}: dict.txt does not match {META}")
         self._splits: dict[str, Split] = {}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a run records of its data (``data_fingerprint``): the digest of every file's
+        size and CRC-32, and the dictionary's size. Equal for equal contents, wherever they
+        lie."""
+        digest = hashlib.sha256(json.dumps(self._files, sort_keys=True).encode()).hexdigest()
+        return {"files_sha256": digest, "vocab_size": len(self.dictionary)}
+
+    def _changed(self, name: str, how: str) -> DataError:
+        return DataError(
+            f"--data-dir {self.path}: {name} is not the file nmt.preprocess wrote ({how}); was it "
+            "replaced or copied from another directory? Prepare the directory again with "
+            "python -m nmt.preprocess"
+        )
+
+    def _verify(self, name: str) -> None:
+        """The file's CRC-32 against ``meta.json`` (files it does not list are not verified)."""
+        record = self._files.get(name)
+        if record is None:
+            return
+        try:
+            crc = file_checksum(self.path / name)
+        except OSError as exc:
+            raise DataError(f"--data-dir {self.path}: cannot read {name} ({exc})") from None
+        if crc != record["crc32"]:
+            raise self._changed(name, f"CRC-32 {crc:08x}, {META} records {record['crc32']:08x}")
 
     @property
     def splits(self) -> list[str]:
@@ -182,6 +270,8 @@ class ParallelData:
             sides = []
             for lang in (self.source_lang, self.target_lang):
                 tokens_path, offsets_path = array_paths(self.path, name, lang)
+                for p in (tokens_path, offsets_path):
+                    self._verify(p.name)
                 try:
                     tokens = np.load(tokens_path, mmap_mode="r")
                     offsets = np.load(offsets_path, mmap_mode="r")
@@ -191,6 +281,12 @@ class ParallelData:
                     ) from None
                 if len(offsets) == 0 or offsets[-1] != len(tokens):
                     raise DataError(f"--data-dir {self.path}: {offsets_path.name} is inconsistent")
+                largest = int(tokens.max()) if len(tokens) else 0
+                if largest >= len(self.dictionary):
+                    raise DataError(
+                        f"--data-dir {self.path}: {tokens_path.name} holds token id {largest}, "
+                        f"beyond dict.txt's {len(self.dictionary)} symbols"
+                    )
                 sides.append(Side(tokens, np.asarray(offsets)))
             self._splits[name] = Split(name, *sides, self.dictionary)
         return self._splits[name]
@@ -200,7 +296,20 @@ class ParallelData:
         path = self.path / f"{split}.{lang}.{kind}.txt"
         if not path.exists():
             return None
+        self._verify(path.name)
         return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def _interrupted_swap(path: Path) -> str:
+    """The hint for a data directory that an interrupted ``nmt.preprocess --overwrite`` moved
+    aside (see ``nmt.preprocess``), or ''."""
+    if any(path.parent.glob(f".{path.name}.replaced-*")):
+        return (
+            f" (an interrupted nmt.preprocess --overwrite left it aside as "
+            f"{path.parent}/.{path.name}.replaced-*: run the same nmt.preprocess command again "
+            "to finish or undo the replacement)"
+        )
+    return ""
 
 
 def token_batches(

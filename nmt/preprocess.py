@@ -23,8 +23,13 @@ the other. The steps and their numbers (the config's ``preprocess`` section, ove
    encoded into the arrays ``nmt.data`` reads.
 
 Work is spread over a process pool (one worker per core). Everything is written into a hidden
-sibling directory, ``meta.json`` last, and renamed into place only when complete; re-running
-with the same inputs and options finds the finished directory and does nothing.
+sibling directory, ``meta.json`` last (with every file's size and CRC-32, which training and
+evaluation verify), and renamed into place only when complete; re-running with the same inputs
+and options finds the finished directory and does nothing. ``--overwrite`` moves the old
+directory aside (``.<name>.replaced-<pid>``) just before the new one takes its place and
+deletes it after; if the process is killed in between, the next run of ``nmt.preprocess`` on
+that ``--out-dir`` finishes the replacement (the new directory was complete) or undoes it. A
+full disk or an unwritable folder is one error line, and ``--out-dir`` stays as it was.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -45,7 +51,7 @@ import numpy as np
 from engine import config as cfg
 
 from . import steps
-from .data import FORMAT, FORMAT_VERSION, META, SPLITS
+from .data import FORMAT, FORMAT_VERSION, META, SPLITS, write_meta
 from .dictionary import Dictionary
 from .steps import Options
 
@@ -73,6 +79,10 @@ def preprocess(
 ) -> tuple[Path, bool]:
     """Build the data directory; returns ``(path, written)`` (False: already up to date)."""
     out_dir = Path(out_dir)
+    try:
+        finish_interrupted_swap(out_dir)
+    except OSError as exc:
+        raise _write_error(out_dir, exc) from None
     roles = {"train": steps.checked_pairs(train, opts, "--train")}
     if valid is not None:
         roles["valid"] = steps.checked_pairs([valid], opts, "--valid")
@@ -96,25 +106,96 @@ def preprocess(
             )
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = _hidden(out_dir, "partial", os.getpid())
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise _write_error(out_dir, exc) from None
     try:
         meta = _build(opts, roles, tmp, workers)
         meta["fingerprint"] = digest
         meta["inputs"] = {role: [str(p) for p in paths] for role, paths in inputs.items()}
-        (tmp / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        staged = out_dir.parent / f".{out_dir.name}.replaced-{os.getpid()}"
-        if out_dir.exists():  # only with --overwrite (or empty): swap once the new one is whole
-            os.rename(out_dir, staged)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(staged, ignore_errors=True)
+        write_meta(tmp, meta)
+        _swap_in(tmp, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(out_dir, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir, True
+
+
+def _hidden(out_dir: Path, kind: str, pid: int) -> Path:
+    """The hidden sibling ``.<name>.partial-<pid>`` (being written) or ``.replaced-<pid>``
+    (the old directory during a swap)."""
+    return out_dir.parent / f".{out_dir.name}.{kind}-{pid}"
+
+
+def _write_error(out_dir: Path, exc: OSError) -> ValueError:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return ValueError(
+        f"--out-dir {out_dir}: {exc.strerror or exc}{where}; nothing was replaced (the "
+        "directory is as it was)"
+    )
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Put the complete ``tmp`` in the place of ``out_dir`` (see the module docstring)."""
+    staged = _hidden(out_dir, "replaced", os.getpid())
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    os.rename(out_dir, staged)  # only with --overwrite (or empty): the new one is whole
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(staged, out_dir)
+        raise
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def finish_interrupted_swap(out_dir: Path) -> None:
+    """Repair what a process killed during :func:`_swap_in` left: ``out_dir`` moved aside as
+    ``.<name>.replaced-<pid>``. If that process's new directory is complete (its ``meta.json``
+    exists) it takes the place, else the old one is put back; a finished swap's leftover old
+    copy and the partial directories of killed runs are deleted. Swaps of processes still
+    running are left alone."""
+    for staged in sorted(out_dir.parent.glob(f".{out_dir.name}.replaced-*")):
+        pid = staged.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        partial = _hidden(out_dir, "partial", int(pid))
+        if out_dir.exists():
+            shutil.rmtree(staged)
+        elif (partial / META).is_file():
+            os.rename(partial, out_dir)
+            shutil.rmtree(staged)
+            print(
+                f"note: an earlier nmt.preprocess --overwrite (PID {pid}) was killed while it "
+                f"replaced {out_dir}; its new data was complete and now takes the place",
+                file=sys.stderr,
+            )
+        else:
+            os.rename(staged, out_dir)
+            print(
+                f"note: an earlier nmt.preprocess --overwrite (PID {pid}) was killed while it "
+                f"replaced {out_dir}; the old data is back in place",
+                file=sys.stderr,
+            )
+    _remove_stale_partials(out_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return pid != os.getpid()  # our own PID: left by an earlier process that had it
 
 
 def _build(opts: Options, roles: dict, root: Path, workers: int) -> dict[str, Any]:
@@ -191,12 +272,9 @@ def _build(opts: Options, roles: dict, root: Path, workers: int) -> dict[str, An
 def _remove_stale_partials(out_dir: Path) -> None:
     """Delete hidden partial directories left by killed runs (their process is gone)."""
     for p in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
-        try:
-            os.kill(int(p.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
+        pid = p.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or not _alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, owned by someone else
 
 
 def options_from_config(path: str, overrides: Sequence[str]) -> Options:

@@ -295,22 +295,29 @@ def encode_split(
     n_pairs: int,
     n_tokens: Sequence[int],
 ) -> None:
-    """Write one split's arrays, a block of pairs at a time (the corpus never sits in memory)."""
+    """Write one split's arrays, a block of pairs at a time (the corpus never sits in memory).
+
+    The ``.npy`` files are written with plain writes (a header, then the blocks), not through
+    a memory map: a full disk is then an OSError, where a write into a mapped page would kill
+    the process with SIGBUS."""
+    header = np.lib.format.write_array_header_1_0
     for side, lang in enumerate(text.langs):
         tokens_path, offsets_path = array_paths(root, split, lang)
         offsets = np.zeros(n_pairs + 1, dtype=np.int64)
-        if n_tokens[side] == 0:  # an empty file cannot be memory-mapped
-            np.save(tokens_path, np.zeros(0, dtype=dtype))
-            np.save(offsets_path, offsets)
-            continue
-        tokens = np.lib.format.open_memmap(tokens_path, "w+", dtype, (n_tokens[side],))
         pos = k = 0
-        for block in text.pairs(split):
-            encoded = [dictionary.encode(pair[side]) for pair in block]
-            flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64)
-            tokens[pos : pos + len(flat)] = flat
-            offsets[k + 1 : k + 1 + len(block)] = pos + np.cumsum([len(e) for e in encoded])
-            pos, k = pos + len(flat), k + len(block)
-        tokens.flush()
-        del tokens
+        with tokens_path.open("wb") as f:
+            shape = (n_tokens[side],)
+            descr = np.lib.format.dtype_to_descr(dtype)
+            header(f, {"descr": descr, "fortran_order": False, "shape": shape})
+            for block in text.pairs(split):
+                encoded = [dictionary.encode(pair[side]) for pair in block]
+                flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64)
+                f.write(flat.astype(dtype).tobytes())
+                offsets[k + 1 : k + 1 + len(block)] = pos + np.cumsum([len(e) for e in encoded])
+                pos, k = pos + len(flat), k + len(block)
+        if pos != n_tokens[side] or k != n_pairs:
+            raise RuntimeError(
+                f"{tokens_path}: {pos} tokens of {n_pairs} pairs written, expected "
+                f"{n_tokens[side]} of {k}"
+            )
         np.save(offsets_path, offsets)

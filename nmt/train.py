@@ -110,7 +110,6 @@ def train_epoch(
         # fairseq's normalisation: the gradient of the update's summed loss over its tokens
         # (all ranks); DDP averages over ranks, hence the world_size.
         scale = ctx.world_size / sum(int(split.tgt_sizes[b].sum()) for b in group)
-        losses = []
         for i, index in enumerate(mine):
             batch = split.collate(index).to(ctx.device)
             skip_sync = create_graph or i < len(mine) - 1
@@ -120,10 +119,9 @@ def train_epoch(
                 loss, nll = label_smoothed_loss(logits, batch.target, eps, pad)
                 amp.backward(loss * scale, run.scaler, create_graph=create_graph)
             meter.add(loss=loss, nll=nll, tokens=batch.ntokens, sentences=len(index))
-            losses.append(loss.detach())
         amp.step(run.optimizer, run.scaler, clip_norm=config["clip"], parameters=model.parameters())
         run.optimizer.zero_grad(set_to_none=True)
-        run.update_done(losses)
+        run.update_done()
         if run.log_due():
             s = meter.read(ctx)
             run.log.info(
@@ -131,11 +129,8 @@ def train_epoch(
                 f"{s['nll'] / s['tokens']:.3f} lr {run.optimizer.param_groups[0]['lr']:.3g} "
                 f"{(s['tokens'] - before) / (time.perf_counter() - tic):.0f} tokens/s"
             )
-            run.check_divergence()
         if run.checkpoint_due(n):
             run.snapshot(sums=meter.local())
-        if run.diverged:
-            break
     seconds = time.perf_counter() - tic
     s = meter.read(ctx)
     tokens = max(s.get("tokens", 0.0), 1.0)
@@ -220,10 +215,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     for name in (config["generation"], config["valid_generation"]):
         if name != NO_BLEU:
             generation_options(config, name)
-    config["data_fingerprint"] = {
-        "fingerprint": data.meta["fingerprint"],
-        "vocab_size": len(data.dictionary),
-    }
+    config["data_fingerprint"] = data.fingerprint()  # a resume on other data is refused
     with distributed.process_group(config["device"]) as ctx:
         return _train(config, ctx, data)
 
@@ -245,6 +237,8 @@ def build(config: dict[str, Any], ctx: distributed.Context, data: ParallelData) 
     written."""
     config["update_freq"] = update_freq(config, ctx.world_size)
     train, valid = data.split("train"), data.split("valid")
+    for split in (train, valid):  # (fairseq skips long training pairs; none pass preprocess)
+        split.check_positions(config["model"]["max_positions"], f"--data-dir {data.path}")
     try:
         batches = token_batches(
             train.src_sizes,
@@ -300,8 +294,6 @@ def _train(config: dict[str, Any], ctx: distributed.Context, data: ParallelData)
                 model, ddp_model, p.train, p.order, spec.needs_create_graph, run, resume
             )
             resume = {}
-            if run.check_divergence():  # a non-finite training loss: stop, nothing recorded
-                break
             stats.update(validate(model, p.valid, config, ctx))
             lr = run.optimizer.param_groups[0]["lr"]
             record = run.epoch_done({"lr": lr, **stats, "epoch_time_s": time.perf_counter() - tic})
