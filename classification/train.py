@@ -79,6 +79,7 @@ def train_one_epoch(
             break
         run.optimizer.zero_grad(set_to_none=True)
         samples = sum(target.numel() for _, target in group)
+        losses = []
         for j, (images, target) in enumerate(group):
             images = images.to(ctx.device, non_blocking=True)
             target = target.to(ctx.device, non_blocking=True)
@@ -91,12 +92,13 @@ def train_one_epoch(
                     loss = F.cross_entropy(logits, target)
                 weighted = loss if len(group) == 1 else loss * (target.numel() / samples)
                 amp.backward(weighted, run.scaler, create_graph=create_graph)
+            losses.append(loss.detach())
             (c1,) = correct_topk(logits.float(), target, ks=(1,))
             meter.add(
                 loss=loss.detach().double() * target.numel(), correct1=c1, count=target.numel()
             )
         amp.step(run.optimizer, run.scaler)
-        run.update_done()
+        run.update_done(losses)
         if run.log_due():
             s = meter.read(ctx)
             run.log.info(
@@ -104,6 +106,8 @@ def train_one_epoch(
                 f"{100.0 * s['correct1'] / s['count']:.2f} lr "
                 f"{run.optimizer.param_groups[0]['lr']:.3g}"
             )
+            if run.check_divergence():
+                break
     run.optimizer.zero_grad(set_to_none=True)  # frees the graph create_graph kept alive
     sums = meter.read(ctx)
     n = max(sums.get("count", 0.0), 1.0)
@@ -207,6 +211,8 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
                 ddp_model, train_loader, spec.needs_create_graph, run, forward
             )
             train_time = time.perf_counter() - tic
+            if run.check_divergence():  # a non-finite training loss: stop, nothing recorded
+                break
             if mode != "none":  # host seconds of this epoch's updates that compiled
                 train_stats["compile_s"] = forward.take_seconds()
             distributed.broadcast_buffers(model, ctx)  # evaluate and save rank 0's BN statistics

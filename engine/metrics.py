@@ -164,10 +164,12 @@ def write_results(
     metric: str,
     mode: str = "max",
     finished: bool,
+    diverged: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``results.json``: the final and the best epoch, whether the run finished, and ``extra``
-    (classification adds ``model_sha256_by_rank``: DDP ranks must end with one digest)."""
+    """``results.json``: the final and the best epoch, whether the run finished (reached its
+    length) or ``diverged`` (``{"epoch", "update"}`` of its first non-finite training loss, else
+    None), and ``extra`` (:func:`finish` adds ``model_sha256_by_rank``)."""
     results = {
         "table": config.get("table"),
         "paper_version": config.get("paper_version"),
@@ -182,6 +184,7 @@ def write_results(
         "max_updates": config.get("max_updates"),
         "updates_completed": history[-1].get("update") if history else 0,
         "finished": finished,
+        "diverged": dict(diverged) if diverged else None,
         "final": dict(history[-1]) if history else None,
         "best": best_record(history, metric, mode),
         **(extra or {}),
@@ -201,6 +204,7 @@ def finish(
     metric: str,
     mode: str = "max",
     finished: bool,
+    diverged: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The end of a run, on every rank: gather each rank's model digest (DDP ranks must end
     bit-identical), then rank 0 writes the final ``results.json`` and logs the best epoch."""
@@ -214,10 +218,16 @@ def finish(
         metric=metric,
         mode=mode,
         finished=finished,
+        diverged=diverged,
         extra={"model_sha256_by_rank": digests},
     )
     best = results["best"]
-    if best is None:
+    if diverged:
+        log.info(
+            f"done: diverged at update {diverged['update']} (epoch {diverged['epoch']}); "
+            "results.json records it; checkpoint.pt, if any, is the last one before it"
+        )
+    elif best is None:
         log.info(f"done: no epoch has a finite {metric}")
     else:
         log.info(f"done: best {metric} {best[metric]:.2f} at epoch {best.get('epoch')}")
@@ -256,6 +266,33 @@ class Meter:
     def local(self) -> dict[str, float]:
         """This rank's sums as Python floats (what a mid-epoch checkpoint stores)."""
         return {k: float(v) for k, v in self.sums.items()}
+
+
+class FiniteWatch:
+    """Whether every training loss so far was finite, and how many updates came before the
+    first that was not, kept on the device: :meth:`add` never waits for it (no device sync per
+    update); :meth:`first_bad` is one host transfer, made where the loop reads anyway."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.ok = torch.ones((), dtype=torch.int64, device=device)  # 1 while all were finite
+        self.clean = torch.zeros((), dtype=torch.int64, device=device)  # updates before then
+
+    def add(self, loss: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """One update's training loss (any scale), or the losses of its micro-batches."""
+        if not isinstance(loss, torch.Tensor):
+            loss = torch.stack([x.detach().reshape(-1).sum() for x in loss])
+        self.ok.mul_(torch.isfinite(loss.detach()).all())
+        self.clean.add_(self.ok)
+
+    def first_bad(self, ctx: Context) -> int | None:
+        """The 0-based index, among the updates added, of the first whose loss was not finite
+        on any rank; None while all were finite."""
+        both = torch.stack([self.ok, self.clean])
+        if ctx.distributed:
+            both = both.to(ctx.device if ctx.device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MIN)
+        ok, clean = both.tolist()
+        return None if ok else int(clean)
 
 
 class NullWriter:

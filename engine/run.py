@@ -125,6 +125,10 @@ class Run:
         self.scaler: torch.amp.GradScaler | None = None
         self.log = get_logger(ctx, None)
         self.writer: Any = metrics.NullWriter()
+        #: ``{"epoch", "update"}`` of the first non-finite training loss, once one was seen
+        self.diverged: dict[str, int] | None = None
+        self._watch: metrics.FiniteWatch | None = None
+        self._watch_from = 0  # the update count when the watch started
 
     # -- opening --------------------------------------------------------------------------
     def _open(
@@ -146,6 +150,7 @@ class Run:
             self.position = int(state["position"])
         else:
             self._check_foreign_results()
+        self.diverged = self._earlier_divergence(also_resumable)
         self.log = get_logger(self.ctx, self.out_dir)
         if takeover:
             self.log.warning(takeover)
@@ -198,6 +203,20 @@ class Run:
                 "checkpoint to resume; pick another --out-dir or move it away"
             )
 
+    def _earlier_divergence(self, also_resumable: tuple[str, ...]) -> dict[str, int] | None:
+        """What ``results.json`` says this very run (same config and length) diverged at: it
+        would again, so it is over; None when it did not or when that is another run."""
+        try:
+            results = metrics.read_json(self.out_dir / "results.json")
+            saved = metrics.read_json(self.out_dir / "config.json")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(results, dict) or not results.get("diverged"):
+            return None
+        allowed = set(RESUMABLE_CHANGES) | set(also_resumable) | {"provenance", "earlier_starts"}
+        allowed -= {"epochs", "max_updates", "max_steps_per_epoch"}
+        return None if config_diffs(saved, self.config, allowed) else dict(results["diverged"])
+
     def _close(self) -> None:
         self.writer.close()
         for handler in list(self.log.handlers):  # a worker runs many runs: no open files left
@@ -217,6 +236,7 @@ class Run:
             t.scaler,
         )
         model, optimizer, schedule, scaler = self._parts()
+        self._watch, self._watch_from = metrics.FiniteWatch(self.ctx.device), self.update
         state = self.state
         if state is None:
             return {}
@@ -248,7 +268,9 @@ class Run:
     def log_start(self, *details: str) -> None:
         """The run's first log line: what, from where, how long, on what."""
         c = self.config
-        if self.position:
+        if self.diverged:
+            where = f"diverged at update {self.diverged['update']} before: nothing to train"
+        elif self.position:
             where = f"resuming epoch {self.epoch + 1} at step {self.position}"
         elif self.epoch:
             where = f"resuming after epoch {self.epoch}"
@@ -271,7 +293,13 @@ class Run:
     # -- progress -------------------------------------------------------------------------
     @property
     def finished(self) -> bool:
-        """``epochs`` epochs or ``max_updates`` updates reached (whichever is set and first)."""
+        """The loop is over: ``epochs`` epochs or ``max_updates`` updates reached (whichever is
+        set and first), or the training loss diverged (:meth:`check_divergence`)."""
+        return self.diverged is not None or self.reached_length
+
+    @property
+    def reached_length(self) -> bool:
+        """``epochs`` epochs or ``max_updates`` updates done: ``finished`` in results.json."""
         return is_finished(self.config, self.epoch, self.update)
 
     def epoch_updates(self, available: int) -> int:
@@ -284,12 +312,41 @@ class Run:
             n = min(n, self.position + self.config["max_updates"] - self.update)
         return n
 
-    def update_done(self) -> None:
-        """One optimizer update happened: count it; step a per-update schedule."""
+    def update_done(self, loss: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
+        """One optimizer update happened: count it; step a per-update schedule. ``loss`` (this
+        update's training loss, or its micro-batches' losses, on the device) is watched for a
+        non-finite value on the device, without waiting for it; :meth:`check_divergence` reads
+        what was seen."""
+        if loss is not None:
+            self._restored()._watch.add(loss)
         self.update += 1
         self.position += 1
         if self.config["schedule"]["unit"] == "update":
             self._restored().schedule.step()
+
+    def check_divergence(self) -> bool:
+        """Whether a training loss given to :meth:`update_done` was not finite (NaN, inf) on any
+        rank; the first such update is then recorded in :attr:`diverged` and logged. A host
+        read (and a collective under DDP): call it where the loop reads anyway, at log points
+        and epoch ends (:meth:`snapshot` calls it before it writes). The loop then stops:
+        :attr:`finished` is true, and :meth:`finish` writes ``results.json`` with ``diverged``.
+        A step that fp16's GradScaler skipped because its gradients overflowed has a finite
+        loss: it is not divergence. Call it before :meth:`epoch_done` (the diverged epoch is
+        not recorded)."""
+        if self.diverged is not None:
+            return True
+        if self._watch is None:
+            return False
+        first = self._watch.first_bad(self.ctx)
+        if first is None:
+            return False
+        update = self._watch_from + first + 1
+        self.diverged = {"epoch": self.epoch + 1, "update": update}
+        self.log.warning(
+            f"diverged: the training loss was not finite at update {update} (epoch "
+            f"{self.epoch + 1}); stopping at update {self.update}"
+        )
+        return True
 
     def log_due(self) -> bool:
         """Every ``log_every`` updates into the epoch (never when it is 0): a log point, where
@@ -340,6 +397,8 @@ class Run:
         ``checkpoint_epoch<E>.pt``, ``checkpoint.pt`` is linked to it, and epoch checkpoints
         beyond the last N are deleted after that (never the one just written).
         """
+        if self.check_divergence():  # never a diverged model over the last good checkpoint
+            return
         model, optimizer, schedule, scaler = self._restored()._parts()
         ranks = gather_objects({"rng": checkpoint.rng_state(), **rank_state}, self.ctx)
 
@@ -379,7 +438,7 @@ class Run:
                 self.history,
                 metric=self.metric,
                 mode=self.mode,
-                finished=self.finished,
+                finished=self.reached_length,
             )
             last = self.history[-1]
             metrics.log_scalars(self.writer, last, last["epoch"], skip=("epoch", "update"))
@@ -399,7 +458,8 @@ class Run:
             self.log,
             metric=self.metric,
             mode=self.mode,
-            finished=self.finished,
+            finished=self.reached_length,
+            diverged=self.diverged,
         )
 
 
@@ -421,13 +481,16 @@ def is_finished(config: Mapping[str, Any], epochs_done: int, updates_done: int) 
 
 
 def finished_results(out_dir: str | Path, config: Mapping[str, Any]) -> dict[str, Any] | None:
-    """``results.json`` of ``out_dir`` if it is a finished run of exactly ``config``'s length
-    (what a sweep skips); None for an unfinished, unreadable or differently sized run."""
+    """``results.json`` of ``out_dir`` if it is a run of exactly ``config``'s length that
+    finished or diverged (what a sweep skips: it is over); None for an unfinished, unreadable
+    or differently sized run."""
     try:
         results = metrics.read_json(Path(out_dir) / "results.json")
     except (OSError, ValueError):
         return None
-    if not isinstance(results, dict) or not results.get("finished"):
+    if not isinstance(results, dict):
+        return None
+    if not (results.get("finished") or results.get("diverged")):
         return None
     if results.get("epochs") != config.get("epochs"):
         return None

@@ -121,7 +121,7 @@ def train_one_epoch(
         amp.step(run.optimizer, run.scaler, clip_norm=config["clip"], parameters=model.parameters())
         run.optimizer.zero_grad(set_to_none=True)
         meter.add(nll=batch_nll, count=batch_count)
-        run.update_done()
+        run.update_done(batch_nll)
         if run.log_due():
             s = meter.read(ctx)
             run.log.info(
@@ -130,9 +130,12 @@ def train_one_epoch(
                 f"{run.optimizer.param_groups[0]['lr']:.3g} "
                 f"{s['count'] / (time.perf_counter() - tic):.0f} tokens/s"
             )
+            run.check_divergence()
         if run.checkpoint_due(n):
             sums = {k: base[k] + v for k, v in meter.local().items()}
             run.snapshot(hidden=(hidden[0].cpu(), hidden[1].cpu()), sums=sums)
+        if run.diverged:
+            break
     seconds = time.perf_counter() - tic
     this_run = meter.read(ctx)
     local = meter.local() or {"nll": 0.0, "count": 0.0}
@@ -239,6 +242,8 @@ def _train(config: dict[str, Any], ctx: distributed.Context, corpus: Corpus) -> 
                 model, ddp_model, train_stream, spec.needs_create_graph, run, resume
             )
             resume = {}
+            if run.check_divergence():  # a non-finite training loss: stop, nothing recorded
+                break
             eval_stats = evaluate(
                 model, test_stream, config["amp"], ctx, limit=config["max_steps_per_epoch"]
             )

@@ -110,6 +110,7 @@ def train_epoch(
         # fairseq's normalisation: the gradient of the update's summed loss over its tokens
         # (all ranks); DDP averages over ranks, hence the world_size.
         scale = ctx.world_size / sum(int(split.tgt_sizes[b].sum()) for b in group)
+        losses = []
         for i, index in enumerate(mine):
             batch = split.collate(index).to(ctx.device)
             skip_sync = create_graph or i < len(mine) - 1
@@ -119,9 +120,10 @@ def train_epoch(
                 loss, nll = label_smoothed_loss(logits, batch.target, eps, pad)
                 amp.backward(loss * scale, run.scaler, create_graph=create_graph)
             meter.add(loss=loss, nll=nll, tokens=batch.ntokens, sentences=len(index))
+            losses.append(loss.detach())
         amp.step(run.optimizer, run.scaler, clip_norm=config["clip"], parameters=model.parameters())
         run.optimizer.zero_grad(set_to_none=True)
-        run.update_done()
+        run.update_done(losses)
         if run.log_due():
             s = meter.read(ctx)
             run.log.info(
@@ -129,8 +131,11 @@ def train_epoch(
                 f"{s['nll'] / s['tokens']:.3f} lr {run.optimizer.param_groups[0]['lr']:.3g} "
                 f"{(s['tokens'] - before) / (time.perf_counter() - tic):.0f} tokens/s"
             )
+            run.check_divergence()
         if run.checkpoint_due(n):
             run.snapshot(sums=meter.local())
+        if run.diverged:
+            break
     seconds = time.perf_counter() - tic
     s = meter.read(ctx)
     tokens = max(s.get("tokens", 0.0), 1.0)
@@ -294,6 +299,8 @@ def _train(config: dict[str, Any], ctx: distributed.Context, data: ParallelData)
                 model, ddp_model, p.train, p.order, spec.needs_create_graph, run, resume
             )
             resume = {}
+            if run.check_divergence():  # a non-finite training loss: stop, nothing recorded
+                break
             stats.update(validate(model, p.valid, config, ctx))
             lr = run.optimizer.param_groups[0]["lr"]
             record = run.epoch_done({"lr": lr, **stats, "epoch_time_s": time.perf_counter() - tic})

@@ -14,10 +14,11 @@ number of seeds and the final epoch's training loss beside it. Where the paper r
 same cell (``scripts/paper_results.py``) its number is printed next to ours.
 
 The value of one run is its metric at the best epoch (``--pick best``, what the paper's image
-table reports) or at the last epoch (``--pick final``). A run is skipped, and the reason
-printed, when it has not finished, cannot be read, repeats a seed, or was trained with a
-different config from the other runs of its group (the most common config wins; the seed,
-paths, device and worker count may differ).
+table reports) or at the last epoch (``--pick final``). A cell where any seed's training loss
+diverged (``results.json``'s ``diverged``) reads ``diverged (k of n seeds)`` instead of a
+number. A run is skipped, and the reason printed, when it has not finished (nor diverged),
+cannot be read, repeats a seed, or was trained with a different config from the other runs of
+its group (the most common config wins; the seed, paths, device and worker count may differ).
 
 Writes ``table.md``, ``table.tex``, ``table.csv`` and ``curves_<table>_<version>_<schedule>.png``
 (see ``scripts/plot_curves.py``) to ``--out`` and prints the Markdown. By default the report goes
@@ -91,15 +92,22 @@ class Cell:
     losses: list[float] = field(default_factory=list)
     seeds: list[Any] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
+    diverged: list[Any] = field(default_factory=list)  # the seeds whose training loss diverged
 
     @property
     def n(self) -> int:
-        return len(self.values)
+        return len(self.values) + len(self.diverged)
 
     def text(self) -> str:
+        """``mean (std)``; ``diverged (k of n seeds)`` when any seed diverged (a mean over the
+        others would flatter the row)."""
+        if self.diverged:
+            return f"diverged ({len(self.diverged)} of {self.n} seeds)"
         return mean_std(self.values)
 
     def loss_text(self) -> str:
+        if self.diverged:
+            return "–"
         return mean_std(self.losses, digits=4) if self.losses else "–"
 
     def paper(self) -> str:
@@ -165,7 +173,7 @@ def load_run(path: Path) -> Run | str:
         results = json.loads((path / "results.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return f"unreadable results.json ({type(exc).__name__})"
-    if not results.get("finished"):
+    if not results.get("finished") and not results.get("diverged"):
         if results.get("max_updates") is not None:
             done, total = results.get("updates_completed"), results["max_updates"]
             return f"unfinished: {done} of {total} updates"
@@ -249,6 +257,11 @@ def build_cells(groups: Mapping[tuple, list[Run]], pick: str = "best") -> list[C
         cell = Cell(key, metric=group[0].results["metric"])
         for run in sorted(group, key=lambda r: str(r.seed)):
             record = run.results.get(pick) or {}
+            if run.results.get("diverged"):
+                cell.diverged.append(run.seed)
+                cell.seeds.append(run.seed)
+                cell.paths.append(run.path)
+                continue
             if record.get(cell.metric) is None:
                 continue
             cell.values.append(float(record[cell.metric]))
@@ -433,7 +446,7 @@ def write_csv(path: Path, cells: Sequence[Cell], pick: str) -> None:
         writer.writeheader()
         for c in cells:
             table, version, sched, row = c.key
-            sd = statistics.stdev(c.values) if c.n > 1 else None
+            sd = statistics.stdev(c.values) if len(c.values) > 1 and not c.diverged else None
             loss_sd = statistics.stdev(c.losses) if len(c.losses) > 1 else None
             writer.writerow(
                 {
@@ -445,7 +458,7 @@ def write_csv(path: Path, cells: Sequence[Cell], pick: str) -> None:
                     "pick": pick,
                     "n": c.n,
                     "seeds": " ".join(str(s) for s in c.seeds),
-                    "mean": statistics.fmean(c.values) if c.values else "",
+                    "mean": statistics.fmean(c.values) if c.values and not c.diverged else "",
                     "std": sd,
                     "cell": c.text(),
                     "paper": c.paper(),
@@ -470,7 +483,7 @@ def report(
             skipped.append((path, loaded))
     groups, rejected = select(runs)
     skipped += rejected
-    cells = [c for c in build_cells(groups, pick) if c.values]
+    cells = [c for c in build_cells(groups, pick) if c.values or c.diverged]
     out = Path(out)
     written: list[Path] = []
     text = ""

@@ -44,6 +44,8 @@ from scripts import sweep
 
 
 def _summary(results: dict) -> str:
+    if results.get("diverged"):
+        return f"diverged at update {results['diverged']['update']}"
     best, final = results.get("best") or {}, results.get("final") or {}
     metric = results.get("metric", "")
     loss = final.get("train_loss")

@@ -17,10 +17,11 @@ Rows, schedules and seeds come from the table (one source of truth); each run ge
 directory ``<out-dir>/<table>/<paper_version>/<row>/<schedule>/seed<N>``. Every path is taken
 relative to the directory the command is run from. Every run's config is resolved before the
 first one starts, so a bad ``key=value`` or an unknown optimizer is one error line, not one per
-run. Re-running the sweep skips runs that finished with this length and resumes the others. The
-runs go one after another; the first that fails stops the sweep (its own one-line error is
-above the stop line). A task with an evaluation entry point (``nmt.evaluate``) then has every
-finished run of the table evaluated.
+run. Re-running the sweep skips runs that finished with this length (or diverged: a run whose
+training loss became non-finite records it and exits normally, and the sweep goes on) and
+resumes the others. The runs go one after another; the first that fails stops the sweep (its
+own one-line error is above the stop line). A task with an evaluation entry point
+(``nmt.evaluate``) then has every finished run of the table evaluated.
 
 Where runs execute is said in one line before they start: ``--gpus N`` GPUs per run (``N > 1``
 launches each run with ``torchrun --standalone --nproc_per_node=N``; no GPU visible is an
@@ -66,7 +67,7 @@ class Job:
         )
 
     def finished(self) -> dict[str, Any] | None:
-        """The run's results.json when it finished with this length, else None."""
+        """The run's results.json when it finished (or diverged) with this length, else None."""
         from engine.run import finished_results  # torch: only when runs are started
 
         return finished_results(self.run_dir, self.config)

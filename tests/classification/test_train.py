@@ -426,3 +426,11 @@ def test_no_device_sync_per_update_on_cuda(tmp_path: Path, sync_counts: list[int
     for steps in (1, 2, 6):
         train.main(_quickstart(tmp_path / f"s{steps}", steps, device="cuda"))
     assert sync_counts[1] == sync_counts[2], sync_counts
+
+
+def test_a_diverging_learning_rate_stops_the_run(tmp_path: Path) -> None:
+    """SGD at lr 1e10: the first non-finite loss is recorded and the command ends normally."""
+    args = [*_quickstart(tmp_path, 10), "optimizer.lr=1e10"]
+    results = train.main(args)
+    assert not results["finished"] and 1 <= results["diverged"]["update"] <= 10
+    assert "diverged at update" in (tmp_path / "train.log").read_text()

@@ -1,4 +1,4 @@
-"""The run directory (engine.run) through a toy task (tests/engine/toy_task.py): one writer,
+"""The run directory (engine.run) through a toy task (tests/engine/toy/): one writer,
 never another run's results lost, length changes, bad values up front, damaged checkpoints,
 full disks, keep-last, update-bounded runs with gradient accumulation, mid-epoch resume."""
 
@@ -15,12 +15,12 @@ import torch
 
 from engine import checkpoint
 from engine.lock import RunDirLock
-from tests.engine import toy_task
+from tests.engine.toy import train as toy_task
 from tests.helpers import fails as one_error_line
 from tests.helpers import files, history, initial_parameters, model_digest, unmoved
 
 ROOT = Path(__file__).resolve().parents[2]
-TOY = str(Path(__file__).with_name("toy.yaml"))
+TOY = str(Path(__file__).parent / "toy" / "toy.yaml")
 
 
 def argv(out: Path, *extra: str, row: str = "SGD", epochs: int = 2) -> list[str]:

@@ -395,3 +395,11 @@ def test_the_loop_reads_metrics_only_at_log_points(lmdb_dir, tmp_path, monkeypat
         )
     assert counted[0] == counted[1] < counted[2]
     assert (counted[2] - counted[1]) % 3 == 0  # the same reads at each of the 3 log points
+
+
+def test_a_diverging_learning_rate_stops_the_run(lmdb_dir, tmp_path):
+    """SGD at lr 1e30 (the gradient's norm clipped to 1): the first non-finite loss is
+    recorded and the command ends normally."""
+    args = ["--epochs", "1", "--max-steps-per-epoch", "10", "optimizer.lr=1e30", *SMALL]
+    results = _run(lmdb_dir, tmp_path, *args, row="SGD")
+    assert not results["finished"] and 1 <= results["diverged"]["update"] <= 10

@@ -271,3 +271,11 @@ def test_mixed_precision_trains(data_dir, tmp_path, mode, monkeypatch):
     assert (state["scaler"] is not None) == (mode == "fp16")  # fp16 scales its loss
     assert all(v.dtype == torch.float32 for v in state["model"].values())
     assert set(linears) == {torch.bfloat16 if mode == "bf16" else torch.float16}
+
+
+def test_a_diverging_learning_rate_stops_the_run(data_dir, tmp_path):
+    """Adam at lr 1e6 after one warmup update: the first non-finite loss is recorded, no
+    validation or decoding of the diverged model follows, and the command ends normally."""
+    args = ["--max-updates", "6", "optimizer.lr=1e6", "schedule.warmup=1", "keep_last=0"]
+    results = _run(data_dir, tmp_path, *args, row="Adam")
+    assert not results["finished"] and 1 <= results["diverged"]["update"] <= 6

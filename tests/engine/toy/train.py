@@ -3,8 +3,8 @@ of tests/engine's run-directory tests (a run takes a fraction of a second).
 
 ::
 
-    python -m tests.engine.toy_task --config tests/engine/toy.yaml --row SGD --schedule cosine \
-        [--out-dir O] [--epochs N] [--max-updates N] [key=value ...]
+    python -m tests.engine.toy.train --config tests/engine/toy/toy.yaml --row SGD \
+        --schedule cosine [--out-dir O] [--epochs N] [--max-updates N] [key=value ...]
 
 A 2-layer MLP with dropout fits a noisy linear map of ``features`` inputs (``samples`` training
 pairs, 32 test pairs, fixed data). Each epoch visits the pairs in an order drawn from (seed,
@@ -65,19 +65,24 @@ def train_one_epoch(
     for u in range(run.position, n):
         run.optimizer.zero_grad(set_to_none=True)
         micro = order[u * batch : (u + 1) * batch].split(batch // config["update_freq"])
+        losses = []
         for j, index in enumerate(micro):
             with distributed.no_sync(ddp_model, skip_sync=create_graph or j < len(micro) - 1):
                 with amp.autocast(ctx.device, config["amp"]):
                     loss = F.mse_loss(ddp_model(data["x"][index]), data["y"][index])
                 amp.backward(loss * len(index) / batch, run.scaler, create_graph=create_graph)
             meter.add(loss=loss.detach() * len(index), count=len(index))
+            losses.append(loss.detach())
         amp.step(run.optimizer, run.scaler)
-        run.update_done()
+        run.update_done(losses)
         if run.log_due():
             s = meter.read(ctx)
             run.log.info(f"{run.step_label(n)} train loss {s['loss'] / s['count']:.4f}")
+            run.check_divergence()
         if run.checkpoint_due(n):
             run.snapshot(sums=meter.local())
+        if run.diverged:
+            break
     s = meter.read(ctx)
     return {
         "train_loss": s.get("loss", 0.0) / max(s.get("count", 0.0), 1.0),
@@ -94,7 +99,7 @@ def evaluate(model: torch.nn.Module, data: Mapping[str, torch.Tensor]) -> dict[s
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The entry point; returns ``results.json``'s content on rank 0."""
     config, print_only = cli.parse_run_args(
-        "python -m tests.engine.toy_task", __doc__, SCHEMA, argv
+        "python -m tests.engine.toy.train", __doc__, SCHEMA, argv
     )
     if print_only:
         cli.print_config(config)
@@ -113,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                     ddp_model, data, training.spec.needs_create_graph, run, resume
                 )
                 resume = {}
+                if run.check_divergence():
+                    break
                 record = run.epoch_done({**stats, **evaluate(training.model, data)})
                 run.snapshot()
                 run.record(
