@@ -22,6 +22,7 @@ TRAIN = [
     "subword-nmt>=0.3.8",  # nmt: joint BPE
     "sacrebleu>=2.0",  # nmt: detokenized BLEU with its signature
     "regex",  # nmt: Unicode classes (already a dependency of sacremoses)
+    "submitit>=1.5,<2",  # --launcher slurm: job arrays, requeue on SLURM's warning signal
 ]
 
 setup(

@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             f"{config['config']}: batch_size {config['batch_size']} does not split "
             f"into update_freq={config['update_freq']} micro-batches"
         )
-    with distributed.process_group(config["device"]) as ctx:
+    with distributed.process_group(config["device"], config["dist_timeout"]) as ctx:
         torch.backends.cudnn.benchmark = ctx.device.type == "cuda"  # fixed input sizes: autotune
         return _train(config, ctx)
 

@@ -5,7 +5,7 @@
     python -m <task>.train --config FILE --row ROW [--schedule NAME] [--data-dir D] [--out-dir O]
         [--seed N] [--epochs N] [--max-updates N] [--max-steps-per-epoch K] [--device {cpu,cuda}]
         [--amp {none,fp16,bf16}] [--compile {none,default,reduce-overhead}] [--workers N]
-        [--plugin MODULE_OR_PATH ...] [--print-config]
+        [--dist-timeout MIN] [--plugin MODULE_OR_PATH ...] [--print-config]
         [key=value ...]
 
 A task adds its own flags to :func:`build_parser`'s parser if it needs any, then calls
@@ -43,6 +43,7 @@ FLAG_KEYS = (
     "out_dir",
     "workers",
     "compile",
+    "dist_timeout",
 )
 
 
@@ -110,6 +111,12 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="DataLoader worker processes per rank")
     p.add_argument(
         "--compile", choices=cfg.COMPILE_MODES, help="torch.compile the model (default: none)"
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="MIN",
+        help="minutes a collective waits for the other ranks before the run stops (default: 10)",
     )
     p.add_argument(
         "--plugin",

@@ -86,6 +86,7 @@ COMMON_SCHEMA: dict[str, TypeSpec] = {
     "out_dir": (str, type(None)),
     "workers": int,
     "compile": str,  # torch.compile mode of the model: none, default, reduce-overhead
+    "dist_timeout": (int, float),  # minutes a collective waits for the other ranks
     "optimizer": dict,
     "schedule": dict,
 }
@@ -101,6 +102,9 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "out_dir": None,
     "compile": "none",
+    # torch's 30 min would hold a cluster allocation that long after a node froze; 10 leaves
+    # room for a slow checkpoint write on rank 0 while the others wait at the next collective
+    "dist_timeout": 10.0,
 }
 
 #: Keys of the ``schedule`` section; all but ``name`` and ``unit`` go to ``optim.Schedule``.
@@ -353,6 +357,8 @@ def check_schedule(config: Mapping[str, Any], path: str = "<config>") -> None:
         raise ConfigError(f"{path}: compile must be one of {', '.join(COMPILE_MODES)}")
     if config.get("device", "cpu") not in DEVICES:
         raise ConfigError(f"{path}: device must be one of {', '.join(DEVICES)}")
+    if config.get("dist_timeout", 1) <= 0:
+        raise ConfigError(f"{path}: dist_timeout must be > 0 minutes")
 
 
 def check_run_keys(config: Mapping[str, Any], path: str = "<config>") -> None:

@@ -1,18 +1,26 @@
 """``torch.distributed`` under torchrun: setup, DDP wrapping, rank-0 logging, gathering.
 
-The same command runs on one process or under ``torchrun --nproc_per_node=N -m <task>.train``;
-:func:`setup` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and picks
-NCCL on GPUs and gloo on CPU (how the tests run two processes). Every helper is a no-op on a
-single process, so task code never branches on the world size.
+The same command runs on one process or under ``torchrun --nproc_per_node=N -m <task>.train``
+(or as SLURM tasks, ``scripts.slurm``); :func:`setup` reads the launcher's environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) and picks NCCL on GPUs and gloo
+on CPU (how the tests run two processes). Every helper is a no-op on a single process, so task
+code never branches on the world size.
+
+**A lost peer stops the run.** Every collective waits at most ``timeout_min`` minutes (a run's
+``--dist-timeout``, default 10, see ``engine.config``; torch's own is 30); a rank whose peer
+died, froze or never came then ends with one line (:class:`PeerLost`) instead of a traceback
+or a hang.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +48,14 @@ class Context:
         return self.world_size > 1
 
 
-def setup(device: str) -> Context:
-    """Initialise the process group when launched by torchrun; pin this rank's GPU."""
+class PeerLost(ValueError):
+    """A collective failed or timed out: another rank died, froze or never joined (one line)."""
+
+
+def setup(device: str, timeout_min: float | None = None) -> Context:
+    """Initialise the process group when launched by torchrun (or as SLURM tasks, with the same
+    variables); pin this rank's GPU. Collectives wait at most ``timeout_min`` minutes (None:
+    torch's default)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -53,7 +67,11 @@ def setup(device: str) -> Context:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        timeout = None if timeout_min is None else datetime.timedelta(minutes=timeout_min)
+        with _peer_errors(rank, timeout_min):
+            dist.init_process_group(
+                backend="nccl" if dev.type == "cuda" else "gloo", timeout=timeout
+            )
     return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
@@ -64,16 +82,41 @@ def cleanup() -> None:
 
 
 @contextlib.contextmanager
-def process_group(device: str) -> Iterator[Context]:
+def process_group(device: str, timeout_min: float | None = None) -> Iterator[Context]:
     """:func:`setup` ... :func:`cleanup`, with a barrier first when the body succeeded: a rank
     that tears gloo down while another still finishes its last collective can abort
-    ("terminate called without an active exception"; seen in 1 of 6 two-rank CPU runs)."""
-    ctx = setup(device)
+    ("terminate called without an active exception"; seen in 1 of 6 two-rank CPU runs).
+    A failed or timed-out collective inside ends as :class:`PeerLost`."""
+    ctx = setup(device, timeout_min)
     try:
-        yield ctx
-        barrier(ctx)
+        with _peer_errors(ctx.rank, timeout_min):
+            yield ctx
+            barrier(ctx)
     finally:
         cleanup()
+
+
+@contextlib.contextmanager
+def _peer_errors(rank: int, timeout_min: float | None) -> Iterator[None]:
+    """A backend's error of a collective (gloo raises RuntimeError, NCCL DistBackendError) as
+    one :class:`PeerLost` line; NCCL's watchdog may instead abort the process at the timeout."""
+    try:
+        yield
+    except RuntimeError as exc:
+        message = str(exc).strip()
+        if not (isinstance(exc, dist.DistError) or _BACKEND_ERROR.search(message)):
+            raise
+        first = _SOURCE_PREFIX.sub("", message.splitlines()[0] if message else type(exc).__name__)
+        waits = "torch's default" if timeout_min is None else f"{timeout_min:g} min"
+        raise PeerLost(
+            f"rank {rank}: the other ranks did not answer ({first.split('. ')[0]}): a peer "
+            f"died, froze or never started (collectives wait --dist-timeout: {waits}); "
+            "relaunch the same command to resume from the last checkpoint"
+        ) from None
+
+
+_BACKEND_ERROR = re.compile(r"gloo|NCCL|Timed out|Connection (reset|closed|refused)|Broken pipe")
+_SOURCE_PREFIX = re.compile(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*")
 
 
 def wrap(
@@ -125,6 +168,28 @@ def gather_objects(obj: Any, ctx: Context) -> list[Any]:
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def check_same(values: Mapping[str, Any], ctx: Context, what: str) -> None:
+    """One collective: every rank's ``values`` must equal rank 0's, else every rank raises the
+    same :class:`RanksDiffer` line naming the first rank that differs and where."""
+    if not ctx.distributed:
+        return
+    everyone = gather_objects(dict(values), ctx)
+    first = everyone[0]
+    for rank, other in enumerate(everyone[1:], 1):
+        keys = sorted(set(first) | set(other))
+        diffs = [
+            f"{k}: rank 0 {first.get(k)!r}, rank {rank} {other.get(k)!r}"
+            for k in keys
+            if first.get(k) != other.get(k)
+        ]
+        if diffs:
+            raise RanksDiffer(f"{what}: rank {rank} differs from rank 0 ({'; '.join(diffs)})")
+
+
+class RanksDiffer(ValueError):
+    """The ranks of one run do not see the same run (one line naming the rank)."""
 
 
 def barrier(ctx: Context) -> None:

@@ -17,8 +17,8 @@ import torch
 
 import apollo_optim as optim
 
-from . import checkpoint, metrics
-from .distributed import Context, barrier, gather_objects, get_logger
+from . import checkpoint, metrics, preemption
+from .distributed import Context, barrier, check_same, gather_objects, get_logger
 from .lock import RunDirLock
 from .optimization import Training, restore_schedule
 
@@ -39,9 +39,19 @@ RESUMABLE_CHANGES = (
     "log_every",
     "keep_last",
     "compile",
+    "dist_timeout",
 )
 #: Config keys that may differ between a directory's finished results and a new run there.
-WHERE_KEYS = ("config", "device", "workers", "data_dir", "out_dir", "plugins", "compile")
+WHERE_KEYS = (
+    "config",
+    "device",
+    "workers",
+    "data_dir",
+    "out_dir",
+    "plugins",
+    "compile",
+    "dist_timeout",
+)
 #: Offset between the seeds of successive epochs when ranks are reseeded (a large prime).
 _EPOCH_SEED_STRIDE = 1_000_003
 
@@ -69,6 +79,7 @@ def _start(config, ctx, metric, mode, packages, also_resumable) -> Iterator[Run]
     out_dir = Path(config["out_dir"])
     lock = RunDirLock(out_dir)
     takeover = _on_main(ctx, lock.acquire)
+    preemption.install()
     try:
         run = Run(config, ctx, metric, mode)
         run._open(packages, also_resumable, takeover)
@@ -82,6 +93,7 @@ def _start(config, ctx, metric, mode, packages, also_resumable) -> Iterator[Run]
         finally:
             run._close()
     finally:
+        preemption.uninstall()
         if ctx.is_main:
             lock.release()
 
@@ -118,6 +130,7 @@ class Run:
         self.update = 0  # optimizer updates
         self.position = 0  # updates into the current epoch
         self.state: dict[str, Any] | None = None  # the checkpoint resumed from
+        self.stopping = False  # a stop signal was agreed on (engine.preemption)
         # what restore() was given, for snapshot() and the loop
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -134,23 +147,15 @@ class Run:
     def _open(
         self, packages: tuple[str, ...], also_resumable: tuple[str, ...], takeover: str | None
     ) -> None:
-        if self.checkpoint_path.exists():
-            state = checkpoint.load(self.checkpoint_path)
-            check_resumable(state["config"], self.config, self.checkpoint_path, also_resumable)
-            self._check_length(state)
-            ranks = len(state["ranks"])
-            if state["position"] and ranks != self.ctx.world_size:
-                raise ValueError(
-                    f"{self.checkpoint_path}: stopped mid-epoch with {ranks} rank(s); resume "
-                    f"it with the same number, not {self.ctx.world_size}"
-                )
-            self.state = state
-            self.history = list(state["history"])
-            self.epoch, self.update = int(state["epoch"]), int(state["update"])
-            self.position = int(state["position"])
-        else:
-            self._check_foreign_results()
-        self.diverged = self._earlier_divergence(also_resumable)
+        error = None
+        try:
+            self._read_state(also_resumable)
+            self.diverged = self._earlier_divergence(also_resumable)
+        except ValueError as exc:  # every rank learns of it below: none waits in a collective
+            if not self.ctx.distributed:
+                raise
+            error = " ".join(str(exc).split())
+        self._agree(error)
         self.log = get_logger(self.ctx, self.out_dir)
         if takeover:
             self.log.warning(takeover)
@@ -158,6 +163,53 @@ class Run:
             metrics.write_config(self.out_dir, self.config, self.ctx, packages)
             metrics.write_metrics(self.out_dir, self.history)  # the checkpoint's, after a crash
         self.writer = metrics.tensorboard(self.out_dir, self.ctx)
+
+    def _read_state(self, also_resumable: tuple[str, ...]) -> None:
+        if not self.checkpoint_path.exists():
+            self._check_foreign_results()
+            return
+        state = checkpoint.load(self.checkpoint_path)
+        check_resumable(state["config"], self.config, self.checkpoint_path, also_resumable)
+        self._check_length(state)
+        ranks = len(state["ranks"])
+        if state["position"] and ranks != self.ctx.world_size:
+            raise ValueError(
+                f"{self.checkpoint_path}: stopped mid-epoch with {ranks} rank(s); resume "
+                f"it with the same number, not {self.ctx.world_size}"
+            )
+        self.state = state
+        self.history = list(state["history"])
+        self.epoch, self.update = int(state["epoch"]), int(state["update"])
+        self.position = int(state["position"])
+
+    def _agree(self, error: str | None) -> None:
+        """Before anything is written, at every start: all ranks found the same run (config,
+        data fingerprint, checkpoint) in the run directory, which must therefore be shared."""
+        if not self.ctx.distributed:
+            return
+        errors = gather_objects(error, self.ctx)
+        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+        if failed:
+            rank, message = failed[0]
+            raise ValueError(message if rank == 0 else f"rank {rank}: {message}")
+        state = self.state
+        found = (
+            "no checkpoint"
+            if state is None
+            else f"checkpoint at epoch {state['epoch']} update {state['update']}, model sha256 "
+            f"{checkpoint.state_digest(state['model'])[:12]}"
+        )
+        check_same(
+            {
+                **{f"config.{k}": v for k, v in self.config.items()},
+                "run directory": found,
+                "diverged before": self.diverged,
+                "stop signals": preemption.installed(),
+            },
+            self.ctx,
+            f"{self.out_dir} (the run directory must be on a filesystem every node shares, and "
+            "every rank started with the same command)",
+        )
 
     def _check_length(self, state: Mapping[str, Any]) -> None:
         """A resume may lengthen or shorten the run only where that changes nothing done."""
@@ -316,13 +368,18 @@ class Run:
         """One optimizer update happened: count it; step a per-update schedule. ``loss`` (this
         update's training loss, or its micro-batches' losses, on the device) is watched for a
         non-finite value on the device, without waiting for it; :meth:`check_divergence` reads
-        what was seen."""
+        what was seen. Then a stop signal (:mod:`engine.preemption`): once the ranks agree on
+        one, the loop's next :meth:`checkpoint_due` is True, and a loop that does not
+        checkpoint mid-epoch stops at its next update."""
         if loss is not None:
             self._restored()._watch.add(loss)
         self.update += 1
         self.position += 1
         if self.config["schedule"]["unit"] == "update":
             self._restored().schedule.step()
+        if self.stopping:  # agreed one update ago and no checkpoint followed: keep the last one
+            self._stop(f"the last checkpoint (epoch {self.epoch}) is kept")
+        self.stopping = preemption.agreed(self.ctx, self.update)
 
     def check_divergence(self) -> bool:
         """Whether a training loss given to :meth:`update_done` was not finite (NaN, inf) on any
@@ -359,9 +416,11 @@ class Run:
         return f"epoch {self.epoch + 1} step {self.position}/{epoch_updates}"
 
     def checkpoint_due(self, epoch_updates: int) -> bool:
-        """Every ``checkpoint_every`` updates, except at the epoch's end (snapshotted anyway)."""
+        """Every ``checkpoint_every`` updates, and when a stop was agreed, except at the
+        epoch's end (snapshotted anyway)."""
         every = self.config.get("checkpoint_every") or 0
-        return every > 0 and self.update % every == 0 and self.position < epoch_updates
+        due = self.stopping or (every > 0 and self.update % every == 0)
+        return due and self.position < epoch_updates
 
     def epoch_done(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The epoch ended (at ``max_updates`` too): count it, step a per-epoch schedule, and
@@ -425,6 +484,15 @@ class Run:
                 checkpoint.save(self.checkpoint_path, state)
 
         _on_main(self.ctx, write)
+        if self.stopping:
+            self._stop(f"checkpoint written at epoch {self.epoch} update {self.update}")
+
+    def _stop(self, what: str) -> None:
+        cause = preemption.requested() or "another rank's signal"
+        self.log.warning(
+            f"stopped on {cause} at update {self.update}: {what}; the same command resumes"
+        )
+        raise preemption.Stopped()
 
     def record(self, line: str) -> None:
         """Publish the history: ``metrics.jsonl``, ``results.json``, the last record's

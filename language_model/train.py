@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     corpus = Corpus(config["data_dir"])
     try:
         config["data_fingerprint"] = data_fingerprint(corpus)
-        with distributed.process_group(config["device"]) as ctx:
+        with distributed.process_group(config["device"], config["dist_timeout"]) as ctx:
             return _train(config, ctx, corpus)
     finally:
         corpus.close()

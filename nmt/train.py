@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         if name != NO_BLEU:
             generation_options(config, name)
     config["data_fingerprint"] = data.fingerprint()  # a resume on other data is refused
-    with distributed.process_group(config["device"]) as ctx:
+    with distributed.process_group(config["device"], config["dist_timeout"]) as ctx:
         return _train(config, ctx, data)
 
 

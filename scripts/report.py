@@ -53,6 +53,7 @@ IGNORED_KEYS = (
     "workers",
     "device",
     "plugins",
+    "dist_timeout",
     "provenance",
     "earlier_starts",
 )

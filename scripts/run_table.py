@@ -40,7 +40,7 @@ from pathlib import Path
 
 from engine import cli
 from engine import config as cfg
-from scripts import sweep
+from scripts import slurm, sweep
 
 
 def _summary(results: dict) -> str:
@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument(
             "--no-report", action="store_true", help="skip the table and curves at the end"
         )
+        slurm.add_options(p, gpus=False)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     p, script, rest = sweep.script_parser(argv, "run_table", __doc__, options)
@@ -114,12 +115,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         for job in runs
         if (cmd := sweep.evaluation_args(table["task"], [job.run_dir], data_dir=None, gpus=0))
     ]
-    if args.dry_run:
+    folder = Path(args.out_dir, table.get("table", path.stem))
+    if args.dry_run and args.launcher == "local":
         for command in [job.command for job in runs] + [cmd for cmd, _ in evaluate]:
             print(shlex.join(command))
         return
     start = time.perf_counter()
-    train(runs, path, args.jobs)
+    if args.launcher == "slurm":  # the same runs as SLURM array tasks, waited for
+        args.gpus_per_run = 0
+        failed = slurm.launch(runs, args, folder, dry_run=args.dry_run, wait=True)
+        if args.dry_run:
+            return
+        if failed:
+            raise ValueError(f"{failed} run(s) failed: python -m scripts.status {folder}")
+    else:
+        train(runs, path, args.jobs)
     if evaluate:
         print(f"evaluating {len(evaluate)} runs", flush=True)
         _pool_map(evaluate, args.jobs, lambda run_dir, error, seconds: _stop_on(error, run_dir))
@@ -127,7 +137,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         from scripts import report
 
         print(flush=True)
-        folder = Path(args.out_dir, table.get("table", path.stem))
         report.main([str(folder)])
     print(f"total: {time.perf_counter() - start:.0f} s")
 

@@ -46,7 +46,7 @@ from typing import Any
 
 from engine import cli
 from engine import config as cfg
-from scripts import gpu_slots
+from scripts import gpu_slots, slurm
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -411,6 +411,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             metavar="N",
             help="N runs side by side on each GPU (scripts/gpu_slots.py)",
         )
+        slurm.add_options(p)
+        p.add_argument(
+            "--wait", action="store_true", help="with --launcher slurm: until every run ends"
+        )
 
     p, script, rest = script_parser(
         list(sys.argv[1:] if argv is None else argv), "sweep", __doc__, options
@@ -418,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(rest)
     path = table_file(args, p.prog, script)
     table = cfg.load_table(path)
+    if args.launcher == "slurm":
+        launch_on_slurm(args, path, table)
+        return
     # a dry run may print the commands of another machine: its --gpus is not checked here
     gpus, where = gpus_per_run(args.gpus, check=not args.dry_run)
     jobs = plan_parsed(args, path, gpus=gpus, data_dir=args.data_dir)
@@ -443,6 +450,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = subprocess.run(evaluate).returncode
         if code:
             sys.exit(code if 0 < code < 128 else 1)
+
+
+def launch_on_slurm(args: argparse.Namespace, path: Path, table: dict[str, Any]) -> None:
+    """The table as a SLURM job array (``scripts.slurm``); the GPUs are the cluster's, not
+    this machine's. An evaluation entry point is left to run once the runs are done."""
+    if args.jobs_per_gpu is not None:
+        raise ValueError("--jobs-per-gpu runs on this machine; not with --launcher slurm")
+    gpus = args.gpus_per_run if args.gpus_per_run is not None else args.gpus
+    gpus = 1 if gpus is None else gpus
+    if gpus < 0:
+        raise ValueError(f"--gpus-per-run must be >= 0, got {gpus}")
+    jobs = plan_parsed(args, path, gpus=min(gpus, 1))  # SLURM starts the ranks: no torchrun
+    folder = Path(args.out_dir, table.get("table", path.stem))
+    failed = slurm.launch(jobs, args, folder, dry_run=args.dry_run, wait=args.wait)
+    if failed:
+        raise ValueError(f"{failed} run(s) failed: python -m scripts.status {shown(folder)}")
+    out = folder / table.get("paper_version", "current")
+    evaluate = evaluation_args(table["task"], [out], data_dir=args.data_dir, gpus=1)
+    if evaluate:
+        command = shlex.join(["python", "-m", f"{table['task']}.evaluate", *evaluate])
+        print(f"once every run has finished, evaluate them: {command}", flush=True)
 
 
 def run_jobs(jobs: Sequence[Job], args: argparse.Namespace, gpus: int, prog: str) -> None:
