@@ -65,9 +65,27 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         _fsync_dir(path.parent)
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {exc.strerror or exc} (nothing replaced)") from None
+    except RuntimeError as exc:  # torch.save's writer: "[enforce fail at inline_container.cc..."
+        cause = _os_error(exc)
+        if cause is None and "inline_container" not in str(exc):
+            raise
+        why = (cause.strerror or str(cause)) if cause is not None else str(exc)
+        raise WriteError(f"cannot write {path}: {why} (nothing replaced)") from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (torch.save reports a failed write, such as a full disk, as
+    a RuntimeError raised while the OSError is handled), if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:

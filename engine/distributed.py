@@ -206,6 +206,26 @@ def split_batch(global_batch: int, ctx: Context) -> int:
     return global_batch // ctx.world_size
 
 
+class RunLogFile(logging.FileHandler):
+    """``train.log``: a write that fails (a full disk) stops the run with one line naming the
+    file, instead of logging's traceback on stderr and a run that goes on unlogged."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            raise _write_error(Path(self.baseFilename), exc) from None
+        super().handleError(record)
+
+
+def _write_error(path: Path, exc: OSError) -> ValueError:
+    from .checkpoint import WriteError  # torch-free import of this module stays cheap
+
+    return WriteError(f"cannot write {path}: {exc.strerror or exc}")
+
+
 def get_logger(
     ctx: Context, out_dir: str | Path | None = None, name: str = "run"
 ) -> logging.Logger:
@@ -219,8 +239,12 @@ def get_logger(
     fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if out_dir is not None and ctx.is_main:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(out_dir) / "train.log", encoding="utf-8"))
+        path = Path(out_dir) / "train.log"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(RunLogFile(path))
+        except OSError as exc:
+            raise _write_error(path, exc) from None
     for h in handlers:
         h.setFormatter(fmt)
         logger.addHandler(h)

@@ -52,8 +52,14 @@ class RunDirLock:
                 "or pick another --out-dir"
             ) from None
         previous = _read_holder(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError as exc:  # a full disk
+            os.close(fd)  # and with it the lock
+            raise WriteError(
+                f"cannot write to run directory {self.folder}: {exc.strerror or exc}"
+            ) from None
         self.fd = fd
         clean_temp_files(self.folder)
         if previous != "unknown":  # a clean release empties the file: its holder was killed

@@ -17,6 +17,7 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write, state_digest
+from .checkpoint import WriteError, atomic_write, state_digest
 from .distributed import Context, gather_objects
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -305,13 +306,60 @@ class NullWriter:
     def close(self) -> None: ...
 
 
+class EventWriter:
+    """TensorBoard's ``SummaryWriter`` on a run's ``tb/`` folder, whose failed writes (a full
+    disk) are one :class:`WriteError` naming the folder.
+
+    The SummaryWriter writes from a thread of its own, which hands a write's OSError to the
+    run's next call (raised here as the WriteError) and also prints it as a traceback; while
+    the writer is open, that print is left out (``threading.excepthook``, for those threads'
+    OSErrors only).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # slow import: only when a run starts
+
+        self.folder = folder
+        self._hook = threading.excepthook
+        threading.excepthook = _quiet_writer_threads(self._hook)
+        self._writer = self._call(SummaryWriter, log_dir=str(folder))
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            raise WriteError(f"cannot write {self.folder}: {exc.strerror or exc}") from None
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._call(self._writer.add_scalar, tag, value, step)
+
+    def flush(self) -> None:
+        self._call(self._writer.flush)
+
+    def close(self) -> None:
+        try:
+            self._call(self._writer.close)
+        finally:
+            threading.excepthook = self._hook
+
+
+def _quiet_writer_threads(previous: Any) -> Any:
+    def hook(args: Any) -> None:
+        if (
+            isinstance(args.exc_value, OSError)
+            and type(args.thread).__name__ == "_AsyncWriterThread"
+        ):
+            return  # the run reports it
+        previous(args)
+
+    return hook
+
+
 def tensorboard(out_dir: str | Path, ctx: Context) -> Any:
-    """A TensorBoard ``SummaryWriter`` on ``out_dir/tb`` for rank 0, a no-op writer elsewhere."""
+    """An :class:`EventWriter` on ``out_dir/tb`` for rank 0, a no-op writer elsewhere."""
     if not ctx.is_main:
         return NullWriter()
-    from torch.utils.tensorboard import SummaryWriter  # slow import: only when a run starts
-
-    return SummaryWriter(log_dir=str(Path(out_dir) / "tb"))
+    return EventWriter(Path(out_dir) / "tb")
 
 
 def log_scalars(

@@ -82,16 +82,18 @@ def _start(config, ctx, metric, mode, packages, also_resumable) -> Iterator[Run]
     preemption.install()
     try:
         run = Run(config, ctx, metric, mode)
-        run._open(packages, also_resumable, takeover)
         try:
+            run._open(packages, also_resumable, takeover)
             with warnings.catch_warnings():
                 # A run steps the schedule while Apollo's/AdaHessian's own warmup still runs
                 # (500 updates > one CIFAR epoch): the paper's rule, reproduced on purpose, so
                 # the warning meant for other training stacks is silent while a run trains.
                 warnings.filterwarnings("ignore", category=optim.WarmupLRWarning)
                 yield run
-        finally:
-            run._close()
+        except BaseException:
+            run._close(quiet=True)  # the error that stopped the run is the one to report
+            raise
+        run._close()
     finally:
         preemption.uninstall()
         if ctx.is_main:
@@ -269,11 +271,24 @@ class Run:
         allowed -= {"epochs", "max_updates", "max_steps_per_epoch"}
         return None if config_diffs(saved, self.config, allowed) else dict(results["diverged"])
 
-    def _close(self) -> None:
-        self.writer.close()
-        for handler in list(self.log.handlers):  # a worker runs many runs: no open files left
-            handler.close()
+    def _close(self, quiet: bool = False) -> None:
+        """Close TensorBoard's writer and the log files (a worker runs many runs: no open file
+        is left). A failed write (a full disk) is a WriteError, unless ``quiet`` (closing after
+        another error, the one to report)."""
+        closers = [self.writer.close]
+        for handler in list(self.log.handlers):
             self.log.removeHandler(handler)
+            closers.append(handler.close)
+        failed: OSError | None = None
+        for close in closers:
+            try:
+                close()
+            except OSError as exc:
+                failed = failed or exc
+        if failed is not None and not quiet:
+            raise checkpoint.WriteError(
+                f"cannot write to {self.out_dir}: {failed.strerror or failed}"
+            ) from None
 
     # -- resume ---------------------------------------------------------------------------
     def restore(self, training: Training) -> dict[str, Any]:
