@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.lock import RunDirLock
 from nmt.ding import sentence_pairs, write_corpus
 from tests.nmt.conftest import PAIRS, TEST, write_pairs
 from tests.scripts.conftest import ENV, REPO
@@ -77,19 +78,44 @@ def test_demo_trains_evaluates_prints_bleu_and_reruns_as_done(tmp_path: Path) ->
     first = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     table = [line for line in first.stdout.splitlines() if line.startswith("| ")]
-    assert [line.split("|")[1].strip() for line in table] == ["Method", "Adam", "Apollo"]
+    assert [line.split("|")[1].strip() for line in table] == ["row", "Adam", "Apollo"]
+    assert table[0] == (
+        "| row | seeds | valid loss | valid ppl | test BLEU (tokenized, compound-split) "
+        "| sacreBLEU |"
+    )  # the columns nmt/README.md shows
+    assert "test BLEU of the last epoch's checkpoint after 1 epochs (2 updates)" in first.stdout
     for row in ("Adam", "Apollo"):
         run = _run_dir(out, row)
         results = json.loads((run / "results.json").read_text())
         assert results["finished"] and results["updates_completed"] == 2
         assert results["metric"] == "bleu" and 0.0 <= results["final"]["bleu"] <= 100.0
         assert (run / "test.paper.detok.txt").read_text(encoding="utf-8").count("\n") == 6
-        assert f"  {row}: epoch 1 update 2/2" in first.stdout  # its last epoch line
+        assert f"  {row}/recipe/seed1: epoch 1 update 2/2" in first.stdout  # its epoch line
+        bleu = f"{results['final']['bleu']:.2f} | {results['final']['sacrebleu']:.2f} |"
+        assert next(line for line in table if line.startswith(f"| {row} |")).endswith(bleu)
 
     again = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "up to date" in again.stdout  # the data is not rebuilt
     assert [line for line in again.stdout.splitlines() if line.startswith("| ")] == table
+
+
+def test_demo_checks_its_options_before_preparing_data(tmp_path: Path) -> None:
+    for bad, why in (("--rows", "Foo"), ("--max-updates", "-3"), ("--jobs", "0")):
+        cmd, out = _demo(tmp_path, bad, why)
+        proc = subprocess.run(
+            cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stdout == "" and not out.exists()  # no data prepared, no run folder made
+
+
+def test_demo_help_is_its_header_and_the_table_options(tmp_path: Path) -> None:
+    cmd = ["bash", str(REPO / "scripts" / "nmt_demo.sh"), "--help"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "set -euo" not in proc.stdout
+    assert "--corpus PREFIX and --cache DIR are this script's own options" in proc.stdout
+    assert "--max-updates" in proc.stdout and "--jobs" in proc.stdout
 
 
 def test_demo_refuses_a_missing_corpus(tmp_path: Path) -> None:
@@ -127,18 +153,7 @@ def test_ctrl_c_stops_the_training_processes_too(tmp_path: Path) -> None:
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "the same command resumes" in stderr
-    time.sleep(1)
-    assert not _processes_with(str(out)), "training processes outlived the script"
-
-
-def _processes_with(text: str) -> list[str]:
-    """Command lines of this machine's live processes that contain ``text``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # ended meanwhile
-            continue
-        if "nmt.train" in args and text in args:
-            found.append(args)
-    return found
+    for row in ("Adam", "Apollo"):  # a training process holds its run's lock while it lives
+        lock = RunDirLock(_run_dir(out, row))
+        lock.acquire()  # RunDirBusy if one outlived the script (a killed one's lock is free)
+        lock.release()
