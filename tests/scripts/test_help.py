@@ -86,21 +86,7 @@ def test_module_help(module: str, monkeypatch, capsys) -> None:
     check(text, wide, f"python -m {module}")
 
 
-@pytest.mark.parametrize(
-    "script",
-    [
-        pytest.param(
-            script,
-            marks=pytest.mark.xfail(
-                reason="nmt_demo.sh prints its header, not an argparse help, until it is a "
-                "one-line exec of scripts.run_table as the other table scripts are"
-            ),
-        )
-        if script == "nmt_demo.sh"
-        else script
-        for script in SCRIPTS
-    ],
-)
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_script_help(script: str) -> None:
     check(script_help(script, 80), script_help(script, 200), f"bash scripts/{script}")
 
