@@ -10,4 +10,5 @@ SCHEMA = {
     "eval_batch_size": int,
     "augmentation": dict,
     "data_pipeline": str,  # auto, device or loader: see classification.data.pipeline
+    "sync_bn": bool,  # BatchNorm statistics over all ranks (torch's SyncBatchNorm), not per rank
 }

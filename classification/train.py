@@ -152,6 +152,22 @@ def memory_format(device: torch.device, amp_mode: str) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def sync_batchnorm(model: torch.nn.Module, config: dict[str, Any], ctx: distributed.Context) -> str:
+    """``sync_bn``: under DDP each rank normalises by its own batch's statistics (the paper's
+    32 images per GPU, not 256) unless the BatchNorm layers become ``torch.nn.SyncBatchNorm``
+    (in place: the optimizer's parameters stay the same objects), which needs CUDA. Returns
+    what the log says."""
+    if not config["sync_bn"] or not ctx.distributed:
+        return "BatchNorm statistics per rank" if ctx.distributed else "BatchNorm"
+    if ctx.device.type != "cuda":
+        raise ValueError(
+            f"{config['config']}: sync_bn=true needs --device cuda (torch's SyncBatchNorm "
+            "does not run on the CPU); sync_bn=false normalises per rank"
+        )
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return "SyncBatchNorm over all ranks"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The entry point; returns ``results.json``'s content on rank 0."""
     config, print_only = cli.parse_run_args("python -m classification.train", __doc__, SCHEMA, argv)
@@ -185,6 +201,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
         ),
     )
     model, optimizer, spec = training.model, training.optimizer, training.spec
+    batchnorm = sync_batchnorm(model, config, ctx)  # new layers: before any hook on them
     if config["amp"] == "fp16" and spec.needs_create_graph:
         amp.batchnorm_in_float32(model)  # else every Hessian estimate is NaN (see engine.amp)
     mode, compile_note = compiling.compile_mode(config["compile"], spec.needs_create_graph)
@@ -202,6 +219,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
             f"data pipeline {pipeline(config, ctx.device)}",
             f"compile {mode}",
             "channels_last" if fmt == torch.channels_last else "NCHW",
+            batchnorm,
         )
         while not run.finished:
             sampler.set_epoch(run.epoch)

@@ -18,6 +18,7 @@ import torch
 import apollo_optim as optim
 
 from . import checkpoint, metrics, preemption
+from .config import LATER_KEYS
 from .distributed import Context, barrier, check_same, gather_objects, get_logger
 from .lock import RunDirLock
 from .optimization import Training, restore_schedule
@@ -593,8 +594,10 @@ def schedule_sized_by(config: Mapping[str, Any]) -> str | None:
 def config_diffs(
     saved: Mapping[str, Any], config: Mapping[str, Any], allowed: Iterable[str]
 ) -> list[str]:
-    """``key: old -> new`` for every key outside ``allowed`` that differs."""
+    """``key: old -> new`` for every key outside ``allowed`` that differs (a key ``saved``
+    lacks that :data:`engine.config.LATER_KEYS` names compares as its value there)."""
     allowed = set(allowed)
+    saved = {**{k: v for k, v in LATER_KEYS.items() if k in config}, **saved}
     return [
         f"{k}: {saved.get(k)!r} -> {config.get(k)!r}"
         for k in sorted(set(saved) | set(config))

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import cli
+from engine import config as cfg
 from scripts import paper_results
 from scripts.plot_curves import LOSS_KEYS, METRIC_NAMES
 
@@ -210,13 +211,16 @@ def _flat(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def fingerprint(config: Mapping[str, Any]) -> str:
     """What makes two runs the same experiment: the config without the keys seeds may differ in."""
+    # a key a run written before it existed lacks counts as the value it had then
+    config = {**cfg.LATER_KEYS, **config}
     kept = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
     return json.dumps(kept, sort_keys=True, default=str)
 
 
 def _difference(config: Mapping[str, Any], reference: Mapping[str, Any]) -> str:
     ours, theirs = (
-        _flat({k: v for k, v in c.items() if k not in IGNORED_KEYS}) for c in (config, reference)
+        _flat({k: v for k, v in {**cfg.LATER_KEYS, **c}.items() if k not in IGNORED_KEYS})
+        for c in (config, reference)
     )
     keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     shown = [f"{k}={ours.get(k)!r} (others: {theirs.get(k)!r})" for k in keys[:3]]
