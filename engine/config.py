@@ -110,7 +110,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
 #: Keys added to run configs after run directories were first written, with the value a run
 #: written before had in effect: a saved config without the key compares as this value (a
 #: resume, ``scripts.report``'s grouping), so older runs stay resumable and comparable.
-LATER_KEYS: dict[str, Any] = {"dist_timeout": 30.0, "sync_bn": False}
+LATER_KEYS: dict[str, Any] = {"sync_bn": False}
 
 #: Keys of the ``schedule`` section; all but ``name`` and ``unit`` go to ``optim.Schedule``.
 SCHEDULE_SCHEMA: dict[str, TypeSpec] = {
