@@ -79,7 +79,7 @@ def test_every_row_is_the_recipe_and_builds(table, row):
     assert c["max_updates"] == 500000 and c["epochs"] is None
     assert (c["max_tokens"], c["tokens_per_update"], c["clip"]) == (8192, 65536, 1.0)
     assert (c["label_smoothing"], c["amp"]) == (0.1, "none")
-    assert (c["checkpoint_every"], c["keep_last"], c["average_last"]) == (5000, 10, 10)
+    assert (c["checkpoint_every"], c["keep_last"], c["average_last"]) == (1000, 10, 10)
     assert c["model"] == {
         "embed_dim": 512,
         "ffn_dim": 2048,
