@@ -461,7 +461,8 @@ def launch_on_slurm(args: argparse.Namespace, path: Path, table: dict[str, Any])
     gpus = 1 if gpus is None else gpus
     if gpus < 0:
         raise ValueError(f"--gpus-per-run must be >= 0, got {gpus}")
-    jobs = plan_parsed(args, path, gpus=min(gpus, 1))  # SLURM starts the ranks: no torchrun
+    # SLURM starts the ranks: no torchrun
+    jobs = plan_parsed(args, path, gpus=min(gpus, 1), data_dir=args.data_dir)
     folder = Path(args.out_dir, table.get("table", path.stem))
     failed = slurm.launch(jobs, args, folder, dry_run=args.dry_run, wait=args.wait)
     if failed:

@@ -90,6 +90,7 @@ def test_dry_run_shows_the_sbatch_script_and_each_task() -> None:
     cmd += ["--gpus-per-run", "8", "--nodes-per-run", "2", "--time", "2-00:00:00"]
     cmd += ["--partition", "gpu", "--account", "lab", "--qos", "high", "--mem", "480G"]
     cmd += ["--array-parallelism", "1", "--sbatch", "constraint=a100", "--sbatch", "exclusive"]
+    cmd += ["--data-dir", "/shared/imagenet"]
     out = _run(cmd, None)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -116,6 +117,7 @@ def test_dry_run_shows_the_sbatch_script_and_each_task() -> None:
     tasks = [line for line in lines if line.startswith("# task ")]
     assert len(tasks) == 2 and "-m classification.train --config" in tasks[0]
     assert "--row SGD --schedule cosine --seed 1" in tasks[0] and "torchrun" not in tasks[0]
+    assert tasks[0].endswith("--data-dir /shared/imagenet --device cuda")
     assert not (ROOT / "runs" / "imagenet" / ".submitit").exists()  # nothing written
 
 
