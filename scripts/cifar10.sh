@@ -11,6 +11,8 @@
 #   bash scripts/cifar10.sh --data-dir data/cifar10 -- amp=bf16      # overrides for every run
 #   bash scripts/cifar10.sh --data-dir data/cifar10 --jobs-per-gpu 4 -- --compile reduce-overhead
 #                                                # 4 runs side by side per GPU: docs/performance.md
+#   bash scripts/cifar10.sh --data-dir /shared/cifar10 --launcher slurm --time 12:00:00
+#                                            # a SLURM job array, one task per run: docs/cluster.md
 #
 # Then: python -m scripts.report runs/cifar10    (the table; written to runs/cifar10/report/)
 set -euo pipefail

@@ -9,6 +9,8 @@
 #   bash scripts/imagenet.sh --version v1 --gpus 8 --data-dir data/imagenet  # the first version
 #   bash scripts/imagenet.sh --rows SGD,Apollo --schedules cosine --seed-list 1,101 --dry-run
 #   bash scripts/imagenet.sh --gpus 8 --data-dir data/imagenet -- amp=bf16   # for every run
+#   bash scripts/imagenet.sh --gpus 8 --data-dir /shared/imagenet --launcher slurm --time 2-00:00:00
+#                                            # a SLURM job array, one task per run: docs/cluster.md
 #
 # Then: python -m scripts.report runs/imagenet   (the table; written to runs/imagenet/report/)
 set -euo pipefail

@@ -13,6 +13,8 @@
 #   bash scripts/lm1b.sh --version v1 --data-dir data/lm1b.lmdb     # the first paper version
 #   bash scripts/lm1b.sh --rows Adam,Apollo --seed-list 1,101 --dry-run
 #   bash scripts/lm1b.sh --data-dir data/lm1b.lmdb -- amp=bf16      # overrides for every run
+#   bash scripts/lm1b.sh --data-dir /shared/lm1b.lmdb --launcher slurm --time 2-00:00:00
+#                                            # a SLURM job array, one task per run: docs/cluster.md
 #
 # Then: python -m scripts.report runs/lm1b      (the table; written to runs/lm1b/report/)
 set -euo pipefail

@@ -9,6 +9,7 @@
 #   bash scripts/quickstart.sh --rows SGD,Apollo --seeds 1 --epochs 3     # a smoke test
 #   bash scripts/quickstart.sh --config my_table.yaml --plugin my_optimizer.py --rows MyOpt
 #                                                       # your optimizer: docs/adding_an_optimizer.md
+#   bash scripts/quickstart.sh --launcher slurm --time 30  # as a SLURM job array: docs/cluster.md
 #
 # Each run is `python -m classification.train --config configs/quickstart.yaml --row ROW
 # --schedule cosine --seed N --device cpu` (--dry-run prints them; configs/quickstart.yaml states

@@ -14,6 +14,8 @@
 #   bash scripts/wmt14.sh --version v1 --gpus 8 --data-dir data/wmt14_en_de   # the first version
 #   bash scripts/wmt14.sh --rows Adam,Apollo --seed-list 1,11 --dry-run
 #   bash scripts/wmt14.sh --gpus 8 --data-dir data/wmt14_en_de -- amp=bf16    # for every run
+#   bash scripts/wmt14.sh --gpus 8 --data-dir /shared/wmt14_en_de --launcher slurm --time 2-00:00:00
+#                                            # a SLURM job array, one task per run: docs/cluster.md
 #
 # Then: python -m scripts.report runs/wmt14     (the table; written to runs/wmt14/report/)
 set -euo pipefail
