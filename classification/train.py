@@ -13,7 +13,7 @@ own warmup for Apollo/AdaHessian; ``update_freq`` micro-batches per update), eva
 top-1/top-5 on the test (val) set, step the epoch-based schedule, then write the checkpoint,
 ``metrics.jsonl`` and ``results.json`` (``engine.run``). Re-running the same command resumes
 from the last epoch's checkpoint (this task checkpoints at epoch ends only). Metrics are summed
-on the device and read once per epoch.
+on the device and read at log points (every ``log_every`` updates) and epoch ends only.
 
 Speed (docs/performance.md): on CUDA, CIFAR is held and augmented on the GPU
 (``data_pipeline: auto``; ``classification.device_data``), mixed precision trains in
@@ -97,16 +97,20 @@ def train_one_epoch(
             meter.add(
                 loss=loss.detach().double() * target.numel(), correct1=c1, count=target.numel()
             )
+        norm = amp.grad_norm(ddp_model.parameters(), run.scaler) if run.log_next() else None
         amp.step(run.optimizer, run.scaler)
         run.update_done(losses)
-        if run.log_due():
-            s = meter.read(ctx)
-            run.log.info(
-                f"{run.step_label(n)} train loss {s['loss'] / s['count']:.4f} acc "
-                f"{100.0 * s['correct1'] / s['count']:.2f} lr "
-                f"{run.optimizer.param_groups[0]['lr']:.3g}"
+        if run.log_due():  # the updates since the last log point
+            w = meter.read_window(ctx)
+            run.log_progress(
+                n,
+                loss=w["loss"] / w["count"],
+                samples=w["count"],
+                unit="images",
+                grad_norm=norm,
+                acc=100.0 * w["correct1"] / w["count"],
             )
-            if run.check_divergence():
+            if run.diverged:
                 break
     run.optimizer.zero_grad(set_to_none=True)  # frees the graph create_graph kept alive
     sums = meter.read(ctx)

@@ -72,6 +72,19 @@ def backward(
     (scaler.scale(loss) if scaler is not None else loss).backward(create_graph=create_graph)
 
 
+@torch.no_grad()
+def grad_norm(
+    parameters: Iterable[torch.nn.Parameter], scaler: torch.amp.GradScaler | None = None
+) -> torch.Tensor:
+    """The total 2-norm of the parameters' gradients, without the loss scale (a 0-d tensor on
+    their device; reading it waits for the GPU, so the caller decides when)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return norm / scaler.get_scale() if scaler is not None else norm
+
+
 def step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,

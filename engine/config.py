@@ -79,7 +79,7 @@ COMMON_SCHEMA: dict[str, TypeSpec] = {
     "update_freq": int,  # micro-batches per update (gradient accumulation)
     "checkpoint_every": int,  # updates between mid-epoch checkpoints (0: epoch ends only)
     "keep_last": int,  # epoch checkpoints kept beside checkpoint.pt (0: none)
-    "log_every": int,  # updates between progress log lines (0: none)
+    "log_every": int,  # updates between log points: a log line, TensorBoard scalars (0: none)
     "device": str,
     "amp": str,
     "data_dir": (str, type(None)),
@@ -98,7 +98,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "update_freq": 1,
     "checkpoint_every": 0,
     "keep_last": 0,
-    "log_every": 0,
+    "log_every": 100,
     "data_dir": None,
     "out_dir": None,
     "compile": "none",

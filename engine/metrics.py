@@ -245,6 +245,8 @@ class Meter:
         self.sums: dict[str, torch.Tensor] = {}
         for k, v in (initial or {}).items():
             self.sums[k] = torch.tensor(float(v), dtype=torch.float64, device=device)
+        self._initial = {k: v.clone() for k, v in self.sums.items()}
+        self._last: dict[str, float] | None = None  # the sums at the last read_window
 
     def add(self, **values: torch.Tensor | float) -> None:
         for k, v in values.items():
@@ -258,11 +260,30 @@ class Meter:
         """The sums over every rank, as Python floats (one device-to-host copy)."""
         if not self.sums:
             return {}
-        stacked = torch.stack(list(self.sums.values()))
+        return dict(zip(self.sums, self._reduced(list(self.sums.values()), ctx), strict=True))
+
+    def read_window(self, ctx: Context) -> dict[str, float]:
+        """What was added since the previous :meth:`read_window` (the first time: since the
+        meter was made, its ``initial`` sums left out), over every rank; one host copy."""
+        keys = list(self.sums)
+        if self._last is None:  # the initial sums, reduced over the ranks with the first read
+            base = [self._initial.get(k, torch.zeros_like(self.sums[k])) for k in keys]
+            values = self._reduced([*self.sums.values(), *base], ctx)
+            now, before = values[: len(keys)], dict(zip(keys, values[len(keys) :], strict=True))
+        else:
+            now, before = self._reduced(list(self.sums.values()), ctx), self._last
+        self._last = dict(zip(keys, now, strict=True))
+        return {k: v - before.get(k, 0.0) for k, v in self._last.items()}
+
+    @staticmethod
+    def _reduced(tensors: list[torch.Tensor], ctx: Context) -> list[float]:
+        if not tensors:
+            return []
+        stacked = torch.stack(tensors)
         if ctx.distributed:
             stacked = stacked.to(ctx.device if ctx.device.type == "cuda" else "cpu")
             torch.distributed.all_reduce(stacked)
-        return dict(zip(self.sums, stacked.tolist(), strict=True))
+        return stacked.tolist()
 
     def local(self) -> dict[str, float]:
         """This rank's sums as Python floats (what a mid-epoch checkpoint stores)."""

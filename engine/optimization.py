@@ -81,6 +81,29 @@ def build_optimizer(
         raise ValueError(f"optimizer {spec.name!r}: {exc}") from None
 
 
+def applied_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate the optimizer's last step applied to its first parameter group.
+
+    Apollo and AdaHessian warm up inside the optimizer: for their first ``warmup`` steps they
+    apply ``init_lr + (base_lr - init_lr) * t / warmup`` at step count t, whatever the group's
+    ``lr`` (a schedule's) says, and a group at lr 0 does not move. Other optimizers apply the
+    group's ``lr``. Read from the group and the optimizer's step count (a host read where the
+    count lives on a GPU: call it at log points).
+    """
+    group = optimizer.param_groups[0]
+    lr = float(group["lr"])
+    warmup = group.get("warmup") or 0
+    if warmup <= 0 or lr == 0 or group.get("base_lr") is None or group.get("init_lr") is None:
+        return lr
+    states = (optimizer.state.get(p) or {} for p in group["params"])  # get: adds no entry
+    counts = (state["step"] for state in states if "step" in state)
+    t = max(int(next(counts, 0)) - 1, 0)  # the count before the last step
+    if t >= warmup:
+        return lr
+    init, base = float(group["init_lr"]), float(group["base_lr"])
+    return init + (base - init) * t / warmup
+
+
 def build_schedule(optimizer: torch.optim.Optimizer, config: Mapping[str, Any]) -> optim.Schedule:
     """``optim.Schedule`` for the run config's ``schedule`` section.
 

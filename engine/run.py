@@ -6,8 +6,10 @@ docs/run_directory.md describes the directory, its rules and a loop's calls in o
 from __future__ import annotations
 
 import contextlib
+import datetime
 import itertools
 import logging
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +23,7 @@ from . import checkpoint, metrics, preemption
 from .config import LATER_KEYS
 from .distributed import Context, barrier, check_same, gather_objects, get_logger
 from .lock import RunDirLock
-from .optimization import Training, restore_schedule
+from .optimization import Training, applied_lr, restore_schedule
 
 T = TypeVar("T")
 
@@ -145,6 +147,9 @@ class Run:
         self.diverged: dict[str, int] | None = None
         self._watch: metrics.FiniteWatch | None = None
         self._watch_from = 0  # the update count when the watch started
+        # for log points: (time, update) when this process started training, and when the
+        # current window of updates (since the last log point) started
+        self._began = self._window = (time.perf_counter(), 0)
 
     # -- opening --------------------------------------------------------------------------
     def _open(
@@ -305,6 +310,7 @@ class Run:
         )
         model, optimizer, schedule, scaler = self._parts()
         self._watch, self._watch_from = metrics.FiniteWatch(self.ctx.device), self.update
+        self._began = self._window = (time.perf_counter(), self.update)
         state = self.state
         if state is None:
             return {}
@@ -373,6 +379,7 @@ class Run:
     def epoch_updates(self, available: int) -> int:
         """How many updates this epoch has: ``available`` (what the data holds), capped by
         ``max_steps_per_epoch`` and by the updates left before ``max_updates``."""
+        self._window = (time.perf_counter(), self.update)  # an epoch's training starts
         n = available
         if self.config.get("max_steps_per_epoch"):
             n = min(n, self.config["max_steps_per_epoch"])
@@ -426,6 +433,68 @@ class Run:
         reading the device's running sums is fine."""
         every = self.config.get("log_every") or 0
         return every > 0 and self.position % every == 0
+
+    def log_next(self) -> bool:
+        """Whether the update being made ends at a log point: before its step, a loop can
+        measure there what it logs after it (the gradient norm)."""
+        every = self.config.get("log_every") or 0
+        return every > 0 and (self.position + 1) % every == 0
+
+    def log_progress(
+        self,
+        epoch_updates: int,
+        *,
+        loss: float,
+        samples: float,
+        unit: str,
+        grad_norm: torch.Tensor | float | None = None,
+        **values: float,
+    ) -> None:
+        """A log point (see docs/run_directory.md, "Watching a run"): the training ``loss``
+        over the updates since the previous log point and the task's ``values`` (accuracy,
+        perplexity), the lr the optimizer applied (:func:`engine.optimization.applied_lr`),
+        the gradient norm, the throughput (``samples`` ``unit`` in that time, every rank's),
+        elapsed time and ETA, as one log line and as TensorBoard scalars ``train/...`` at this
+        update; then :meth:`check_divergence`."""
+        now = time.perf_counter()
+        (tic, first), self._window = self._window, (now, self.update)
+        seconds = max(now - tic, 1e-9)
+        per_update = seconds / max(self.update - first, 1)  # this window's pace
+        norm = None if grad_norm is None else float(grad_norm)
+        scalars = {
+            "loss": loss,
+            **values,
+            "lr": applied_lr(self.optimizer),
+            "grad_norm": norm,
+            f"{unit}_per_s": samples / seconds,
+        }
+        for name, value in scalars.items():
+            if value is not None:
+                self.writer.add_scalar(f"train/{name}", value, self.update)
+        began, updates_then = self._began
+        done = self.update - updates_then
+        overall = (now - began) / done if done else per_update  # evaluations included
+        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        self.log.info(
+            f"{self.step_label(epoch_updates)} (update {self.update}) | loss {loss:.4f}"
+            f"{' ' + shown if shown else ''} | lr {scalars['lr']:.3g}"
+            + (f" | grad norm {norm:.4g}" if norm is not None else "")
+            + f" | {scalars[f'{unit}_per_s']:,.0f} {unit}/s | elapsed {_clock(now - began)}, "
+            f"ETA epoch {_clock((epoch_updates - self.position) * per_update)}, run "
+            f"{_clock(self._updates_left(epoch_updates) * overall)}"
+        )
+        self.check_divergence()
+
+    def _updates_left(self, epoch_updates: int) -> int:
+        """Updates until the run's end, if later epochs are as long as this one."""
+        c, left = self.config, epoch_updates - self.position
+        if c.get("epochs") is not None:
+            left += max(c["epochs"] - self.epoch - 1, 0) * epoch_updates
+            if c.get("max_updates") is not None:
+                left = min(left, c["max_updates"] - self.update)
+        elif c.get("max_updates") is not None:
+            left = c["max_updates"] - self.update
+        return max(left, 0)
 
     def step_label(self, epoch_updates: int) -> str:
         """``epoch 2 step 300/1000``: where a progress line is."""
@@ -525,7 +594,10 @@ class Run:
                 finished=self.reached_length,
             )
             last = self.history[-1]
-            metrics.log_scalars(self.writer, last, last["epoch"], skip=("epoch", "update"))
+            # a run counted in updates (translation) is drawn on the update axis; "lr" is the
+            # schedule's at the epoch's start: the applied one is train/lr, per log point
+            x = last["update"] if self.config.get("epochs") is None else last["epoch"]
+            metrics.log_scalars(self.writer, last, x, skip=("epoch", "update", "lr"))
 
         _on_main(self.ctx, write)
         self.log.info(line)
@@ -618,6 +690,11 @@ def check_resumable(
             f"{path} holds a run with another config ({'; '.join(diffs)}); "
             "pick another --out-dir or move it away"
         )
+
+
+def _clock(seconds: float) -> str:
+    """``1:02:03`` (``2 days, 1:02:03`` past a day)."""
+    return str(datetime.timedelta(seconds=round(max(seconds, 0.0))))
 
 
 def _on_main(ctx: Context, fn: Any) -> Any:

@@ -118,19 +118,23 @@ def train_one_epoch(
             amp.backward(
                 batch_nll / batch_count.clamp(min=1), run.scaler, create_graph=create_graph
             )
-        amp.step(run.optimizer, run.scaler, clip_norm=config["clip"], parameters=model.parameters())
+        norm = amp.step(
+            run.optimizer, run.scaler, clip_norm=config["clip"], parameters=model.parameters()
+        )
         run.optimizer.zero_grad(set_to_none=True)
         meter.add(nll=batch_nll, count=batch_count)
         run.update_done(batch_nll)
-        if run.log_due():
-            s = meter.read(ctx)
-            run.log.info(
-                f"{run.step_label(n)} train ppl "
-                f"{perplexity(s['nll'], s['count']):.2f} lr "
-                f"{run.optimizer.param_groups[0]['lr']:.3g} "
-                f"{s['count'] / (time.perf_counter() - tic):.0f} tokens/s"
+        if run.log_due():  # the windows since the last log point
+            w = meter.read_window(ctx)
+            loss = w["nll"] / max(w["count"], 1.0)
+            run.log_progress(
+                n,
+                loss=loss,
+                samples=w["count"],
+                unit="tokens",
+                grad_norm=norm,
+                ppl=perplexity(w["nll"], w["count"]),
             )
-            run.check_divergence()
         if run.checkpoint_due(n):
             sums = {k: base[k] + v for k, v in meter.local().items()}
             run.snapshot(hidden=(hidden[0].cpu(), hidden[1].cpu()), sums=sums)

@@ -121,17 +121,22 @@ def train_epoch(
                 amp.backward(loss * scale, run.scaler, create_graph=create_graph)
             meter.add(loss=loss, nll=nll, tokens=batch.ntokens, sentences=len(index))
             losses.append(loss.detach())
-        amp.step(run.optimizer, run.scaler, clip_norm=config["clip"], parameters=model.parameters())
+        norm = amp.step(
+            run.optimizer, run.scaler, clip_norm=config["clip"], parameters=model.parameters()
+        )
         run.optimizer.zero_grad(set_to_none=True)
         run.update_done(losses)
-        if run.log_due():
-            s = meter.read(ctx)
-            run.log.info(
-                f"{run.step_label(n)} update {run.update} loss {s['loss'] / s['tokens']:.3f} nll "
-                f"{s['nll'] / s['tokens']:.3f} lr {run.optimizer.param_groups[0]['lr']:.3g} "
-                f"{(s['tokens'] - before) / (time.perf_counter() - tic):.0f} tokens/s"
+        if run.log_due():  # the updates since the last log point
+            w = meter.read_window(ctx)
+            tokens = max(w["tokens"], 1.0)
+            run.log_progress(
+                n,
+                loss=w["loss"] / tokens,
+                samples=w["tokens"],
+                unit="tokens",
+                grad_norm=norm,
+                nll=w["nll"] / tokens,
             )
-            run.check_divergence()
         if run.checkpoint_due(n):
             run.snapshot(sums=meter.local())
         if run.diverged:

@@ -229,7 +229,8 @@ def test_update_bounded_run_with_accumulation_resumes_bit_exactly(tmp_path, monk
     straight = toy_task.main(argv(tmp_path / "a", *extra, "log_every=1"))
     assert syncs == [True, False] * 5
     log = (tmp_path / "a" / "train.log").read_text()
-    assert "epoch 1 step 2/2 train loss" in log and "epoch 3 step 1/1 train loss" in log
+    assert "epoch 1 step 2/2 (update 2) | loss " in log
+    assert "epoch 3 step 1/1 (update 5) | loss " in log
     assert [r["update"] for r in history(tmp_path / "a")] == [2, 4, 5]
     assert straight["finished"] and straight["updates_completed"] == 5
     assert straight["final"]["train_samples"] == 8  # one update: 2 micro-batches of 4 pairs

@@ -84,6 +84,33 @@ CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "wmt14.yaml")
 SMALL_PREP = ["bpe_merges=200", "valid_every=10"]
 
 
+#: A tiny Transformer, batches of 64 tokens, 2 micro-batches per update (5 updates an epoch),
+#: the data's preprocessing options, short valid decoding.
+SMALL = [
+    "max_tokens=64",
+    "tokens_per_update=128",
+    "log_every=0",
+    "keep_last=2",
+    "model.embed_dim=16",
+    "model.ffn_dim=32",
+    "model.heads=2",
+    "model.encoder_layers=1",
+    "model.decoder_layers=1",
+    "preprocess.bpe_merges=200",
+    "preprocess.valid_every=10",
+    "generations.valid.max_len_b=8",
+    "generations.paper.max_len_b=8",
+]
+
+
+def train_small(data_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
+    """``nmt.train.main`` with :data:`SMALL` on the CPU, then ``extra`` flags and overrides."""
+    from nmt import train
+
+    argv = ["--config", CONFIG, "--row", row, "--data-dir", str(data_dir), "--out-dir", str(out)]
+    return train.main([*argv, "--device", "cpu", *SMALL, *extra])
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny corpus preprocessed once (read-only for the tests that share it)."""

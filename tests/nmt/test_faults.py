@@ -20,8 +20,8 @@ from engine import cli
 from engine.lock import RunDirLock
 from nmt import evaluate, steps, train
 from nmt.data import META, DataError, ParallelData, array_paths, write_meta
-from tests.nmt.conftest import CONFIG, PAIRS, SMALL_PREP, write_pairs
-from tests.nmt.test_train import SMALL, _run
+from tests.nmt.conftest import CONFIG, PAIRS, SMALL, SMALL_PREP, write_pairs
+from tests.nmt.conftest import train_small as _run
 
 ROOT = Path(__file__).resolve().parents[2]
 

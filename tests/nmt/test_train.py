@@ -18,44 +18,10 @@ from nmt import evaluate, train
 from nmt.score import tokenized_bleu
 from tests.helpers import TrainedRun, history, output_dtypes, trained, unmoved
 from tests.helpers import fails as one_error_line
-from tests.nmt.conftest import CONFIG
+from tests.nmt.conftest import CONFIG, SMALL
+from tests.nmt.conftest import train_small as _run
 
 ROOT = Path(__file__).resolve().parents[2]
-#: A tiny Transformer, batches of 64 tokens, 2 micro-batches per update (5 updates an epoch),
-#: the data's preprocessing options, short valid decoding.
-SMALL = [
-    "max_tokens=64",
-    "tokens_per_update=128",
-    "log_every=0",
-    "keep_last=2",
-    "model.embed_dim=16",
-    "model.ffn_dim=32",
-    "model.heads=2",
-    "model.encoder_layers=1",
-    "model.decoder_layers=1",
-    "preprocess.bpe_merges=200",
-    "preprocess.valid_every=10",
-    "generations.valid.max_len_b=8",
-    "generations.paper.max_len_b=8",
-]
-
-
-def _run(data_dir: Path, out: Path, *extra: str, row: str = "Apollo") -> dict:
-    argv = [
-        "--config",
-        CONFIG,
-        "--row",
-        row,
-        "--data-dir",
-        str(data_dir),
-        "--out-dir",
-        str(out),
-        "--device",
-        "cpu",
-        *SMALL,
-        *extra,
-    ]
-    return train.main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +245,21 @@ def test_a_diverging_learning_rate_stops_the_run(data_dir, tmp_path):
     args = ["--max-updates", "6", "optimizer.lr=1e6", "schedule.warmup=1", "keep_last=0"]
     results = _run(data_dir, tmp_path, *args, row="Adam")
     assert not results["finished"] and 1 <= results["diverged"]["update"] <= 6
+
+
+def test_progress_is_logged_and_drawn_on_the_update_axis(data_dir, tmp_path):
+    """A run counted in updates: log points every 2 updates (with Apollo's applied warmup lr,
+    not the group's 0.1) and the epoch records, all at their update in TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["--max-updates", "7", "log_every=2", "valid_generation=none", "keep_last=0"]
+    _run(data_dir, tmp_path, *args)
+    log = (tmp_path / "train.log").read_text()
+    assert "epoch 1 step 2/5 (update 2) | loss " in log and " tokens/s | elapsed " in log
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    lr = [(e.step, e.value) for e in events.Scalars("train/lr")]
+    assert [step for step, _ in lr] == [2, 4, 7]  # 5 updates in epoch 1, then 2
+    assert lr[0][1] == pytest.approx(1e-5 + (0.1 - 1e-5) * 1 / 1000)  # the warmup's 2nd step
+    assert [e.step for e in events.Scalars("valid_loss")] == [5, 7]
+    assert [e.step for e in events.Scalars("train/grad_norm")] == [2, 4, 7]

@@ -73,12 +73,14 @@ def train_one_epoch(
                 amp.backward(loss * len(index) / batch, run.scaler, create_graph=create_graph)
             meter.add(loss=loss.detach() * len(index), count=len(index))
             losses.append(loss.detach())
+        norm = amp.grad_norm(ddp_model.parameters(), run.scaler) if run.log_next() else None
         amp.step(run.optimizer, run.scaler)
         run.update_done(losses)
-        if run.log_due():
-            s = meter.read(ctx)
-            run.log.info(f"{run.step_label(n)} train loss {s['loss'] / s['count']:.4f}")
-            run.check_divergence()
+        if run.log_due():  # the updates since the last log point
+            w = meter.read_window(ctx)
+            run.log_progress(
+                n, loss=w["loss"] / w["count"], samples=w["count"], unit="samples", grad_norm=norm
+            )
         if run.checkpoint_due(n):
             run.snapshot(sums=meter.local())
         if run.diverged:
