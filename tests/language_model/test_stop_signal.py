@@ -3,6 +3,7 @@ the resumed run ends with the numbers of an uninterrupted one (engine.preemption
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -44,12 +45,19 @@ def _signal_at(monkeypatch, update: int, sig: signal.Signals) -> None:
     monkeypatch.setattr(runs.Run, "update_done", update_done)
 
 
+@pytest.fixture(scope="module")
+def straight(lmdb_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lm_stop") / "straight"
+    _run(lmdb_dir, out)
+    return out
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2], ids=["TERM", "USR2"])
 def test_a_signal_in_a_slurm_job_checkpoints_at_the_next_update_and_resumes_exactly(
-    lmdb_dir, tmp_path, monkeypatch, sig
+    lmdb_dir, tmp_path, monkeypatch, sig, straight
 ):
-    straight = _run(lmdb_dir, tmp_path / "straight")
+    expected = json.loads((straight / "results.json").read_text())
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     _signal_at(monkeypatch, 70, sig)  # epoch 2 (an epoch is 53 updates), no checkpoint_every
     with pytest.raises(preemption.Stopped) as stop:
@@ -63,9 +71,9 @@ def test_a_signal_in_a_slurm_job_checkpoints_at_the_next_update_and_resumes_exac
     monkeypatch.undo()
     resumed = _run(lmdb_dir, tmp_path / "stopped")
     assert "resuming epoch 2 at step 17" in (tmp_path / "stopped" / "train.log").read_text()
-    assert resumed["final"]["test_ppl"] == straight["final"]["test_ppl"]
-    assert resumed["final"]["train_loss"] == straight["final"]["train_loss"]
-    a = engine.checkpoint.load(tmp_path / "straight" / "checkpoint.pt")["model"]
+    assert resumed["final"]["test_ppl"] == expected["final"]["test_ppl"]
+    assert resumed["final"]["train_loss"] == expected["final"]["train_loss"]
+    a = engine.checkpoint.load(straight / "checkpoint.pt")["model"]
     b = engine.checkpoint.load(tmp_path / "stopped" / "checkpoint.pt")["model"]
     assert engine.checkpoint.state_digest(a) == engine.checkpoint.state_digest(b)
 
