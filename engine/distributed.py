@@ -115,7 +115,12 @@ def _peer_errors(rank: int, timeout_min: float | None) -> Iterator[None]:
         ) from None
 
 
-_BACKEND_ERROR = re.compile(r"gloo|NCCL|Timed out|Connection (reset|closed|refused)|Broken pipe")
+#: What gloo and NCCL say when a peer is gone: "Timed out waiting 6000ms for recv operation",
+#: "Application timeout caused pair closure", "Connection reset by peer", ...
+_BACKEND_ERROR = re.compile(
+    r"gloo|nccl|time ?out|timed out|connection (reset|closed|refused)|broken pipe|pair closure",
+    re.IGNORECASE,
+)
 _SOURCE_PREFIX = re.compile(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*")
 
 

@@ -123,11 +123,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     if args.launcher == "slurm":  # the same runs as SLURM array tasks, waited for
         args.gpus_per_run = 0
-        failed = slurm.launch(runs, args, folder, dry_run=args.dry_run, wait=True)
+        unfinished = slurm.launch(runs, args, folder, dry_run=args.dry_run, wait=True)
         if args.dry_run:
             return
-        if failed:
-            raise ValueError(f"{failed} run(s) failed: python -m scripts.status {folder}")
+        if unfinished:
+            raise ValueError(
+                f"{unfinished} run(s) did not finish: python -m scripts.status {folder}"
+            )
     else:
         train(runs, path, args.jobs)
     if evaluate:

@@ -310,7 +310,7 @@ def launch(
 ) -> int:
     """Submit ``jobs`` (``scripts.sweep.Job``s) not finished and not queued as one array; with
     ``wait``, return when every task has left the queue, one line per run as it ends. Returns
-    the number of runs that failed."""
+    how many runs ended without finishing (failed or stopped; 0 without ``wait``)."""
     out = out or sys.stdout
     res = resources(args, [job.config for job in jobs])
     queued = (
@@ -377,11 +377,9 @@ def launch(
 
 
 def _command(job: Any) -> list[str]:
-    """The run's command for one SLURM task: ``python -m <task>.train ...`` (a local sweep may
-    have put torchrun in front; here SLURM starts the ranks)."""
-    command = list(job.command)
-    module = command.index("-m")
-    return [sys.executable, *command[module:]]
+    """The run's command for one SLURM task (one rank): ``python -m <task>.train ...`` with
+    this Python, which the nodes share."""
+    return [sys.executable, *job.command[1:]]
 
 
 def _job_id(run_dir: Path) -> str | None:
@@ -390,9 +388,10 @@ def _job_id(run_dir: Path) -> str | None:
 
 
 def _wait(jobs: Sequence[Any], out: TextIO, poll_s: float = 2.0) -> int:
-    """Until no run of ``jobs`` is queued or running: a line per run as it ends."""
+    """Until no run of ``jobs`` is queued or running: a line per run as it ends; returns how
+    many did not finish."""
     pending = {job.run_dir: job for job in jobs}
-    failed, start = 0, time.time()
+    unfinished, start = 0, time.time()
     total, width = len(jobs), len(str(len(jobs)))
     done = 0
     while pending:
@@ -406,8 +405,7 @@ def _wait(jobs: Sequence[Any], out: TextIO, poll_s: float = 2.0) -> int:
                 continue
             job = pending.pop(run_dir)
             done += 1
-            if found.state == "failed":
-                failed += 1
+            unfinished += found.state != "finished"
             print(
                 f"[{done:>{width}}/{total}] {job.label}: {found.state}: {found.detail}  "
                 f"[{time.time() - start:.0f} s]",
@@ -416,4 +414,4 @@ def _wait(jobs: Sequence[Any], out: TextIO, poll_s: float = 2.0) -> int:
             )
         if pending:
             time.sleep(poll_s)
-    return failed
+    return unfinished

@@ -464,9 +464,11 @@ def launch_on_slurm(args: argparse.Namespace, path: Path, table: dict[str, Any])
     # SLURM starts the ranks: no torchrun
     jobs = plan_parsed(args, path, gpus=min(gpus, 1), data_dir=args.data_dir)
     folder = Path(args.out_dir, table.get("table", path.stem))
-    failed = slurm.launch(jobs, args, folder, dry_run=args.dry_run, wait=args.wait)
-    if failed:
-        raise ValueError(f"{failed} run(s) failed: python -m scripts.status {shown(folder)}")
+    unfinished = slurm.launch(jobs, args, folder, dry_run=args.dry_run, wait=args.wait)
+    if unfinished:
+        raise ValueError(
+            f"{unfinished} run(s) did not finish: python -m scripts.status {shown(folder)}"
+        )
     out = folder / table.get("paper_version", "current")
     evaluate = evaluation_args(table["task"], [out], data_dir=args.data_dir, gpus=1)
     if evaluate:

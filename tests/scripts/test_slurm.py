@@ -269,7 +269,10 @@ def test_a_failing_array_task_shows_as_failed_with_its_error_line(
     cmd += ["--epochs", "1", "--out-dir", "runs", "--launcher", "slurm", "--time", "10"]
     out = _run(cmd, cluster, cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: 1 run(s) failed: python -m scripts.status runs/quickstart"
+    assert (
+        out.stderr.strip()
+        == "error: 1 run(s) did not finish: python -m scripts.status runs/quickstart"
+    )
     watch = _run(_module("scripts.status", "runs"), cluster, cwd=tmp_path).stdout.splitlines()
     assert watch[0].startswith("finished  runs/quickstart/current/SGD/cosine/seed1: test_acc1 ")
     assert watch[1] == (
