@@ -94,12 +94,16 @@ def preprocess(
     digest = fingerprint(opts, inputs)
     if out_dir.exists() and any(out_dir.iterdir()):
         try:
-            same = json.loads((out_dir / META).read_text(encoding="utf-8"))["fingerprint"] == digest
+            existing = json.loads((out_dir / META).read_text(encoding="utf-8"))
+            same = existing["fingerprint"] == digest
+            outdated = existing["format"] == FORMAT and existing["format_version"] < FORMAT_VERSION
         except (OSError, ValueError, KeyError, TypeError):
-            same = False
+            same = outdated = False
         if same:
             return out_dir, False
-        if not overwrite:
+        if outdated:  # written by an earlier nmt.preprocess in a format nothing reads any more
+            print(f"note: {out_dir} is in an older format; preparing it again", file=sys.stderr)
+        elif not overwrite:
             raise ValueError(
                 f"--out-dir {out_dir}: exists and was not built from these inputs and options "
                 "(or is incomplete); pass --overwrite or choose another directory"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from subword_nmt.apply_bpe import BPE
 import nmt.preprocess as pre
 from engine import cli
 from nmt import steps
-from nmt.data import ParallelData
+from nmt.data import FORMAT_VERSION, DataError, ParallelData
 from nmt.dictionary import Dictionary
 from nmt.text import remove_bpe
 from tests.nmt.conftest import CONFIG, PAIRS, SMALL_PREP, TEST, write_pairs
@@ -221,3 +223,16 @@ def test_cli_prints_the_splits_and_rejects_unknown_keys(tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     code, err = _main([*argv, "merges=5"], capsys)
     assert code == 2 and "bad override 'merges=5'" in err[0]
+
+
+def test_a_directory_of_an_older_format_is_prepared_again_without_overwrite(data_dir, tmp_path):
+    out = tmp_path / "data"
+    shutil.copytree(data_dir, out)
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    meta["format_version"] = 1  # what nmt.preprocess wrote before files were recorded
+    (out / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(DataError, match="version 1, expected"):
+        ParallelData(out)
+    train = [write_pairs(tmp_path / "raw" / "a", PAIRS)]
+    _, written = pre.preprocess(_opts(), train, out, workers=1)
+    assert written and ParallelData(out).meta["format_version"] == FORMAT_VERSION
