@@ -355,6 +355,8 @@ def _value(layout: Mapping[str, Any], row: str, sched: str, what: str) -> str:
 def caption(layout: Mapping[str, Any], pick: str) -> str:
     name = METRIC_NAMES.get(layout["metric"], layout["metric"])
     epoch = "best epoch" if pick == "best" else "last epoch"
+    if layout["metric"] == "bleu":  # nmt.evaluate's score, the same under either pick
+        epoch = "checkpoints nmt.evaluate scored (the run's last epochs, averaged)"
     source = (
         f"; the paper's numbers: {layout['paper'].title}"
         if layout["paper"]

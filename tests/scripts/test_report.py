@@ -221,3 +221,13 @@ def test_the_default_output_goes_beside_the_runs(tmp_path: Path, monkeypatch, ca
     assert "| Apollo |" in (root / "quickstart/report/table.md").read_text()
     report.main(["runs/cifar10", "--no-plots"])  # its own report folder is not a run
     assert "skipped" not in capsys.readouterr().out
+
+
+def test_a_bleu_table_names_the_evaluated_checkpoints_not_an_epoch() -> None:
+    """Translation runs are scored by nmt.evaluate on averaged last checkpoints: the caption
+    must not claim a best or last epoch."""
+    lay = {"table": "wmt14", "version": "current", "metric": "bleu", "paper": None}
+    for pick in ("best", "final"):
+        text = report.caption(lay, pick)
+        assert "epoch" not in text.split("(the run")[0] and "nmt.evaluate" in text
+    assert "at the best epoch" in report.caption({**lay, "metric": "test_acc1"}, "best")
