@@ -8,7 +8,10 @@ library's tests can use it without the engine.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any, NamedTuple
 import pytest
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
 #: Tensor methods that copy a value to the host (a device sync on a GPU).
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 #: Keys of an epoch record that depend on the machine's speed.
@@ -168,3 +172,19 @@ def trained(run: Callable[[], Any], out: Path) -> TrainedRun:
         initial = initial_parameters(mp)
         run()
     return TrainedRun(Path(out), initial[0])
+
+
+def two_ranks(module: str, argv: Sequence[str], out: Path) -> dict:
+    """``torchrun --standalone --nproc_per_node=2 -m module argv`` on the CPU (gloo), from the
+    repository root; returns the run's ``results.json``, whose ranks must have ended with one
+    model."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*cmd, "-m", module, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((Path(out) / "results.json").read_text())
+    digests = results["model_sha256_by_rank"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # the ranks end bit-identical
+    return results

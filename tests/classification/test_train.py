@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.helpers import (
     initial_parameters,
     output_dtypes,
     per_call,
+    two_ranks,
     unmoved,
 )
 from tests.helpers import fails as one_error_line
@@ -147,36 +147,9 @@ def test_two_process_gloo_ddp_ranks_end_identical(
     row: str, cifar_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "classification.train",
-        "--config",
-        CIFAR,
-        "--row",
-        row,
-        "--schedule",
-        "cosine",
-        "--data-dir",
-        str(cifar_dir),
-        "--out-dir",
-        str(out),
-        "--epochs",
-        "1",
-        "--max-steps-per-epoch",
-        "2",
-        *TINY,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads((out / "results.json").read_text())
-    digests = results["model_sha256_by_rank"]
-    assert len(digests) == 2 and digests[0] == digests[1]
+    argv = ["--config", CIFAR, "--row", row, "--schedule", "cosine", "--data-dir", str(cifar_dir)]
+    argv += ["--out-dir", str(out), "--epochs", "1", "--max-steps-per-epoch", "2", *TINY]
+    results = two_ranks("classification.train", argv, out)
     # the global batch of 8 is split over 2 ranks: 2 steps x 4 x 2 ranks samples
     assert results["final"]["train_samples"] == 16
     config = json.loads((out / "config.json").read_text())

@@ -13,24 +13,11 @@ import pytest
 import engine.checkpoint
 from engine import preemption
 from engine import run as runs
-from language_model import train
-
-ROOT = Path(__file__).resolve().parents[2]
-SMALL = [
-    "batch_size=4",
-    "eval_batch_size=4",
-    "bptt=5",
-    "model.embed_dim=8",
-    "model.hidden_size=16",
-    "model.cutoffs=[20]",
-    "log_every=0",
-]
+from tests.language_model.conftest import SMALL, train_small
 
 
 def _run(lmdb_dir: Path, out: Path) -> dict:
-    argv = ["--config", str(ROOT / "configs" / "lm1b.yaml"), "--row", "Apollo"]
-    argv += ["--data-dir", str(lmdb_dir), "--out-dir", str(out), "--device", "cpu"]
-    return train.main([*argv, "--epochs", "2", *SMALL])
+    return train_small(lmdb_dir, out, "--epochs", "2", *SMALL)
 
 
 def _signal_at(monkeypatch, update: int, sig: signal.Signals) -> None:

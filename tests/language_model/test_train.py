@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,10 +23,11 @@ from tests.helpers import (
     output_dtypes,
     per_call,
     trained,
+    two_ranks,
     unmoved,
 )
 from tests.helpers import fails as one_error_line
-from tests.language_model.conftest import CONFIG, ROOT, SMALL
+from tests.language_model.conftest import CONFIG, SMALL
 from tests.language_model.conftest import train_small as _run
 
 CPU = distributed.Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -262,32 +260,8 @@ def test_two_process_gloo_ddp_matches_one_process(lmdb_dir, tmp_path):
     ]
     single = _run(lmdb_dir, tmp_path / "one", *args)
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "language_model.train",
-        "--config",
-        CONFIG,
-        "--row",
-        "Apollo",
-        "--data-dir",
-        str(lmdb_dir),
-        "--out-dir",
-        str(out),
-        "--device",
-        "cpu",
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads((out / "results.json").read_text())
-    digests = results["model_sha256_by_rank"]
-    assert len(digests) == 2 and digests[0] == digests[1]
+    argv = ["--config", CONFIG, "--row", "Apollo", "--data-dir", str(lmdb_dir), "--out-dir"]
+    results = two_ranks("language_model.train", [*argv, str(out), "--device", "cpu", *args], out)
     assert results["final"]["train_tokens"] == single["final"]["train_tokens"] == 4 * 4 * 5
     # The test split is evaluated as one stream: independent of the world size.
     every_test_token = Corpus(lmdb_dir).shards("test")[0]["tokens"] - 1
