@@ -319,8 +319,9 @@ def launch(
     todo, skipped = [], []
     for job in jobs:
         job_id = _job_id(job.run_dir)
-        if job.finished():
-            skipped.append(f"finished already: {job.run_dir}")
+        if done := job.finished():
+            state = "diverged already" if done.get("diverged") else "finished already"
+            skipped.append(f"{state}: {job.run_dir}")
         elif job_id in queued:
             skipped.append(
                 f"in the queue already as job {job_id} ({queued[job_id]}): {job.run_dir}"

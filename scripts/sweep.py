@@ -494,8 +494,9 @@ def run_jobs(jobs: Sequence[Job], args: argparse.Namespace, gpus: int, prog: str
             sys.exit(code)
         return
     for i, job in enumerate(jobs, 1):
-        if job.finished():
-            print(f"[{i}/{len(jobs)}] finished already: {job.run_dir}", flush=True)
+        if done := job.finished():
+            state = "diverged already" if done.get("diverged") else "finished already"
+            print(f"[{i}/{len(jobs)}] {state}: {job.run_dir}", flush=True)
             continue
         print(f"[{i}/{len(jobs)}] {shlex.join(job.command)}", flush=True)
         code = subprocess.run(job.command).returncode

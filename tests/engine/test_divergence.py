@@ -119,3 +119,9 @@ def test_a_table_goes_on_past_a_diverged_run_and_the_report_says_so(tmp_path: Pa
     assert "diverged" not in rows["SGD"] and " (0." in rows["SGD"]  # mean (std) of test loss
     csv = (tmp_path / "toy" / "report" / "table.csv").read_text()
     assert "diverged (2 of 2 seeds)" in csv
+    # the table's sweep, run again, trains nothing and says which runs diverged
+    again = [sys.executable, "-m", "scripts.sweep", *cmd[3:-2], "--gpus", "0"]
+    proc = subprocess.run(again, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("diverged already: ") == 2, proc.stdout
+    assert proc.stdout.count("finished already: ") == 2, proc.stdout
