@@ -331,27 +331,27 @@ def launch(
     for line in skipped:
         print(line, file=out)
     folder = Path(folder, ".submitit").absolute()
-    params = res.parameters(max(len(todo), 1))
+    params = res.parameters(max(len(todo), 1))  # (validated even when nothing is left)
     say = (
         f"{len(jobs)} runs, {len(todo)} to submit as one SLURM array: each {res.nodes} node(s) x "
         f"{res.ranks_per_node} rank(s), {res.gpus_per_node} GPU(s) and {res.cpus_per_task} "
         f"core(s) per rank, time limit {res.time_min} min"
     )
     print(say, file=out, flush=True)
+    if not todo:
+        return _wait(jobs, out) if wait and not dry_run else 0
     if dry_run:
         from submitit.slurm.slurm import _make_sbatch_string
 
         command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {folder / '%j'}"
         script = _make_sbatch_string(
-            command=command, folder=folder / "%j", map_count=max(len(todo), 1), **params
+            command=command, folder=folder / "%j", map_count=len(todo), **params
         )
         print("# the sbatch script (submitit's):", file=out)
         print(script, file=out)
         for i, job in enumerate(todo):
             print(f"# task {i}: {job.run_dir}: {shlex.join(_command(job))}", file=out)
         return 0
-    if not todo:
-        return _wait(jobs, out) if wait else 0
     import submitit
 
     executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=MAX_REQUEUES)

@@ -204,12 +204,23 @@ def test_quickstart_as_job_arrays_prints_the_table_of_the_local_launcher(
     watch = _run(_module("scripts.status", "cluster/quickstart"), cluster, cwd=tmp_path)
     assert watch.stdout.splitlines()[-1] == "4 runs: 4 finished (100% finished)"
     again = _run(  # finished runs are skipped, as locally
-        [*quickstart, "--out-dir", "cluster", *args, "--launcher", "slurm", "--time", "10"],
+        [
+            *quickstart,
+            "--out-dir",
+            "cluster",
+            *args,
+            "--launcher",
+            "slurm",
+            "--time",
+            "10",
+            "--dry-run",
+        ],
         cluster,
         cwd=tmp_path,
     )
     assert again.returncode == 0 and again.stdout.count("finished already: ") == 4
-    assert "submitted" not in again.stdout
+    assert "4 runs, 0 to submit as one SLURM array" in again.stdout
+    assert "#SBATCH" not in again.stdout
 
 
 @pytest.mark.slow
