@@ -68,14 +68,15 @@ fi
   --test "$demo/corpus/test" --out-dir "$demo/data"
 echo "data ready in $((SECONDS - start)) s"
 
-# Progress: each run's new epoch lines (valid loss, tokens/s) as its stdout.log gets them.
+# Progress: each run's new epoch lines (valid loss, tokens/s) as its stdout.log gets them, every
+# 10 s and once more when the runs end (the poller's TERM handler shows what came since).
 progress() {
   local -A seen=()
   local log n run
   for log in "$demo"/current/*/*/seed*/stdout.log; do  # a resumed run's log has earlier epochs
     [[ -f "$log" ]] && seen[$log]=$(grep -c "valid loss" "$log" || true)
   done
-  while sleep 10; do
+  show() {
     for log in "$demo"/current/*/*/seed*/stdout.log; do
       [[ -f "$log" ]] || continue
       n=$(grep -c "valid loss" "$log" || true)
@@ -86,14 +87,16 @@ progress() {
         seen[$log]=$n
       fi
     done
-  done
+  }
+  trap 'kill "$sleeper" 2>/dev/null; show; exit 0' TERM
+  while true; do sleep 10 & sleeper=$!; wait "$sleeper"; show; done
 }
 progress &
 progress_pid=$!
 trap 'kill "$progress_pid" 2>/dev/null || true' EXIT
 trap 'echo "interrupted; the same command resumes" >&2; exit 130' INT TERM
 "$PY" "${table[@]}" "${opts[@]}" --no-report -- "${extra[@]}"
-kill "$progress_pid" 2>/dev/null || true
+kill "$progress_pid" 2>/dev/null && wait "$progress_pid" 2>/dev/null || true
 echo
 "$PY" -m nmt.table "$demo/current"
 echo "total: $((SECONDS - start)) s"
