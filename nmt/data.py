@@ -158,7 +158,14 @@ class Split:
     def check_positions(self, max_positions: int, where: str) -> None:
         """Refuse a pair with a side longer than the model's positions (``</s>`` counted), as
         fairseq's generation and validation do without ``--skip-invalid-size-inputs-valid-test``:
-        one line naming the first such sentence."""
+        one line naming the first such sentence. Training pairs are refused too, where fairseq's
+        training skips them with a warning: the recipe's data has none (``nmt.preprocess``
+        keeps pairs of at most ``max_len`` = 250 units, the model has 1,024 positions), so only
+        a smaller ``model.max_positions`` meets them, and then it is said, not hidden."""
+        if self.name == "train":
+            how = "fairseq's training would skip them with a warning; this code refuses them"
+        else:
+            how = "as fairseq does without --skip-invalid-size-inputs-valid-test"
         for side, sizes in (("source", self.src_sizes), ("target", self.tgt_sizes)):
             over = np.flatnonzero(sizes > max_positions)
             if len(over):
@@ -166,8 +173,8 @@ class Split:
                 raise DataError(
                     f"{where}: sentence {i + 1} of the {self.name} split has {int(sizes[i])} "
                     f"{side} tokens (with </s>), more than the model's max_positions "
-                    f"{max_positions} ({len(over)} such sentence(s)); shorten or drop them, as "
-                    "fairseq refuses them too"
+                    f"{max_positions} ({len(over)} such sentence(s)); shorten or drop them, or "
+                    f"raise model.max_positions ({how})"
                 )
 
     def collate(self, index: Sequence[int] | np.ndarray) -> Batch:

@@ -3,8 +3,9 @@
 Debian's ``trans-de-en`` package (source package ``ding``, GPL-2+) ships the dictionary as
 ``/usr/share/trans/de-en``: lines ``de | de :: en | en`` whose ``|``-separated fields
 correspond. Some fields are whole example sentences; those whose both sides are at least 6
-words, end in ``.``, ``?`` or ``!``, and hold no alternatives (``;``, ``/``), placeholders
-(``jdm.``, ``etw.``, ``sb.``, ``sth.``), brackets or ellipses make about 9,500 clean pairs.
+words, end in a full stop, question mark or exclamation mark, and hold no alternatives (a
+semicolon or slash), placeholders (jdm., etw., sb., sth.), brackets or ellipses make about
+9,500 clean pairs.
 The data is GPL-licensed: it is fetched at run time (``scripts/nmt_demo.sh``), never
 committed. Without installing the package::
 
@@ -17,10 +18,11 @@ writes ``train.en``/``train.de`` and ``test.en``/``test.de`` (every ``test_every
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from engine import cli
 
 MIN_WORDS = 6
 _EXCLUDED = re.compile(r"[;/{}\[\]<>~=()]|\b(jdm|jdn|jds|jd|etw|sb|sth|so)\b\.?|\.\.\.|…")
@@ -66,6 +68,8 @@ def write_corpus(
 ) -> dict[str, int]:
     """``train`` and ``test`` prefixes (``.en``/``.de``) in ``out_dir``, every
     ``test_every``-th pair to test; returns the pair counts."""
+    if test_every < 2:  # 1 would leave no training pair, 0 or less no test split
+        raise ValueError(f"--test-every must be at least 2, got {test_every}")
     if len(pairs) < 2 * test_every:
         raise ValueError(f"{len(pairs)} sentence pairs are too few for a demo")
     out = Path(out_dir)
@@ -85,7 +89,7 @@ def write_corpus(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m nmt.ding", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m nmt.ding", description=__doc__)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dict", help="the de-en file of Debian's trans-de-en")
     source.add_argument("--corpus", metavar="PREFIX", help="PREFIX.de and PREFIX.en instead")
@@ -103,6 +107,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from engine import cli
-
     cli.main(main)

@@ -34,7 +34,6 @@ full disk or an unwritable folder is one error line, and ``--out-dir`` stays as 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -48,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from engine import cli
 from engine import config as cfg
 
 from . import steps
@@ -78,6 +78,8 @@ def preprocess(
     overwrite: bool = False,
 ) -> tuple[Path, bool]:
     """Build the data directory; returns ``(path, written)`` (False: already up to date)."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     out_dir = Path(out_dir)
     try:
         finish_interrupted_swap(out_dir)
@@ -325,10 +327,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m nmt.preprocess", description=__doc__.split("\n\n")[0]
-    )
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="python -m nmt.preprocess", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="a table with a preprocess section")
     p.add_argument(
         "--train",
@@ -351,6 +351,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    from engine import cli
-
     cli.main(main)

@@ -17,13 +17,14 @@ reported with its signature.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine import cli
 
 from .text import compound_split
 
@@ -116,7 +117,7 @@ def _lines(path: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m nmt.score", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m nmt.score", description=__doc__.split("\n")[0])
     p.add_argument("--hyp", required=True, help="hypotheses, one per line")
     p.add_argument("--ref", required=True, help="references, one per line")
     p.add_argument(
@@ -141,6 +142,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from engine import cli
-
     cli.main(main)

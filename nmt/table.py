@@ -81,7 +81,10 @@ def table(paths: Sequence[str]) -> str:
         raise ValueError(f"{' '.join(paths)}: no evaluated translation run")
     parts = []
     for key, rows in groups.items():
-        epochs = ", ".join(f"{e} epochs ({u:,} updates)" for e, u in sorted(lengths[key]))
+        epochs = ", ".join(
+            f"{e} epoch{'s' * (e != 1)} ({u:,} update{'s' * (u != 1)})"
+            for e, u in sorted(lengths[key])
+        )
         caption = (
             f"**{key[0]} (paper version {key[1]}): test BLEU of "
             f"{' / '.join(sorted(sources[key]))} after {epochs}; valid loss of the last epoch; "

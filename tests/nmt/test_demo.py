@@ -49,6 +49,10 @@ def test_write_corpus_splits_and_leaves_unchanged_files_alone(tmp_path: Path) ->
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == mtimes
     with pytest.raises(ValueError, match="too few"):
         write_corpus(pairs[:39], tmp_path / "few", test_every=20)
+    for every in (1, 0, -3):  # no training pair, a division by zero, a nonsense split
+        with pytest.raises(ValueError, match=f"--test-every must be at least 2, got {every}"):
+            write_corpus(pairs, tmp_path / "bad", test_every=every)
+    assert not (tmp_path / "bad").exists()
 
 
 def _demo(tmp_path: Path, *args: str) -> tuple[list[str], Path]:
@@ -83,7 +87,7 @@ def test_demo_trains_evaluates_prints_bleu_and_reruns_as_done(tmp_path: Path) ->
         "| row | seeds | valid loss | valid ppl | test BLEU (tokenized, compound-split) "
         "| sacreBLEU |"
     )  # the columns nmt/README.md shows
-    assert "test BLEU of the last epoch's checkpoint after 1 epochs (2 updates)" in first.stdout
+    assert "test BLEU of the last epoch's checkpoint after 1 epoch (2 updates)" in first.stdout
     for row in ("Adam", "Apollo"):
         run = _run_dir(out, row)
         results = json.loads((run / "results.json").read_text())

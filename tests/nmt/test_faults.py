@@ -291,6 +291,19 @@ def test_a_token_id_beyond_the_dictionary_is_one_line(data_copy):
         data.split("valid")
 
 
+def test_training_pairs_longer_than_the_positions_are_refused_before_anything_runs(
+    data_dir, tmp_path, capsys
+):
+    """fairseq's training skips them with a warning; here they are refused, saying so."""
+    out = tmp_path / "o"
+    argv = ["--config", CONFIG, "--row", "Adam", "--data-dir", str(data_dir)]
+    argv += ["--out-dir", str(out), "--device", "cpu", *SMALL, "model.max_positions=8"]
+    err = _one_line_error(train.main, argv, capsys)
+    assert "of the train split has" in err and "more than the model's max_positions 8" in err
+    assert "fairseq's training would skip them with a warning; this code refuses them" in err
+    assert not out.exists()
+
+
 def test_bad_generation_settings_are_refused_before_anything_runs(data_dir, tmp_path, capsys):
     argv = [
         "--config",

@@ -236,3 +236,19 @@ def test_a_directory_of_an_older_format_is_prepared_again_without_overwrite(data
     train = [write_pairs(tmp_path / "raw" / "a", PAIRS)]
     _, written = pre.preprocess(_opts(), train, out, workers=1)
     assert written and ParallelData(out).meta["format_version"] == FORMAT_VERSION
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"),
+    [
+        (["--workers", "0"], "error: --workers must be at least 1, got 0"),
+        (["--workers", "-2"], "error: --workers must be at least 1, got -2"),
+        ([], "the following arguments are required: --out-dir (see --help)"),
+    ],
+)
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, argv, want):
+    prefix = write_pairs(tmp_path / "raw" / "a", PAIRS)
+    out = ["--out-dir", str(tmp_path / "d")] if argv else []
+    code, err = _main(["--config", CONFIG, "--train", prefix, *out, *argv, *SMALL_PREP], capsys)
+    assert code == 2 and len(err) == 1 and want in err[0], err
+    assert not (tmp_path / "d").exists() and not any(tmp_path.glob(".d.*"))

@@ -44,3 +44,10 @@ def test_rows_are_means_over_seeds_and_unevaluated_runs_are_listed(tmp_path, cap
     assert out[5] == "| Apollo | 1 | 4.000 | 30.0 | 20.00 | 19.50 |"
     sgd = tmp_path / "SGD" / "recipe" / "seed1"
     assert out[-1] == f"skipped {sgd}: not evaluated yet (python -m nmt.evaluate)"
+
+
+def test_a_one_epoch_run_is_captioned_in_the_singular(tmp_path, capsys):
+    scores = {"epoch": 1, "valid_loss": 4.0, "valid_ppl": 30.0, "bleu": 20.0, "sacrebleu": 19.5}
+    _run(tmp_path, "Adam", 1, scores, checkpoints=1)
+    cli.main(table.main, [str(tmp_path)])
+    assert " after 1 epoch (100 updates); " in capsys.readouterr().out.splitlines()[0]
