@@ -36,7 +36,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["apollo_optim", "apollo_optim._fused"],
+    packages=["apollo_optim", "apollo_optim._kernels"],
     install_requires=["torch>=2.4"],
     extras_require={"train": TRAIN, "dev": [*TRAIN, "pytest>=8", "ruff>=0.6"]},
 )

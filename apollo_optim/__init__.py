@@ -13,9 +13,10 @@ comparison by adding one file that calls :func:`optim.register`.
 from importlib import import_module as _import_module
 from pkgutil import iter_modules as _iter_modules
 
-from ._warmup import WarmupLRWarning
+from ._warmup import WarmupLRWarning, warmup_lr
 from .adabelief import AdaBelief
 from .adahessian import AdaHessian
+from .amp import batchnorm_in_float32, scaler_step
 from .apollo import Apollo
 from .registry import OptimizerSpec, create, get, names, register, unregister
 from .schedules import SCHEDULES, Schedule, lr_at
@@ -31,10 +32,13 @@ __all__ = [
     "OptimizerSpec",
     "Schedule",
     "WarmupLRWarning",
+    "batchnorm_in_float32",
     "create",
     "get",
     "lr_at",
     "names",
     "register",
+    "scaler_step",
     "unregister",
+    "warmup_lr",
 ]

@@ -23,9 +23,15 @@ import torch.distributed as dist
 
 
 def _dtensor_module():
-    # DTensor parameters exist only once torch.distributed.tensor is imported, and importing
-    # it costs seconds: look it up instead of importing it with optim.
-    return sys.modules.get("torch.distributed.tensor")
+    """The module defining DTensor and its placements, if it was imported. DTensor parameters
+    exist only once it is, and importing it costs seconds: look it up instead of importing it
+    with the optimizers. Recent torch has it as ``torch.distributed.tensor``; torch 2.4 only as
+    ``torch.distributed._tensor`` (its ``torch.distributed.tensor`` holds only ``parallel``)."""
+    for name in ("torch.distributed.tensor", "torch.distributed._tensor"):
+        mod = sys.modules.get(name)
+        if getattr(mod, "DTensor", None) is not None:
+            return mod
+    return None
 
 
 def is_dtensor(t: torch.Tensor) -> bool:

@@ -1,4 +1,4 @@
-"""Learning rates given as tensors, and the in-optimizer warmup's interplay with schedulers.
+"""The in-optimizer warmup of Apollo and AdaHessian, and its interplay with LR schedulers.
 
 Apollo and AdaHessian warm up *inside* the optimizer (rule step 1): for the first
 ``warmup`` steps the learning rate goes linearly from ``init_lr`` to the group's
@@ -13,21 +13,22 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import torch
-
 
 class WarmupLRWarning(UserWarning):
     """A scheduler changed a group's lr while the optimizer's own warmup ignores it."""
 
 
-def check_lr(name: str, lr: Any) -> float | torch.Tensor:
-    """A learning rate is a number >= 0 or a one-element tensor holding one (torch.optim
-    accepts tensor learning rates; a compiled step reads them without recompiling)."""
-    value = lr.item() if isinstance(lr, torch.Tensor) and lr.numel() == 1 else lr
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(
-            f"{name}: invalid lr={lr!r} (must be a number >= 0 or a one-element tensor)"
-        )
+def warmup_lr(group: dict[str, Any], t: float) -> float:
+    """The learning rate of a step whose count before it is ``t`` (Apollo's rule step 1,
+    AdaHessian's step 3): linear from ``init_lr`` to the group's ``base_lr`` over ``warmup``
+    steps, then the group's current ``lr``. A group whose current lr is 0 does not move, in
+    warmup too: that is what an LR scheduler at 0 and torch.distributed.checkpoint's state
+    initialisation (a step with zero gradients and lr 0) expect."""
+    lr = float(group["lr"])
+    warmup = group["warmup"]
+    if t < warmup and lr != 0:
+        init_lr = group["init_lr"]
+        return init_lr + (group.get("base_lr", lr) - init_lr) * t / warmup
     return lr
 
 

@@ -3,12 +3,21 @@
 The update rule is ``docs/update_rules.md`` ("AdaBelief"), steps 1-8, including the
 reference quirk that ε is added into the stored ``exp_avg_var`` on every step (step 5).
 
-Two code paths compute the same numbers: a multi-tensor path built from ``torch._foreach_*``
-ops (the default; parameters grouped by device and dtype) and a per-tensor loop
-(``foreach=False``). Both run the same elementwise ops in the same order, so on CPU they agree
-bit for bit. The multi-tensor path works through cache-sized chunks (large tensors are cut into
-flat views) and keeps one chunk-sized temporary (the belief ``r = g - m``, whose buffer is then
-reused for the denominator), which keeps it near ``torch.optim.Adam(foreach=True)``'s speed.
+:meth:`AdaBelief.step` picks one of the implementations of the rule for each group (the
+benchmark figures that earn each its place: ``docs/performance.md``):
+
+* ``fused`` (the default for CUDA float32/bfloat16/float16 tensors): the Triton kernels of
+  ``_kernels/triton_adabelief.py``, two launches per group, counters on the device;
+* on CPU by default: same-shape batches of the small tensors (``_kernels/cpu_adabelief.py``,
+  their state in the rows of shared matrices) and the multi-tensor path below for the rest;
+* the multi-tensor path (``torch._foreach_*``, parameters grouped by device and dtype; on CPU
+  through cache-sized chunks, large tensors cut into flat views): what a user's
+  ``torch.compile`` traces (the counters stay tensors), the DTensor (FSDP2) path, and the
+  unfused step on other devices;
+* the same multi-tensor update one tensor at a time (``foreach=False``).
+
+Every path runs the same elementwise ops in the same order, so on CPU they agree bit for
+bit (tested).
 """
 
 from __future__ import annotations
@@ -19,34 +28,23 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_value
 
-from . import _fused
-from ._adabelief_cpu import batched_adabelief
-from ._cpu_batches import Buffers
+from . import _validation as v
+from ._kernels import fused as _fused
+from ._kernels.cpu_adabelief import batched_adabelief
+from ._kernels.cpu_buffers import Buffers
 from ._sharding import Shards, check_params, is_dtensor, to_local
-from ._warmup import check_lr
 from .registry import register
 
-WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
 STATE = ("exp_avg", "exp_avg_var")
-
-
-def _validate(g: dict[str, Any]) -> None:
-    check_lr("AdaBelief", g["lr"])
-    rules = [
-        ("betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "each must be in [0, 1)"),
-        ("eps", lambda v: v > 0, "must be > 0"),
-        ("weight_decay", lambda v: v >= 0, "must be >= 0"),
-        ("weight_decay_type", lambda v: v in WEIGHT_DECAY_TYPES, f"one of {WEIGHT_DECAY_TYPES}"),
-        ("fused", lambda v: v in (None, True, False), "None, True or False"),
-        ("fused", lambda v: not (v and g.get("foreach")), "fused and foreach are two paths"),
-    ]
-    for name, ok, why in rules:
-        try:
-            valid = bool(ok(g[name]))
-        except (TypeError, ValueError):  # e.g. a string or None where a number belongs
-            valid = False
-        if not valid:
-            raise ValueError(f"AdaBelief: invalid {name}={g[name]!r} ({why})")
+RULES = (
+    v.LR,
+    v.BETAS,
+    v.EPS,
+    v.WEIGHT_DECAY,
+    v.one_of("weight_decay_type", v.WEIGHT_DECAY_TYPES),
+    v.FUSED,
+    v.exclusive("fused", "foreach"),
+)
 
 
 @register("adabelief", summary="AdaBelief (Zhuang et al., 2020): Adam with belief (g-m)² variance")
@@ -71,7 +69,8 @@ class AdaBelief(torch.optim.Optimizer):
         weight_decay: λ >= 0.
         weight_decay_type: 'L2' (authors' default), 'decoupled' (the paper's tables) or
             'stable' (decoupled, divided by the mean denominator).
-        foreach: use the multi-tensor path; None (default) means yes.
+        foreach: ``None`` (default) or ``True``: the multi-tensor path (on CPU with same-shape
+            batches of the small tensors); ``False``: the same update one tensor at a time.
         fused: the fused Triton kernels (two launches per group, no host-device
             synchronisation, step counters on the device). ``None`` (default): used for CUDA
             float32/bfloat16/float16 parameters when Triton is importable and ``foreach`` was
@@ -99,7 +98,7 @@ class AdaBelief(torch.optim.Optimizer):
             foreach=foreach,
             fused=fused,
         )
-        _validate(defaults)  # before any group exists, so the message names the argument
+        v.validate("AdaBelief", defaults, RULES)  # before any group: the message names it
         defaults["betas"] = tuple(betas)
         self._fused_plans = _fused.Cache()
         self._cpu_buffers: dict[torch.dtype, Buffers] = {}
@@ -115,7 +114,7 @@ class AdaBelief(torch.optim.Optimizer):
             group.setdefault("fused", None)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        _validate({**self.defaults, **param_group})  # before the group joins
+        v.validate("AdaBelief", {**self.defaults, **param_group}, RULES)  # before it joins
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         # only the stable decay reduces over a tensor (its mean denominator)
@@ -166,7 +165,7 @@ class AdaBelief(torch.optim.Optimizer):
             if isinstance(lr, torch.Tensor) and not torch.compiler.is_compiling():
                 lr = lr.item()  # eager: a Python number; compiled: read in the graph
             foreach = group["foreach"] is not False  # None (the default) means the fast path
-            fn = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
+            fn = _multi_tensor_adabelief if foreach else _per_tensor_adabelief
             if any(is_dtensor(p) for p in tensors[0]):
                 fn = _sharded_adabelief  # FSDP2: the stable decay's mean over whole tensors
             elif foreach and not torch.compiler.is_compiling():
@@ -185,7 +184,7 @@ class AdaBelief(torch.optim.Optimizer):
         return loss
 
     def _batched(self, group, tensors, lr):
-        """The small CPU tensors of one dtype in same-shape batches (``_adabelief_cpu``);
+        """The small CPU tensors of one dtype in same-shape batches (``_kernels/cpu_adabelief``);
         returns the lists of the others."""
         params = tensors[0]
         dtype = params[0].dtype
@@ -208,47 +207,17 @@ class AdaBelief(torch.optim.Optimizer):
 
 
 def _plan(params, exp_avgs, exp_avg_vars, steps):
-    from ._fused.adabelief import Plan  # imports Triton
+    from ._kernels.triton_adabelief import Plan  # imports Triton
 
     return Plan(params, exp_avgs, exp_avg_vars, steps)
 
 
-def _single_tensor_adabelief(
-    params,
-    grads,
-    exp_avgs,
-    exp_avg_vars,
-    steps,
-    *,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    weight_decay,
-    weight_decay_type,
-) -> None:
+def _per_tensor_adabelief(params, grads, exp_avgs, exp_avg_vars, steps, **hyper) -> None:
+    """``foreach=False``: the multi-tensor update one tensor at a time (the same ops, so the
+    same numbers)."""
     for p, g, m, s, step in zip(params, grads, exp_avgs, exp_avg_vars, steps, strict=True):
         step += 1
-        t = _get_value(step)
-        c1 = 1.0 - beta1**t
-        sqrt_c2 = (1.0 - beta2**t) ** 0.5
-        if weight_decay != 0 and weight_decay_type == "L2":
-            r = g.add(p, alpha=weight_decay)  # a copy: p.grad stays untouched
-            m.lerp_(r, 1.0 - beta1)
-            r.sub_(m)
-        else:
-            m.lerp_(g, 1.0 - beta1)
-            r = g.sub(m)
-        s.mul_(beta2).addcmul_(r, r, value=1.0 - beta2).add_(eps)
-        denom = r.copy_(s).sqrt_().div_(sqrt_c2).add_(eps)  # reuses r's buffer
-        if weight_decay != 0 and weight_decay_type != "L2":
-            if weight_decay_type == "stable":
-                # 1 - lr·λ / mean(denom), as the multi-tensor path computes it (denom > 0)
-                factor = torch.linalg.vector_norm(denom, 1).reciprocal_()
-                p.mul_(factor.mul_(-lr * weight_decay * denom.numel()).add_(1.0))
-            else:
-                p.mul_(1.0 - lr * weight_decay)
-        p.addcdiv_(m, denom, value=-lr / c1)
+        _multi_tensor_update([p], [g], [m], [s], _counts([step]), **hyper)
 
 
 def _multi_tensor_adabelief(
@@ -270,9 +239,7 @@ def _multi_tensor_adabelief(
     split = weight_decay_type != "stable" or weight_decay == 0  # stable needs whole tensors
     for (ps, gs, ms, ss, ts), _ in grouped.values():
         torch._foreach_add_(ts, 1.0)
-        # Python floats in eager mode; tensors while compiling, so a compiled step neither
-        # breaks the graph on .item() nor recompiles for every new step count.
-        t = [_get_value(step) for step in ts]
+        t = _counts(ts)
         # Chunking buys cache locality on CPU; on GPUs it would only add kernel launches.
         chunks = (
             _chunks([ps, gs, ms, ss], t, split)
@@ -295,8 +262,16 @@ def _sharded_adabelief(params, grads, exp_avgs, exp_avg_vars, steps, **hyper) ->
     """The multi-tensor update on each rank's shards of DTensor parameters."""
     torch._foreach_add_(steps, 1.0)
     local = [[to_local(x) for x in lst] for lst in (params, grads, exp_avgs, exp_avg_vars)]
-    t = [_get_value(step) for step in steps]
-    _multi_tensor_update(*local, t, **hyper, shards=Shards(params))
+    _multi_tensor_update(*local, _counts(steps), **hyper, shards=Shards(params))
+
+
+def _counts(steps: list[torch.Tensor]) -> list:
+    """The step counts: Python numbers in eager mode; float64 tensors while compiling, so
+    that a compiled step neither breaks the graph on ``.item()`` nor recompiles for every
+    new count, and its bias corrections are as exact as eager's (the counters are float32)."""
+    if torch.compiler.is_compiling():
+        return [step.to(torch.float64) for step in steps]
+    return [_get_value(step) for step in steps]
 
 
 CHUNK_NUMEL = 1 << 18

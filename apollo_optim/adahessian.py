@@ -32,9 +32,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import _fused
+from . import _validation as v
+from ._kernels import fused as _fused
 from ._sharding import check_params, is_dtensor
-from ._warmup import check_lr, warn_if_scheduled_in_warmup
+from ._warmup import warmup_lr, warn_if_scheduled_in_warmup
 from .registry import register
 
 _CREATE_GRAPH_HELP = (
@@ -43,25 +44,22 @@ _CREATE_GRAPH_HELP = (
 )
 
 
-def _validate(g: dict[str, Any]) -> None:
-    lr = float(check_lr("AdaHessian", g["lr"]))
-    rules = [
-        ("betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "each must be in [0, 1)"),
-        ("eps", lambda v: v > 0, "must be > 0"),
-        ("weight_decay", lambda v: v >= 0, "must be >= 0"),
-        ("warmup", lambda v: v >= 0 and float(v).is_integer(), "must be an integer >= 0"),
-        ("init_lr", lambda v: 0 <= v <= lr, f"must be in [0, lr={lr!r}]"),
-        ("hessian_power", lambda v: 0 < v <= 1, "must be in (0, 1]"),
-        ("update_each", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
-        ("fused", lambda v: v in (None, True, False), "must be None, True or False"),
-    ]
-    for name, ok, why in rules:
-        try:
-            valid = bool(ok(g[name]))
-        except (TypeError, ValueError):  # e.g. a string or None where a number belongs
-            valid = False
-        if not valid:
-            raise ValueError(f"AdaHessian: invalid {name}={g[name]!r} ({why})")
+RULES = (
+    v.LR,
+    v.BETAS,
+    v.EPS,
+    v.WEIGHT_DECAY,
+    v.WARMUP,
+    v.INIT_LR,
+    v.Rule("hessian_power", lambda k, _: 0 < k <= 1, "must be in (0, 1]"),
+    v.Rule("update_each", lambda n, _: isinstance(n, int) and n >= 1, "must be an integer >= 1"),
+    v.Rule(
+        "seed",
+        lambda s, _: s is None or (isinstance(s, int) and 0 <= s < 2**64),
+        "must be an integer in [0, 2**64)",
+    ),
+    v.FUSED,
+)
 
 
 @register("adahessian", summary="AdaHessian (Yao et al., 2021): Hutchinson Hessian diagonal")
@@ -143,14 +141,10 @@ class AdaHessian(torch.optim.Optimizer):
             average_conv_kernel=average_conv_kernel,
             fused=fused,
         )
-        _validate(defaults)  # before any group exists, so the message names the argument
+        v.validate("AdaHessian", {**defaults, "seed": seed}, RULES)  # before any group exists
         defaults["betas"] = tuple(betas)
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
-        if not isinstance(seed, int) or not 0 <= seed < 2**64:
-            raise ValueError(
-                f"AdaHessian: invalid seed={seed!r} (must be an integer in [0, 2**64))"
-            )
         defaults["seed"] = seed
         self._generators: dict[str, torch.Generator] = {}
         self._warmup_checked = False
@@ -164,7 +158,7 @@ class AdaHessian(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its ``base_lr`` (the warmup's target) is its lr now."""
-        _validate({**self.defaults, **param_group})  # before the group joins
+        v.validate("AdaHessian", {**self.defaults, **param_group}, RULES)  # before it joins
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_params("AdaHessian", group["params"], elementwise=False)
@@ -296,7 +290,7 @@ class AdaHessian(torch.optim.Optimizer):
         )
         if not ok:
             return False
-        from ._fused import adahessian as kernels  # imports Triton
+        from ._kernels import triton_adahessian as kernels  # imports Triton
 
         buckets: dict[int, list] = {}
         for item in items:  # the counters live on the host (update_each is decided there)
@@ -304,7 +298,7 @@ class AdaHessian(torch.optim.Optimizer):
         for t, bucket in buckets.items():
             params, grads, hessians, states = (list(x) for x in zip(*bucket, strict=True))
             plan = kernels.plan(self._fused_plans, params, states)
-            plan.step(grads, hessians, t, _lr_at(group, t), group)
+            plan.step(grads, hessians, t, warmup_lr(group, t), group)
             torch._foreach_add_([s["step"] for s in states], 1.0)
         return True
 
@@ -335,7 +329,7 @@ class AdaHessian(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         step = state["step"]
         t = step.item()  # before this step (rule step 3)
-        lr = _lr_at(group, t)
+        lr = warmup_lr(group, t)
         if group["weight_decay"] != 0:
             p.mul_(1.0 - lr * group["weight_decay"])
         step += 1
@@ -457,15 +451,6 @@ def _check_same_parameters_on_all_ranks(pairs, device: torch.device) -> None:
             f"{int(n[0])}); it needs every rank to hold every parameter, as under DDP "
             "(ZeroRedundancyOptimizer and FSDP split them)"
         )
-
-
-def _lr_at(group: dict[str, Any], t: float) -> float:
-    """Spec step 3: the warmup's lr with the count ``t`` before this step, then the group's
-    lr; a group with lr 0 does not move, in warmup too."""
-    lr = float(group["lr"])
-    if t < group["warmup"] and lr != 0:
-        return group["init_lr"] + (group["base_lr"] - group["init_lr"]) * t / group["warmup"]
-    return lr
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

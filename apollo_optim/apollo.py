@@ -4,23 +4,22 @@ The update follows ``docs/update_rules.md`` ("Apollo (and ApolloW)") step by ste
 the step numbers in the comments below are that page's. Every reduction is over one
 parameter tensor ("parameter-wise"), never across tensors.
 
-Implementations of the same rule (here, ``_apollo_cpu.py``, ``_apollo_foreach.py`` and
-``_fused``):
+:meth:`Apollo.step` picks one of three implementations of the rule for each group (the
+benchmark figures that earn each its place: ``docs/performance.md``):
 
-* ``fused`` (the default for CUDA tensors): Triton kernels, a constant number of launches
-  per group, counters on the device (``apollo_optim._fused``);
-* ``foreach=False``: a plain per-tensor loop (:func:`_single_tensor_apollo`);
-* ``foreach=True`` (default elsewhere): on CPU, same-shape batches of small tensors and
-  blocked sweeps over large ones (``_apollo_cpu``); on other devices ``torch._foreach_*``
-  over runs of tensors sharing device, dtype and step count, bit-identical to the loop;
-* tensor scalars, no ``.item()`` (``apollo_scalars`` then ``apollo_apply``): used when
-  a user's ``torch.compile`` traces ``step()``, and with ``compiled=True``, which
-  compiles both once (dynamic shapes) for every tensor of at least 64k elements; equal
-  to the eager paths up to float rounding.
+* ``fused`` (the default for CUDA float32/bfloat16 tensors): the Triton kernels of
+  ``_kernels/triton_apollo.py``, a constant number of launches per group, counters on
+  the device;
+* the blocked CPU step (the default on CPU, ``foreach=None`` or ``True``):
+  ``_kernels/cpu_apollo.py``, same-shape batches of small tensors and cache-sized sweeps
+  over large ones;
+* the tensor-scalar form below (:func:`apollo_scalars` then :func:`apollo_apply`, no
+  ``.item()``): what a user's ``torch.compile`` traces, what ``compiled=True`` compiles
+  (once, dynamic shapes, for every tensor of at least 64k elements), the DTensor (FSDP2)
+  path with its reductions all-reduced over the shards, and the per-tensor loop
+  everywhere else (``foreach=False``; float64 or ``fused=False`` on CUDA; other devices).
 
-The eager paths keep one scratch buffer per device and dtype on the optimizer (not
-in the state dict), the size of one run of tensors (at most 256k elements, or the
-largest parameter), so that a step allocates no large temporaries.
+All three equal the float64 reference rule up to float rounding (tested).
 A user-compiled training step specialises on the group's lr (a Python number): an
 LR scheduler then causes recompiles; ``compiled=True`` passes lr as a tensor.
 """
@@ -28,39 +27,74 @@ LR scheduler then causes recompiles; ``compiled=True`` passes lr as a tensor.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from . import _fused
-from ._apollo_cpu import Buffers, cpu_apollo, delta_into
-from ._apollo_foreach import (
-    Hyper,
-    apollo_apply,
-    apollo_scalars,
-    flat,
-    lr_at_step,
-    multi_tensor_apollo,
-    sharded_apollo,
-    traceable_apollo,
-)
-from ._sharding import check_params, is_dtensor
-from ._warmup import check_lr, warn_if_scheduled_in_warmup
+from . import _validation as v
+from ._kernels import fused as _fused
+from ._kernels.cpu_apollo import cpu_apollo
+from ._kernels.cpu_buffers import Buffers
+from ._sharding import Shards, check_params, is_dtensor, to_local
+from ._warmup import warmup_lr, warn_if_scheduled_in_warmup
 from .registry import register
 
-REBOUNDS = ("constant", "belief")
-COMPILE_MIN_NUMEL = 1 << 16  # smaller tensors take the eager multi-tensor path
-FOREACH_CHUNK = 1 << 18  # elements per multi-tensor run (see Apollo._chunks)
-BLOCKED_DEVICES = ("cpu",)  # devices whose foreach path is _apollo_cpu's blocked sweeps
-WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
+COMPILE_MIN_NUMEL = 1 << 16  # smaller tensors take the eager path
 STATE = ("exp_avg_grad", "approx_hessian", "update")
 APOLLO_DTYPES = (torch.float32, torch.bfloat16)  # float16: d⊙d overflows once |d| > 256
 
+RULES = (
+    v.LR,
+    v.Rule("beta", lambda b, _: 0 <= b < 1, "must be in [0, 1)"),
+    v.EPS,
+    v.one_of("rebound", ("constant", "belief")),
+    v.Rule("sigma", lambda s, _: s > 0, "must be > 0"),
+    v.WARMUP,
+    v.optional(v.INIT_LR),  # None: lr / 1000
+    v.WEIGHT_DECAY,
+    v.optional(v.one_of("weight_decay_type", v.WEIGHT_DECAY_TYPES)),  # None: by rebound
+    v.FUSED,
+    v.exclusive("fused", "compiled"),
+    v.exclusive("fused", "foreach"),
+)
 
-def _check(ok: bool, name: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ValueError(f"Apollo: invalid {name}={value!r} ({why})")
+
+class Hyper(NamedTuple):
+    """One group's hyperparameters, resolved for the update functions."""
+
+    beta: float
+    eps_prime: float  # ε' of rule step 5: ε for belief, ε/σ for constant
+    sigma: float
+    belief: bool
+    weight_decay: float
+    l2: bool  # λ ≠ 0 and type 'L2'
+    decoupled: bool  # λ ≠ 0 and type 'decoupled' or 'stable'
+    stable: bool
+    maximize: bool
+    warmup: int
+    init_lr: float
+    base_lr: float
+
+    @classmethod
+    def from_group(cls, group: dict[str, Any]) -> Hyper:
+        belief = group["rebound"] == "belief"
+        wd, wdt = float(group["weight_decay"]), group["weight_decay_type"]
+        return cls(
+            beta=float(group["beta"]),
+            eps_prime=float(group["eps"]) if belief else group["eps"] / group["sigma"],
+            sigma=float(group["sigma"]),
+            belief=belief,
+            weight_decay=wd,
+            l2=wd != 0 and wdt == "L2",
+            decoupled=wd != 0 and wdt != "L2",
+            stable=wdt == "stable",
+            maximize=bool(group.get("maximize", False)),
+            warmup=int(group["warmup"]),
+            init_lr=float(group["init_lr"]),
+            base_lr=float(group.get("base_lr", group["lr"])),  # absent in foreign checkpoints
+        )
 
 
 class Apollo(torch.optim.Optimizer):
@@ -79,16 +113,17 @@ class Apollo(torch.optim.Optimizer):
         weight_decay_type: ``'L2'`` (added to the gradient), ``'decoupled'`` or ``'stable'``
             (added to the update, the latter divided by mean(D)); default ``'L2'`` for the
             constant rebound and ``'decoupled'`` for belief.
-        foreach: use the multi-tensor path (default ``True``).
+        foreach: on CPU, the blocked multi-tensor step (``None``, the default, or ``True``)
+            or the per-tensor loop (``False``). Elsewhere the unfused step is the loop.
         maximize: maximize the objective instead of minimizing it.
         compiled: update tensors of >= 64k elements with a ``torch.compile``'d kernel
             (opt-in; the first step compiles, ~20 s on a 2-core CPU); smaller tensors
-            stay on the eager multi-tensor path.
+            stay on the eager path.
         fused: the fused Triton kernels (a constant number of launches per group, no
             host-device synchronisation, step counters on the device). ``None`` (default):
-            used for CUDA float32/bfloat16 parameters when Triton is importable and neither
-            ``foreach`` nor ``compiled`` was given; ``True``: required (an error says why
-            it cannot run); ``False``: never.
+            used for CUDA float32/bfloat16 parameters when a recent enough Triton is
+            importable and neither ``foreach`` nor ``compiled`` was given; ``True``:
+            required (an error says why it cannot run); ``False``: never.
     """
 
     def __init__(
@@ -124,49 +159,21 @@ class Apollo(torch.optim.Optimizer):
             compiled=compiled,
             fused=fused,
         )
-        self._validate(defaults)  # before any group exists, so the message names the argument
-        self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self._views: dict[tuple, list[torch.Tensor]] = {}
+        v.validate("Apollo", defaults, RULES)  # before any group: the message names the argument
         self._cpu_buffers: dict[torch.dtype, Buffers] = {}
         self._compiled_fn: tuple[Callable, Callable] | None = None
         self._warmup_checked = False
         self._fused_plans = _fused.Cache()
         super().__init__(params, defaults)
         if fused:
-            _fused.check_requested(
-                "Apollo", [p for g in self.param_groups for p in g["params"]], APOLLO_DTYPES
-            )
-
-    @staticmethod
-    def _validate(g: dict[str, Any]) -> None:
-        lr = check_lr("Apollo", g["lr"])
-        _check(0.0 <= g["beta"] < 1.0, "beta", g["beta"], "must be in [0, 1)")
-        _check(g["eps"] > 0, "eps", g["eps"], "must be > 0")
-        _check(g["rebound"] in REBOUNDS, "rebound", g["rebound"], f"expected one of {REBOUNDS}")
-        _check(g["sigma"] > 0, "sigma", g["sigma"], "must be > 0")
-        w = g["warmup"]
-        _check(w >= 0 and float(w).is_integer(), "warmup", w, "must be an integer >= 0")
-        ilr = g["init_lr"]
-        _check(ilr is None or 0 <= ilr <= lr, "init_lr", ilr, f"must be in [0, lr={lr}]")
-        _check(g["weight_decay"] >= 0, "weight_decay", g["weight_decay"], "must be >= 0")
-        wdt = g["weight_decay_type"]
-        _check(
-            wdt is None or wdt in WEIGHT_DECAY_TYPES,
-            "weight_decay_type",
-            wdt,
-            f"expected one of {WEIGHT_DECAY_TYPES}",
-        )
-        fused = g.get("fused")
-        _check(fused in (None, True, False), "fused", fused, "must be None, True or False")
-        if fused:
-            _check(not g.get("compiled"), "fused", fused, "fused and compiled are two paths")
-            _check(not g.get("foreach"), "fused", fused, "fused and foreach are two paths")
+            everything = [p for g in self.param_groups for p in g["params"]]
+            _fused.check_requested("Apollo", everything, APOLLO_DTYPES)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its ``base_lr`` (the warmup's target, rule step 1) is its lr now."""
+        v.validate("Apollo", {**self.defaults, **param_group}, RULES)  # before it joins
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        self._validate(group)
         check_params("Apollo", group["params"], elementwise=False)
         # Python numbers even when lr is a tensor: a compiled step treats them as constants
         group.setdefault("base_lr", float(group["lr"]))
@@ -177,8 +184,6 @@ class Apollo(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._scratch = {}
-        self._views = {}
         self._cpu_buffers = {}
         self._compiled_fn = None
         self._warmup_checked = False
@@ -190,40 +195,6 @@ class Apollo(torch.optim.Optimizer):
             group.setdefault("compiled", False)
             group.setdefault("base_lr", group["lr"])
 
-    def _scratch_for(self, device: torch.device, dtype: torch.dtype, n: int) -> torch.Tensor:
-        buf = self._scratch.get((device, dtype))
-        if buf is None or buf.numel() < n:
-            buf = torch.empty(n, device=device, dtype=dtype)
-            self._scratch[(device, dtype)] = buf
-            self._views.clear()  # cached views would keep the old buffer alive
-        return buf[:n]
-
-    def _chunks(self, device, dtype, params: list[torch.Tensor]) -> list[tuple]:
-        """Runs ``(lo, hi, scratch views)`` of consecutive tensors of at most FOREACH_CHUNK
-        elements in all (a larger tensor runs alone). Each run's buffers stay in cache
-        across the dozen passes of the update; the scratch views are cached, as
-        rebuilding hundreds of views every step costs as much as a foreach op."""
-        key = (device, dtype, tuple(p.shape for p in params))
-        chunks = self._views.get(key)
-        if chunks is None:
-            bounds, lo, n = [], 0, 0
-            for i, p in enumerate(params):
-                if i > lo and n + p.numel() > FOREACH_CHUNK:
-                    bounds.append((lo, i, n))
-                    lo, n = i, 0
-                n += p.numel()
-            bounds.append((lo, len(params), n))
-            buf = self._scratch_for(device, dtype, max(b[2] for b in bounds))
-            chunks = []
-            for lo, hi, n in bounds:
-                run = params[lo:hi]
-                views = buf[:n].split([p.numel() for p in run])
-                chunks.append((lo, hi, [v.view_as(p) for v, p in zip(views, run, strict=True)]))
-            if len(self._views) >= 8:  # groups x step-count buckets; bounded
-                self._views.clear()
-            self._views[key] = chunks
-        return chunks
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one update (rule steps 1-14); ``closure`` re-evaluates the loss."""
@@ -232,7 +203,7 @@ class Apollo(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, ms, bs, us, steps, states = [], [], [], [], [], [], []
+            params, grads, states = [], [], []
             for p in group["params"]:
                 g = p.grad
                 if g is None:
@@ -249,83 +220,69 @@ class Apollo(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
-                    state["exp_avg_grad"] = torch.zeros_like(p)
-                    state["approx_hessian"] = torch.zeros_like(p)
-                    state["update"] = torch.zeros_like(p)
+                    for k in STATE:
+                        state[k] = torch.zeros_like(p)
                 if p.numel() == 0:  # nothing to update; keep the counter honest
                     state["step"] += 1
                     continue
                 params.append(p)
                 grads.append(g)
-                ms.append(state["exp_avg_grad"])
-                bs.append(state["approx_hessian"])
-                us.append(state["update"])
-                steps.append(state["step"])
                 states.append(state)
             if params:
-                self._update_group(group, params, grads, ms, bs, us, steps, states)
+                self._update_group(group, params, grads, states)
         return loss
 
-    def _update_group(self, group, params, grads, ms, bs, us, steps, states=None) -> None:
+    def _update_group(self, group, params, grads, states) -> None:
         hp = Hyper.from_group(group)
+        lists = (params, grads, *([st[k] for st in states] for k in (*STATE, "step")))
         if torch.compiler.is_compiling():  # a user's torch.compile is tracing this step
             # A tensor lr (as torch.optim documents for compiled steps) is read in the
             # graph, so an LR scheduler's in-place updates do not recompile it.
-            traceable_apollo(params, grads, ms, bs, us, steps, _lr_tensor(group), hp)
+            tensor_scalar_apollo(*lists, _lr_tensor(group), hp)
             return
         if not self._warmup_checked and hp.warmup > 0 and _lr_moved(group):
             # one read of one counter (a device sync for the fused path's counters), once
-            self._warmup_checked = warn_if_scheduled_in_warmup("Apollo", group, int(steps[0]))
+            t = int(states[0]["step"])
+            self._warmup_checked = warn_if_scheduled_in_warmup("Apollo", group, t)
         if any(is_dtensor(p) for p in params):  # FSDP2: reductions over whole tensors
-            sharded_apollo(params, grads, ms, bs, us, steps, _lr_tensor(group), hp)
+            sharded_apollo(*lists, _lr_tensor(group), hp)
             return
         if _fused.considered(group, params):
-            states = [self.state[p] for p in params]
             plan = _fused.plan(self._fused_plans, "Apollo", group, params, states, STATE, _plan)
             if plan is not None:
                 plan.step(grads, group)
                 return
+        rest = range(len(params))
         if group.get("compiled", False):
-            params, grads, ms, bs, us, steps = self._compiled_update(
-                group, hp, params, grads, ms, bs, us, steps
-            )
-            states = None  # a subset now: looked up again below
-            if not params:
-                return
-        # Eager paths: bucket by (device, dtype, step count) so every scalar that depends on
-        # the step (alpha, lr_t) is one Python number per bucket.
-        buckets: dict[tuple, list[int]] = {}
-        one_device = all(s.device == steps[0].device for s in steps)
-        counts = torch.stack(steps).tolist() if one_device else [s.item() for s in steps]
-        for i, (p, t) in enumerate(zip(params, counts, strict=True)):
-            buckets.setdefault((p.device, p.dtype, int(t)), []).append(i)
-        foreach = group.get("foreach") is None or group["foreach"]
-        for (device, dtype, t), idx in buckets.items():
-            lr_t = lr_at_step(t, group["lr"], hp)
-            sel = [params, grads, ms, bs, us]
-            if len(buckets) > 1:
-                sel = [[lst[i] for i in idx] for lst in sel]
-            if foreach and device.type in BLOCKED_DEVICES:
-                buffers = self._cpu_buffers.setdefault(dtype, Buffers(dtype))
-                sts = [self.state[p] for p in params] if states is None else states
-                if len(buckets) > 1:
-                    sts = [sts[i] for i in idx]
-                cpu_apollo(sel[0], sel[1], sts, t, lr_t, hp, buffers)
-            elif foreach:
-                for lo, hi, scratch in self._chunks(device, dtype, sel[0]):
-                    multi_tensor_apollo(*(x[lo:hi] for x in sel), scratch, t, lr_t, hp)
-            else:
-                buf = self._scratch_for(device, dtype, max(p.numel() for p in sel[0]))
-                _single_tensor_apollo(*sel, buf, t, lr_t, hp)
-            torch._foreach_add_(steps if len(buckets) == 1 else [steps[i] for i in idx], 1.0)
+            rest = self._compiled_update(group, hp, lists)
+        blocked = group.get("foreach") is not False
+        cpu = [i for i in rest if blocked and params[i].device.type == "cpu"]
+        others = [i for i in rest if not (blocked and params[i].device.type == "cpu")]
+        if cpu:
+            self._blocked_update(group, hp, params, grads, states, cpu)
+        if others:
+            tensor_scalar_apollo(*([x[i] for i in others] for x in lists), _lr_tensor(group), hp)
 
-    def _compiled_update(self, group, hp, *lists):
-        """Update the large tensors with the compiled kernels; return the rest.
+    def _blocked_update(self, group, hp: Hyper, params, grads, states, idx: list[int]) -> None:
+        """The CPU tensors ``idx``, bucketed by (dtype, step count) so that every scalar
+        that depends on the step (α, lr_t) is one Python number per bucket."""
+        counts = torch.stack([states[i]["step"] for i in idx]).tolist()
+        buckets: dict[tuple, list[int]] = {}
+        for i, t in zip(idx, counts, strict=True):
+            buckets.setdefault((params[i].dtype, int(t)), []).append(i)
+        for (dtype, t), sel in buckets.items():
+            buffers = self._cpu_buffers.setdefault(dtype, Buffers(dtype))
+            ps, gs, sts = ([x[i] for i in sel] for x in (params, grads, states))
+            cpu_apollo(ps, gs, sts, t, warmup_lr(group, t), hp, buffers)
+            torch._foreach_add_([st["step"] for st in sts], 1.0)
+
+    def _compiled_update(self, group, hp: Hyper, lists) -> list[int]:
+        """Update the large tensors with the compiled kernels; return the others' indices.
 
         Two graphs (scalars, then the elementwise update) serve every tensor, flattened
         to 1-D with a symbolic length. A call costs ~0.1 ms of guards and dispatch, more
-        than the eager multi-tensor path spends on a small tensor, so tensors under
-        COMPILE_MIN_NUMEL elements stay eager."""
+        than the eager path spends on a small tensor, so tensors under COMPILE_MIN_NUMEL
+        elements stay eager."""
         if self._compiled_fn is None:
             self._compiled_fn = (
                 torch.compile(apollo_scalars, dynamic=True),
@@ -333,15 +290,13 @@ class Apollo(torch.optim.Optimizer):
             )
         scalars, apply = self._compiled_fn
         lr = _lr_tensor(group)  # a tensor lr keeps an LR scheduler from forcing a recompile
-        rest = [[] for _ in lists]
-        for p, g, m, b, u, s in zip(*lists, strict=True):
-            tensors = (p, g, m, b, u)
-            if p.numel() >= COMPILE_MIN_NUMEL and all(x.is_contiguous() for x in tensors):
-                flat_tensors = [x.view(-1) for x in tensors]
-                apply(*flat_tensors, *scalars(*flat_tensors, s, lr, hp), hp)
+        rest = []
+        for i, (*tensors, step) in enumerate(zip(*lists, strict=True)):
+            if tensors[0].numel() >= COMPILE_MIN_NUMEL and all(x.is_contiguous() for x in tensors):
+                flat = [x.view(-1) for x in tensors]
+                apply(*flat, *scalars(*flat, step, lr, hp), hp)
             else:
-                for lst, x in zip(rest, (*tensors, s), strict=True):
-                    lst.append(x)
+                rest.append(i)
         return rest
 
 
@@ -360,53 +315,103 @@ def _lr_moved(group: dict[str, Any]) -> bool:
 
 
 def _plan(params, ms, bs, us, steps):
-    from ._fused.apollo import Plan  # imports Triton
+    from ._kernels.triton_apollo import Plan  # imports Triton
 
     return Plan(params, ms, bs, us, steps)
 
 
-def _single_tensor_apollo(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    ms: list[torch.Tensor],
-    bs: list[torch.Tensor],
-    us: list[torch.Tensor],
-    buf: torch.Tensor,
-    t: int,
-    lr_t: float,
-    hp: Hyper,
-) -> None:
-    """The per-tensor loop; op for op the same as :func:`multi_tensor_apollo`."""
-    alpha = (1 - hp.beta) / (1 - hp.beta ** (t + 1))  # step 3 (t counted before this step)
-    for p, g, m, b, u in zip(params, grads, ms, bs, us, strict=True):
-        delta = delta_into(p, g, m, hp, buf[: p.numel()].view_as(p))  # steps 2 and 4
-        x = torch.dot(flat(delta), flat(u))  # Σ Δ⊙d, d the previous update
-        m.add_(delta, alpha=alpha)  # step 6
-        if hp.belief:
-            r = delta.abs_().max()  # step 5: ‖Δ‖∞
-        w = u.mul_(u)  # d⊙d, in the update's own buffer (d is rewritten in step 12)
-        q = torch.linalg.vector_norm(w)  # ‖d‖₄² = sqrt(Σ (d⊙d)⊙(d⊙d)), never norm(p=4)
-        y = torch.dot(flat(b), flat(w))
-        s = q.sqrt() + hp.eps_prime  # step 7
-        s2 = s * s
-        # steps 8-9 with d/s folded into the sums: δ = (-α Σ Δ⊙d - Σ B⊙d⊙d) / s²;
-        # step 10 then adds δ·v = (δ / s²)·(d⊙d).
-        c = (x * -alpha - y) / s2 / s2
-        b.addcmul_(w, c)
-        dd = torch.abs(b, out=delta)  # step 11, D in the scratch buffer
-        if hp.belief:
-            dd.clamp_min_(r).add_(hp.eps_prime / alpha)
-        else:
-            dd.clamp_min_(hp.sigma)
-        torch.div(m, dd, out=u)  # step 12: d = m / D
-        if hp.decoupled:  # step 13 (the stored update includes this term)
-            if hp.stable:
-                lam = hp.weight_decay / (torch.linalg.vector_norm(dd, 1) / dd.numel())
-                u.addcmul_(p, lam)
-            else:
-                u.add_(p, alpha=hp.weight_decay)
-        if lr_t != 0:  # a group with lr 0 must not move, even through inf/nan updates
-            p.add_(u, alpha=-lr_t)  # step 14
+# ------------------------------------------------------------ the tensor-scalar form
+
+
+def _grad_delta(p, g, m, hp: Hyper) -> torch.Tensor:
+    grad = -g if hp.maximize else g
+    if hp.l2:
+        grad = grad + hp.weight_decay * p  # step 2, on a copy
+    return grad - m  # step 4
+
+
+def _local_stats(p, g, m, b, u, hp: Hyper) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reductions of rule steps 5-9 over one tensor, or over one shard of it:
+    ``([Σ Δ⊙d, Σ (d⊙d)⊙(d⊙d), Σ B⊙d⊙d], ‖Δ‖∞)`` with d the previous update. Sums and
+    maxima of shards combine into the whole tensor's (see ``_sharding.Shards``)."""
+    delta = _grad_delta(p, g, m, hp)
+    w = u * u
+    sums = torch.stack(((delta * u).sum(), (w * w).sum(), (b * w).sum()))
+    r = None
+    if hp.belief:  # an empty shard contributes 0 (‖Δ‖∞ >= 0)
+        r = delta.abs().amax() if delta.numel() else delta.new_zeros(())
+    return sums, r
+
+
+def _scalars(sums: torch.Tensor, r, step: torch.Tensor, lr: torch.Tensor, hp: Hyper):
+    """Spec steps 1, 3 and 7-9 from a tensor's reductions: ``(lr_t, α, δ/s², ‖Δ‖∞)``;
+    increments the step counter."""
+    t = step.to(torch.float64)  # the counter may be float32; the scalars need not be
+    if hp.warmup > 0:  # step 1, t before the increment (as _warmup.warmup_lr, in tensors)
+        warm = hp.init_lr + (hp.base_lr - hp.init_lr) * t / hp.warmup
+        # a group whose lr is 0 does not move, in warmup too
+        lr_t = torch.where(t < hp.warmup, torch.where(lr == 0, 0.0, warm), lr)
+    else:
+        lr_t = lr
+    step.add_(1)
+    alpha = (1 - hp.beta) / (1 - torch.pow(hp.beta, t + 1))  # step 3
+    x, w4, bw = sums.unbind()
+    s = w4.sqrt().sqrt() + hp.eps_prime  # step 7: ‖d‖₄ + ε'
+    s2 = s * s
+    # steps 8-9 with d/s folded into the sums: δ = (-α Σ Δ⊙d - Σ B⊙d⊙d) / s²; step 10
+    # then adds δ·v = (δ / s²)·(d⊙d)
+    c = (x * -alpha - bw) / s2 / s2
+    return lr_t, alpha, c, r
+
+
+def apollo_scalars(p, g, m, b, u, step: torch.Tensor, lr: torch.Tensor, hp: Hyper):
+    """Spec steps 1-9 for one tensor with tensor scalars (no ``.item()``, so the step
+    counter never becomes a constant of a compiled graph): ``(lr_t, α, δ/s², ‖Δ‖∞)``.
+    Increments the counter; leaves the other state to :func:`apollo_apply`."""
+    return _scalars(*_local_stats(p, g, m, b, u, hp), step, lr, hp)
+
+
+def apollo_apply(p, g, m, b, u, lr_t, alpha, c, r, hp: Hyper, mean=torch.mean) -> None:
+    """Spec steps 6 and 10-14 for one tensor, given :func:`apollo_scalars`' results.
+
+    A separate function so that, compiled, the scalar arithmetic (a pow, two square
+    roots) runs once instead of inside the elementwise loop, where Inductor puts it
+    when the two halves are compiled as one graph. ``mean`` takes mean(D) for the
+    stable decay (over the whole tensor when ``p`` is one shard of it)."""
+    delta = _grad_delta(p, g, m, hp)
+    m.add_(alpha * delta)  # step 6
+    b.add_(c * (u * u))  # step 10
+    if hp.belief:  # step 11
+        big_d = torch.maximum(b.abs(), r) + hp.eps_prime / alpha
+    else:
+        big_d = b.abs().clamp_min(hp.sigma)
+    d = m / big_d  # step 12
+    if hp.decoupled:  # step 13 (the stored update includes this term)
+        lam = hp.weight_decay / mean(big_d) if hp.stable else hp.weight_decay
+        d = d + lam * p
+    u.copy_(d)
+    # step 14; a group with lr 0 must not move, even through inf/nan updates
+    p.sub_(torch.where(lr_t != 0, lr_t * d, 0.0))
+
+
+def tensor_scalar_apollo(params, grads, ms, bs, us, steps, lr: torch.Tensor, hp: Hyper) -> None:
+    """The per-tensor loop with tensor scalars: traced by torch.compile, and the unfused
+    step wherever the blocked CPU step does not run."""
+    for p, g, m, b, u, step in zip(params, grads, ms, bs, us, steps, strict=True):
+        apollo_apply(p, g, m, b, u, *apollo_scalars(p, g, m, b, u, step, lr, hp), hp)
+
+
+def sharded_apollo(params, grads, ms, bs, us, steps, lr: torch.Tensor, hp: Hyper) -> None:
+    """The tensor-scalar update for DTensor parameters (FSDP2): elementwise work on each
+    rank's shard, every per-tensor reduction all-reduced over the whole tensor."""
+    shards = Shards(params)
+    local = [[to_local(x) for x in lst] for lst in (params, grads, ms, bs, us)]
+    stats = [_local_stats(*ts, hp) for ts in zip(*local, strict=True)]
+    sums = shards.sum_(torch.stack([s.to(torch.float64) for s, _ in stats]))
+    rs = shards.max_(torch.stack([r.to(torch.float64) for _, r in stats])) if hp.belief else None
+    for i, (ts, step) in enumerate(zip(zip(*local, strict=True), steps, strict=True)):
+        lr_t, alpha, c, r = _scalars(sums[i], None if rs is None else rs[i], step, lr, hp)
+        apollo_apply(*ts, lr_t, alpha, c, r, hp, mean=partial(shards.mean, i))
 
 
 register(

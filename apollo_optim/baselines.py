@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
+from . import _validation as v
 from .registry import register
 
 
@@ -27,10 +28,9 @@ def _with_fused_default(params: Iterable, kwargs: dict) -> list:
 
 
 def _check_type(name: str, weight_decay_type: str, allowed: tuple[str, ...]) -> None:
-    if weight_decay_type not in allowed:
-        raise ValueError(
-            f"{name}: weight_decay_type must be one of {allowed}, got {weight_decay_type!r}"
-        )
+    v.validate(
+        name, {"weight_decay_type": weight_decay_type}, [v.one_of("weight_decay_type", allowed)]
+    )
 
 
 @register("sgd", summary="SGD with Nesterov momentum 0.9 and L2 weight decay (torch.optim.SGD)")

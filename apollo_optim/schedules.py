@@ -23,39 +23,35 @@ from collections.abc import Sequence
 
 import torch
 
+from . import _validation as v
+
 SCHEDULES = ("constant", "milestone", "cosine", "inverse_sqrt", "exponential")
+OPTIONS = ("warmup", "init_lr", "milestones", "decay_rate", "total_steps", "last_lr", "gamma")
 
 
-def _validate(
-    kind: str,
-    warmup: int,
-    init_lr: float,
-    milestones: Sequence[int],
-    decay_rate: float,
-    total_steps: int | None,
-    last_lr: float,
-    gamma: float,
-) -> None:
-    if kind not in SCHEDULES:
-        raise ValueError(f"unknown schedule {kind!r}; known schedules: {', '.join(SCHEDULES)}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
-    if init_lr < 0:
-        raise ValueError(f"init_lr must be >= 0, got {init_lr}")
-    if any(not isinstance(m, int) or m < 0 for m in milestones) or list(milestones) != sorted(
-        set(milestones)
-    ):
-        raise ValueError(f"milestones must be increasing non-negative integers, got {milestones}")
-    if kind == "milestone" and not 0.0 < decay_rate <= 1.0:
-        raise ValueError(f"decay_rate must be in (0, 1], got {decay_rate}")
-    if kind == "cosine" and (not isinstance(total_steps, int) or total_steps <= 0):
-        raise ValueError(f"cosine needs total_steps, a positive integer, got {total_steps!r}")
-    if last_lr < 0:
-        raise ValueError(f"last_lr must be >= 0, got {last_lr}")
-    if kind == "inverse_sqrt" and warmup == 0:
-        raise ValueError("inverse_sqrt needs warmup > 0 (lr = lr * sqrt(warmup / step) after it)")
-    if kind == "exponential" and not 0.0 < gamma <= 1.0:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+RULES = (
+    v.one_of("kind", SCHEDULES),
+    v.Rule("warmup", lambda w, _: isinstance(w, int) and w >= 0, "must be an integer >= 0"),
+    v.Rule(
+        "warmup",
+        lambda w, a: a["kind"] != "inverse_sqrt" or w > 0,
+        "inverse_sqrt needs warmup > 0: lr * sqrt(warmup / step) after it",
+    ),
+    v.Rule("init_lr", lambda x, _: x >= 0, "must be >= 0"),
+    v.Rule(
+        "milestones",
+        lambda m, _: all(isinstance(x, int) and x >= 0 for x in m) and list(m) == sorted(set(m)),
+        "must be increasing non-negative integers",
+    ),
+    v.Rule("decay_rate", lambda d, a: a["kind"] != "milestone" or 0 < d <= 1, "must be in (0, 1]"),
+    v.Rule(
+        "total_steps",
+        lambda n, a: a["kind"] != "cosine" or (isinstance(n, int) and n > 0),
+        "cosine needs a positive integer",
+    ),
+    v.Rule("last_lr", lambda x, _: x >= 0, "must be >= 0"),
+    v.Rule("gamma", lambda g, a: a["kind"] != "exponential" or 0 < g <= 1, "must be in (0, 1]"),
+)
 
 
 def lr_at(
@@ -81,7 +77,8 @@ def lr_at(
     - ``inverse_sqrt``: ``base_lr * sqrt(warmup / step)`` (fairseq's rule);
     - ``exponential``: ``base_lr * gamma ** (step - warmup)``.
     """
-    _validate(kind, warmup, init_lr, milestones, decay_rate, total_steps, last_lr, gamma)
+    options = (warmup, init_lr, milestones, decay_rate, total_steps, last_lr, gamma)
+    v.validate("Schedule", dict(zip(("kind", *OPTIONS), (kind, *options), strict=True)), RULES)
     if step < warmup:
         return init_lr + (base_lr - init_lr) * step / warmup
     if kind == "milestone":
@@ -124,18 +121,17 @@ class Schedule(torch.optim.lr_scheduler.LRScheduler):
         gamma: float = 1.0,
         last_epoch: int = -1,
     ) -> None:
-        milestones = list(milestones)
-        _validate(kind, warmup, init_lr, milestones, decay_rate, total_steps, last_lr, gamma)
         self.kind = kind
         self.options = {
             "warmup": warmup,
             "init_lr": init_lr,
-            "milestones": milestones,
+            "milestones": list(milestones),
             "decay_rate": decay_rate,
             "total_steps": total_steps,
             "last_lr": last_lr,
             "gamma": gamma,
         }
+        v.validate("Schedule", {"kind": kind, **self.options}, RULES)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:

@@ -43,7 +43,10 @@ def _signature(kernel, args: tuple, meta: dict) -> tuple[dict, dict]:
 
 def _variants() -> dict[str, tuple]:
     """(kernel, signature, constexprs) of every launch of the fused plans over the grid."""
-    from apollo_optim._fused import adabelief, adahessian, apollo, common
+    from apollo_optim._kernels import triton_adabelief as adabelief
+    from apollo_optim._kernels import triton_adahessian as adahessian
+    from apollo_optim._kernels import triton_apollo as apollo
+    from apollo_optim._kernels import triton_common as common
 
     found: dict[str, tuple] = {}
 
@@ -51,7 +54,8 @@ def _variants() -> dict[str, tuple]:
         # both alignments: small CPU tensors are always aligned, parameters may not be
         for aligned in {meta.get("ALIGNED"), not meta.get("ALIGNED", True)} - {None}:
             sig, const = _signature(kernel, args, meta | {"ALIGNED": aligned})
-            name = f"{kernel.fn.__module__.rsplit('.', 1)[-1]}.{kernel.fn.__name__}"
+            module = kernel.fn.__module__.rsplit(".", 1)[-1].removeprefix("triton_")
+            name = f"{module}.{kernel.fn.__name__}"
             key = f"{name}{sorted((k, str(v)) for k, v in const.items())}"
             found.setdefault(key, (kernel, sig, const))
 
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability (90: H100/H200)")
     ap.add_argument("--ptx-only", action="store_true", help="stop at PTX (skip ptxas)")
     args = ap.parse_args(argv)
-    from apollo_optim._fused import interpreting
+    from apollo_optim._kernels.fused import interpreting
 
     if interpreting():
         sys.exit("benchmarks.fused_compile: unset TRITON_INTERPRET (it compiles nothing)")

@@ -1,20 +1,23 @@
 """Time ``optimizer.step()`` on three real parameter sets, against torch.optim.Adam.
 
     python -m benchmarks.optim_step [--sets resnet110,lstm,transformer] [--steps N]
-                                    [--compiled] [--threads T]
+                                    [--compiled] [--threads T] [--cpu-time]
     python -m benchmarks.optim_step --device cuda [--rounds R] [--steps N]
 
 Every optimizer is measured in the same process on the same parameters and random
 gradients, with its ratio to ``torch.optim.Adam(foreach=True)`` and ``Adam(fused=True)``.
+The rows are each optimizer's implementations (the default for the device first).
 CPU: after one untimed step each (state allocation, compilation), the rows take turns
-one step at a time; the median of ``--steps`` steps per row. CUDA: after two untimed
-steps each (state, tables, Triton compilation), per round each row runs ``--steps``
+one step at a time; the median of ``--steps`` steps per row. ``--cpu-time`` times each step
+by the CPU time of the one thread doing it (it sets ``--threads 1``): on a machine shared
+with other processes, time spent waiting for a core then does not count. CUDA: after two
+untimed steps each (state, tables, Triton compilation), per round each row runs ``--steps``
 steps between two CUDA events, rows taking turns; the median over ``--rounds`` rounds;
 also each row's peak memory allocated during a step beyond what was allocated before it
 (bytes per parameter), and its ratio to the memory-traffic bound: its tensor-sized
 transfers (Adam 7, Apollo 13) times 4 bytes times the parameter count, over the
-bandwidth of a device-to-device copy measured in the same run. Goals: see
-docs/performance.md, with the figures and how to read them.
+bandwidth of a device-to-device copy measured in the same run. Figures and how to read
+them: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -31,14 +34,10 @@ import torch
 
 from engine import cli
 
-try:  # the project's optimizers; AdaBelief is optional (written in parallel)
-    from apollo_optim.apollo import Apollo
-except ImportError as exc:  # pragma: no cover
-    sys.exit(f"benchmarks.optim_step: cannot import apollo_optim.apollo ({exc})")
 try:
-    from apollo_optim import AdaBelief
-except ImportError:
-    AdaBelief = None
+    from apollo_optim import AdaBelief, Apollo
+except ImportError as exc:  # pragma: no cover
+    sys.exit(f"benchmarks.optim_step: cannot import apollo_optim ({exc})")
 
 Shapes = list[tuple[int, ...]]
 
@@ -156,35 +155,34 @@ Factory = Callable[[list, list], tuple]
 def rows(device: str, compiled: bool) -> dict[str, Factory]:
     """Row name -> factory(params, grads) returning (optimizer, untimed before_step or None).
 
-    On CUDA the default of Apollo and AdaBelief is the fused path, named as such; the
-    multi-tensor rows are ``foreach=True`` there, and the authors'-style loop is kept."""
+    Apollo's and AdaBelief's implementations: the device's default (fused on CUDA; on CPU the
+    blocked step and the batched one), ``foreach=False`` (Apollo: the tensor-scalar form run
+    eagerly; AdaBelief: the multi-tensor update one tensor at a time), on CUDA the unfused
+    multi-tensor AdaBelief, and with ``--compiled`` ``Apollo(compiled=True)``; the authors'-
+    style loop is the reference."""
     lr = 1e-6  # tiny: parameters stay in range over many steps (denormals would skew timings)
     r: dict[str, Factory] = {
         "Adam (foreach)": lambda ps, gs: (torch.optim.Adam(ps, lr=lr, foreach=True), None),
         "Adam (fused)": lambda ps, gs: (torch.optim.Adam(ps, lr=lr, fused=True), None),
     }
-    if device == "cuda":
-        r["Apollo (fused)"] = lambda ps, gs: (Apollo(ps, lr=lr, warmup=0, fused=True), None)
-    r["Apollo (foreach)"] = lambda ps, gs: (Apollo(ps, lr=lr, warmup=0, foreach=True), None)
-    r["Apollo (per-tensor loop)"] = lambda ps, gs: (
+    default = "fused" if device == "cuda" else "blocked"
+    r[f"Apollo ({default})"] = lambda ps, gs: (Apollo(ps, lr=lr, warmup=0), None)
+    r["Apollo (foreach=False)"] = lambda ps, gs: (
         Apollo(ps, lr=lr, warmup=0, foreach=False),
         None,
     )
-    r["naive per-tensor (authors' style)"] = lambda ps, gs: (NaiveApollo(ps, lr=lr), None)
-    if AdaBelief is not None:
-        if device == "cuda":
-            r["AdaBelief (fused)"] = lambda ps, gs: (AdaBelief(ps, lr=lr, fused=True), None)
-        r["AdaBelief (foreach)"] = lambda ps, gs: (AdaBelief(ps, lr=lr, foreach=True), None)
-        r["AdaBelief (per-tensor loop)"] = lambda ps, gs: (
-            AdaBelief(ps, lr=lr, foreach=False),
-            None,
-        )
-    r["SGD (foreach, nesterov)"] = _sgd
     if compiled:
         r["Apollo (compiled)"] = lambda ps, gs: (
             Apollo(ps, lr=lr, warmup=0, compiled=True),
             None,
         )
+    r["naive per-tensor (authors' style)"] = lambda ps, gs: (NaiveApollo(ps, lr=lr), None)
+    default = "fused" if device == "cuda" else "batched"
+    r[f"AdaBelief ({default})"] = lambda ps, gs: (AdaBelief(ps, lr=lr), None)
+    if device == "cuda":
+        r["AdaBelief (foreach)"] = lambda ps, gs: (AdaBelief(ps, lr=lr, foreach=True), None)
+    r["AdaBelief (foreach=False)"] = lambda ps, gs: (AdaBelief(ps, lr=lr, foreach=False), None)
+    r["SGD (foreach, nesterov)"] = _sgd
     return r
 
 
@@ -192,12 +190,15 @@ def rows(device: str, compiled: bool) -> dict[str, Factory]:
 TRANSFERS = {"Adam": 7, "Apollo": 13, "AdaBelief": 7, "SGD": 5}
 
 
+CLOCK = time.perf_counter  # time.thread_time with --cpu-time
+
+
 def _timed_step(opt, before: Callable | None) -> float:
     if before is not None:
         before()
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     opt.step()
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def _parameters(name: str, device: str) -> tuple[list, list, int]:
@@ -359,7 +360,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=7, help="CUDA: rounds (median; default 7)")
     ap.add_argument("--compiled", action="store_true", help="add torch.compile'd Apollo")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="CPU: time each step by its thread's CPU time (sets --threads 1)",
+    )
     args = ap.parse_args(argv)
+    if args.cpu_time:
+        if args.device == "cuda" or args.threads not in (0, 1):
+            ap.error("--cpu-time measures one CPU thread: no --device cuda, --threads 1")
+        global CLOCK
+        CLOCK, args.threads = time.thread_time, 1
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"
@@ -381,9 +392,8 @@ def main(argv: list[str] | None = None) -> None:
 
         inductor_config.force_disable_caches = True
     else:
-        print(f"median of {steps} timed steps per row, rows interleaved step by step")
-    if AdaBelief is None:
-        print("(optim.AdaBelief not importable: its rows are skipped)")
+        clock = "thread CPU time" if args.cpu_time else "wall time"
+        print(f"median of {steps} timed steps per row ({clock}), rows interleaved step by step")
     bandwidth = copy_bandwidth() if cuda else 0.0
     t0 = time.perf_counter()
     for s in sets:

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from apollo_optim import batchnorm_in_float32, scaler_step  # noqa: F401 (bn: for the trees)
+
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -40,29 +42,6 @@ def autocast(device: torch.device, amp: str) -> Any:
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler | None:
     """A GradScaler for fp16 (bf16 has float32's range and needs none)."""
     return torch.amp.GradScaler(device.type) if amp == "fp16" else None
-
-
-def batchnorm_in_float32(model: torch.nn.Module) -> int:
-    """Run every BatchNorm layer of ``model`` in float32 under autocast; returns how many.
-
-    For second-order optimizers under fp16 autocast: differentiating BatchNorm's backward
-    pass (``create_graph=True``, then Hz) in float16 overflows its sums over the batch, and
-    every Hessian estimate comes out NaN (a step skipped each time, a model that never
-    learns). A float32 input makes that pass float32; the next layer casts back to float16.
-    """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.register_forward_pre_hook(_float32_input)
-            count += 1
-    return count
-
-
-def _float32_input(module: torch.nn.Module, args: tuple) -> tuple | None:
-    x = args[0]
-    if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
-        return (x.float(), *args[1:])
-    return None
 
 
 def backward(
@@ -106,13 +85,7 @@ def step(
             params = [p for g in optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
     if scaler is not None:
-        if getattr(optimizer, "needs_create_graph", False):  # Hz carries the loss scale too
-            scaler.step(optimizer, loss_scale=scaler.get_scale())
-            overflow = getattr(optimizer, "hessian_overflow", False)
-            scaler.update(scaler.get_scale() * scaler.get_backoff_factor() if overflow else None)
-        else:
-            scaler.step(optimizer)
-            scaler.update()
+        scaler_step(optimizer, scaler)  # second-order: hands over the loss scale, backs off
     else:
         optimizer.step()
     return norm

@@ -98,10 +98,7 @@ def applied_lr(optimizer: torch.optim.Optimizer) -> float:
     states = (optimizer.state.get(p) or {} for p in group["params"])  # get: adds no entry
     counts = (state["step"] for state in states if "step" in state)
     t = max(int(next(counts, 0)) - 1, 0)  # the count before the last step
-    if t >= warmup:
-        return lr
-    init, base = float(group["init_lr"]), float(group["base_lr"])
-    return init + (base - init) * t / warmup
+    return optim.warmup_lr(group, t)
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, config: Mapping[str, Any]) -> optim.Schedule:

@@ -69,3 +69,71 @@ class ReferenceAdaHessian:
             # 7.
             new = new - lr_t / (1 - self.beta1**t) * st["m"] / denom
             theta.copy_(new)
+
+
+# ---------------------------------------------------------------- what the tests feed it
+
+
+def _coeffs(i, step):
+    # per-coordinate curvature changes over steps so D̂ and the reuse of update_each matter
+    return 0.5 + 0.3 * i + 0.05 * (step % 4), 0.1, 0.2 * (i + 1)
+
+
+def separable_loss(params, step, skip_odd=()):
+    """Σ a·θ² + b·θ⁴ - c·θ per coordinate: diagonal Hessian 2a + 12bθ²."""
+    total = 0.0
+    for i, p in enumerate(params):
+        if i in skip_odd and step % 2:
+            continue
+        a, b, c = _coeffs(i, step)
+        total = total + (a * p**2 + b * p**4 - c * p).sum()
+    return total
+
+
+def exact_grads_and_diags(params, step, skip_odd=()):
+    grads, diags = [], []
+    for i, p in enumerate(params):
+        if i in skip_odd and step % 2:
+            grads.append(None)
+            diags.append(None)
+            continue
+        a, b, c = _coeffs(i, step)
+        grads.append(2 * a * p + 4 * b * p**3 - c)
+        diags.append(2 * a + 12 * b * p**2)
+    return grads, diags
+
+
+def step_with_reference(opt, params, ref_params, kwargs, steps, skip_odd=(), scheduler=None):
+    """``steps`` steps of ``opt`` over ``params`` and of the float64 reference rule over
+    ``ref_params`` on the same separable loss (exact gradients and Hessian diagonals)."""
+    ref = ReferenceAdaHessian(**kwargs)
+    sched = scheduler(opt) if scheduler else None
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        separable_loss(params, step, skip_odd).backward(create_graph=True)
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        ref.step(ref_params, *exact_grads_and_diags(ref_params, step, skip_odd), lr)
+        if sched:
+            sched.step()
+
+
+PARITY_CASES = {
+    "defaults": dict(lr=0.05),
+    "warmup": dict(lr=0.1, warmup=7, init_lr=1e-3),
+    "weight_decay": dict(lr=0.05, weight_decay=0.1),
+    "hessian_power": dict(lr=0.05, hessian_power=0.5),
+    "update_each": dict(lr=0.05, update_each=3),
+    "average_conv_kernel": dict(lr=0.05, average_conv_kernel=True),
+    "everything": dict(
+        lr=0.08,
+        betas=(0.8, 0.99),
+        eps=1e-3,
+        weight_decay=0.05,
+        warmup=5,
+        init_lr=0.01,
+        hessian_power=0.7,
+        update_each=2,
+        average_conv_kernel=True,
+    ),
+}

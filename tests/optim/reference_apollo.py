@@ -108,3 +108,9 @@ class ReferenceApollo:
         theta = theta - lr_t * d
         st.update(t=t, m=m, B=B, d=d)
         return theta
+
+
+def noisy_quadratic_grad(theta: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The gradient the Apollo tests feed both sides: a noisy quadratic, so the trajectory
+    depends on the parameters and stays bounded."""
+    return 0.5 * theta + 0.1 * noise

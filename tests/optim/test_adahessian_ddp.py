@@ -10,15 +10,11 @@ with find_unused_parameters would give it.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from apollo_optim.adahessian import AdaHessian
-from tests.helpers import free_port
+from tests.optim.two_ranks import spawn
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
 
@@ -56,29 +52,23 @@ def _loss(model, shard: int) -> torch.Tensor:
     return model(_shard(shard), shard).pow(2).mean()
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        ddp = torch.nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
-        opt = AdaHessian(ddp.parameters(), seed=1 + rank, **KWARGS)  # seeds differ on purpose
-        for _ in range(STEPS):
-            opt.zero_grad(set_to_none=True)
-            with ddp.no_sync():
-                _loss(ddp, rank).backward(create_graph=True)
-            assert (ddp.module.extra.grad is None) == (rank == 1)
-            local = [None if p.grad is None else p.grad.detach().clone() for p in ddp.parameters()]
-            opt.step()
-            for p, g in zip(ddp.parameters(), local, strict=True):  # p.grad stays local
-                assert (p.grad is None) if g is None else torch.equal(p.grad, g)
-        torch.save([p.detach() for p in ddp.parameters()], f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, out_dir: str) -> None:
+    ddp = torch.nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
+    opt = AdaHessian(ddp.parameters(), seed=1 + rank, **KWARGS)  # seeds differ on purpose
+    for _ in range(STEPS):
+        opt.zero_grad(set_to_none=True)
+        with ddp.no_sync():
+            _loss(ddp, rank).backward(create_graph=True)
+        assert (ddp.module.extra.grad is None) == (rank == 1)
+        local = [None if p.grad is None else p.grad.detach().clone() for p in ddp.parameters()]
+        opt.step()
+        for p, g in zip(ddp.parameters(), local, strict=True):  # p.grad stays local
+            assert (p.grad is None) if g is None else torch.equal(p.grad, g)
+    torch.save([p.detach() for p in ddp.parameters()], f"{out_dir}/rank{rank}.pt")
 
 
 def test_two_ranks_match_each_other_and_one_process(tmp_path):
-    # spawn, not fork: a child forked from a process whose OpenMP pool is running can hang
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    spawn(_worker, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for a, b in zip(*ranks, strict=True):
         assert torch.equal(a, b)

@@ -6,7 +6,8 @@ import re
 import pytest
 
 import apollo_optim as optim
-from tests.optim.conformance import CHECKS
+from tests.optim.conformance import RULE_CHECKS, case_id, cases
+from tests.optim.optimizer_infos import default_info
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "optimizers.md"
 
@@ -20,11 +21,16 @@ def example_code() -> str:
 def registered_example():
     namespace = {}
     exec(compile(example_code(), str(DOC), "exec"), namespace)
-    yield "signsgd"
+    yield default_info("signsgd")
     optim.unregister("signsgd")
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
-def test_docs_example_passes_conformance(registered_example, check):
-    assert registered_example in optim.names()
+@pytest.mark.parametrize("check", RULE_CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+def test_docs_example_follows_the_rules(registered_example, check):
     check(registered_example)
+
+
+@pytest.mark.parametrize("case", cases([default_info("signsgd")], fused=False), ids=case_id)
+def test_docs_example_implementation(registered_example, case):
+    check, _, impl, dtype = case
+    check(registered_example, impl, dtype)

@@ -61,7 +61,7 @@ def test_warmup_then_milestone_counts_absolute_steps():
 @pytest.mark.parametrize(
     "kind, kw, match",
     [
-        ("linear", {}, "unknown schedule"),
+        ("linear", {}, "kind="),
         ("constant", {"warmup": -1}, "warmup"),
         ("constant", {"init_lr": -1.0}, "init_lr"),
         ("milestone", {"milestones": [4, 2]}, "milestones"),

@@ -1,4 +1,4 @@
-"""Shared by the fused kernels' tests: the device, tolerances and a side-by-side runner.
+"""Shared by the fused kernels' tests: where they run, the device and the tolerances.
 
 Tolerances, relative to max(|θ|, 1) of the float64 reference after the run:
 
@@ -16,9 +16,21 @@ Tolerances, relative to max(|θ|, 1) of the float64 reference after the run:
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from apollo_optim._kernels.fused import interpreting, triton_unusable
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# Where the kernels run: on CUDA, or on CPU tensors under Triton's interpreter, which
+# tests/optim/test_fused.py starts in a process of its own (TRITON_INTERPRET must be set
+# before Triton is imported).
+needs_fused = pytest.mark.skipif(
+    triton_unusable() is not None or not (torch.cuda.is_available() or interpreting()),
+    reason=triton_unusable()
+    or "runs on CUDA, or under TRITON_INTERPRET=1 (tests/optim/test_fused.py starts it so)",
+)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 FP32_RTOL = 1e-5
 BF16_ULP = 2.0**-8
 SHAPES = [(), (3,), (3, 4), (2, 3, 4), (2, 3, 2, 2), (2, 1, 2, 2, 2)]  # 0-D to 5-D

@@ -8,7 +8,9 @@ import torch
 from apollo_optim import AdaBelief
 from tests.optim.reference_adabelief import ReferenceAdaBelief
 
-from .common import DEVICE, SHAPES, assert_bf16_close, assert_fp32_close
+from .common import DEVICE, SHAPES, assert_bf16_close, assert_fp32_close, needs_fused
+
+pytestmark = needs_fused
 
 BIG = [(1100, 4000)] if DEVICE.type == "cuda" else []  # spans passes of the block totals
 

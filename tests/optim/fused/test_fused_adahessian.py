@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from apollo_optim.adahessian import AdaHessian
-from tests.optim.test_adahessian import PARITY_CASES, step_with_reference
+from tests.optim.reference_adahessian import PARITY_CASES, step_with_reference
 
-from .common import DEVICE, assert_fp32_close
+from .common import DEVICE, assert_fp32_close, needs_fused
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+pytestmark = [
+    needs_fused,
+    pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True"),
+]
 SHAPES = [(), (5,), (4, 3), (2, 3, 4), (3, 2, 3, 3), (2, 1, 2, 2, 3)]
 
 

@@ -15,9 +15,11 @@ import torch
 
 import apollo_optim as optim
 from tests.optim.reference_apollo import ReferenceApollo, RefGroup
-from tests.optim.test_apollo import _grad
+from tests.optim.reference_apollo import noisy_quadratic_grad as _grad
 
-from .common import DEVICE, SHAPES, assert_bf16_close, assert_fp32_close, rel_err
+from .common import DEVICE, SHAPES, assert_bf16_close, assert_fp32_close, needs_fused, rel_err
+
+pytestmark = needs_fused
 
 # On CUDA one tensor spans more blocks than one pass of the per-tensor totals reads
 # (2048 x 1024 elements); under the interpreter the blocks are 8 elements, so SHAPES do.

@@ -1,5 +1,6 @@
-"""What only a GPU can show: no host-device synchronisation inside ``step()``, CUDA-graph
-capture, and the fused path as the default of the training loops. Skipped without CUDA."""
+"""What only a GPU can show: no host-device synchronisation inside ``step()`` (with the
+fused path as ``optim.create``'s default, which the training loops call) and CUDA-graph
+capture. Skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import pytest
 import torch
 
 import apollo_optim as optim
-from engine.optimization import build_optimizer
+
+from .common import needs_cuda
 
 pytestmark = [
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    needs_cuda,
     pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True"),
 ]
 
@@ -49,14 +51,6 @@ def test_default_step_is_fused_and_never_waits_for_the_gpu(name):
         assert step.device.type == "cuda", "the fused path keeps its counters on the device"
     assert step.item() == 3
     assert all(torch.isfinite(p).all() for p in model.parameters())
-
-
-def test_training_loops_get_the_fused_path():
-    model = _model()
-    opt, _ = build_optimizer(model.parameters(), {"name": "apollo", "lr": 0.1})
-    _loss(model).backward()
-    opt.step()
-    assert opt.state[next(model.parameters())]["step"].device.type == "cuda"
 
 
 @pytest.mark.parametrize("name", ["apollo", "adabelief"])

@@ -1,4 +1,4 @@
-"""Apollo's eager step on CPU, in cache-sized blocks (``Apollo(foreach=True)`` on CPU).
+"""Apollo's eager step on CPU, in cache-sized blocks (the default of ``Apollo`` on CPU).
 
 The rule needs 13 tensor-sized transfers per element (rule steps 2-14: the per-tensor
 sums of steps 5-9 read g, m, B, d before any element can be updated; the update reads
@@ -22,11 +22,15 @@ up to float rounding (1e-12 relative in float64, tested).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from . import _cpu_batches
-from ._apollo_foreach import Hyper
-from ._cpu_batches import Buffers
+from . import cpu_buffers
+from .cpu_buffers import Buffers
+
+if TYPE_CHECKING:
+    from ..apollo import Hyper
 
 STATE = ("exp_avg_grad", "approx_hessian", "update")
 
@@ -37,7 +41,7 @@ def cpu_apollo(params, grads, states, t: int, lr_t: float, hp: Hyper, buffers) -
     alpha = (1 - hp.beta) / (1 - hp.beta ** (t + 1))  # step 3
     shapes: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
-        if p.numel() <= _cpu_batches.SMALL:
+        if p.numel() <= cpu_buffers.SMALL:
             shapes.setdefault(p.shape, []).append(i)
             continue
         m, b, u = (states[i][k] for k in STATE)
@@ -46,7 +50,7 @@ def cpu_apollo(params, grads, states, t: int, lr_t: float, hp: Hyper, buffers) -
         else:  # a strided large tensor (channels_last): a batch of its own
             shapes.setdefault((i, p.shape), []).append(i)
     for idx in shapes.values():
-        rows = max(1, _cpu_batches.BLOCK // params[idx[0]].numel())
+        rows = max(1, cpu_buffers.BLOCK // params[idx[0]].numel())
         for j in range(0, len(idx), rows):
             sel = idx[j : j + rows]
             ps, gs, sts = ([x[i] for i in sel] for x in (params, grads, states))
@@ -86,7 +90,7 @@ def _batch(ps, gs, batch, alpha: float, lr_t: float, hp: Hyper, buffers) -> None
 
 
 def _c(x, w4, bw, alpha: float, hp: Hyper):
-    """δ/s² of steps 7-9 (see ``apollo._single_tensor_apollo``)."""
+    """δ/s² of steps 7-9 (see ``apollo._scalars``)."""
     s = w4.sqrt().sqrt() + hp.eps_prime  # ‖d‖₄ + ε'
     s2 = s * s
     return (x * -alpha - bw) / s2 / s2
@@ -96,7 +100,7 @@ def _large(p, g, m, b, u, alpha: float, lr_t: float, hp: Hyper, scratch: Buffers
     """One contiguous tensor, swept block by block (see the module docstring)."""
     p, g, m, b, u = (x.view(-1) for x in (p, g, m, b, u))
     n = p.numel()
-    step = _cpu_batches.SWEEP
+    step = cpu_buffers.SWEEP
     blocks = [(a, min(a + step, n)) for a in range(0, n, step)]
     sums = torch.zeros(3, dtype=p.dtype)  # Σ Δ⊙d, Σ (d⊙d)², Σ B⊙d⊙d
     r = torch.zeros((), dtype=p.dtype)

@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TL_DTYPES, device_fn, launch, load, locate, store, tail
-from .tables import Tables
+from .triton_common import TL_DTYPES, device_fn, launch, load, locate, store, tail
+from .triton_tables import Tables
 
 
 @device_fn
@@ -127,14 +127,14 @@ class Plan:
 
 
 def plan(cache, params: list[torch.Tensor], states: list[dict]) -> Plan:
-    """The cached plan of one bucket (keyed like ``apollo_optim._fused.plan``)."""
+    """The cached plan of one bucket (keyed like ``fused.plan``)."""
 
     def key():
         ids = [tuple(id(s[k]) for s in states) for k in ("exp_avg", "exp_hessian_diag_sq")]
         return (tuple(map(id, params)), tuple(p.data_ptr() for p in params), *ids)
 
     def build():
-        from .tables import like
+        from .triton_tables import like
 
         for p, s in zip(params, states, strict=True):
             for k in ("exp_avg", "exp_hessian_diag_sq"):

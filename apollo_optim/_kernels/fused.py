@@ -2,20 +2,23 @@
 
 One step of a parameter group is a constant number of kernel launches, whatever the number
 of tensors: the kernels read every tensor's address from a table built once per parameter
-set (:mod:`.tables`), and per-tensor reductions go through the two-stage pattern of fused
+set (:mod:`.triton_tables`), and per-tensor reductions go through the two-stage pattern of fused
 LAMB (one launch reduces every tensor's blocks into a device buffer, the next reads the
 per-tensor scalars from it). Step counters and learning rates are read on the device, so
 ``step()`` never waits for the GPU and can be captured in a CUDA graph.
 
-Triton is imported only when a fused step runs, so ``import apollo_optim`` never needs it. The
-optimizers call :func:`resolve` to choose their path and :func:`check_requested` to validate
-``fused=True`` at construction.
+This module decides when the kernels (``triton_*.py`` beside it) run, and never imports
+Triton unless asked: ``import apollo_optim`` does not need it. The optimizers call
+:func:`resolve` to choose their path and :func:`check_requested` to validate ``fused=True``
+at construction; without a usable Triton (missing, or older than ``MIN_TRITON``) the default
+``fused=None`` takes the unfused path and ``fused=True`` is one clear error.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 
@@ -33,15 +36,32 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on")
 
 
+# The oldest Triton the kernels are tested with (tests/optim/fused under the interpreter, and
+# every variant compiled for sm_90 by benchmarks/fused_compile). Older ones reject them: 3.0
+# and 3.1 (what torch 2.4 and 2.5 install) in the interpreter ("arange's arguments must be
+# of type tl.constexpr"), 3.2 in the GPU compiler (starred arguments in a kernel's calls).
+# With those the optimizers take their unfused paths.
+MIN_TRITON = (3, 3)
+
+
 @functools.cache
-def triton_missing() -> str | None:
-    """Why Triton cannot be used here, or None when it can."""
+def triton_unusable() -> str | None:
+    """Why Triton cannot run the fused kernels here, or None when it can."""
     try:
         import triton
-        import triton.language  # noqa: F401
+        import triton.language
     except Exception as exc:  # ImportError, or a broken install raising anything else
         return f"Triton is not importable ({type(exc).__name__}: {exc})"
+    version = getattr(triton, "__version__", "0")
+    if _release(version) < MIN_TRITON:
+        oldest = ".".join(map(str, MIN_TRITON))
+        return f"Triton {version} is older than {oldest}, the oldest the fused kernels support"
     return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string such as '3.2.0' or '3.6.0+git1234'."""
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:2])
 
 
 def unsupported(params: Iterable[torch.Tensor], dtypes=DTYPES) -> str | None:
@@ -59,7 +79,7 @@ def unsupported(params: Iterable[torch.Tensor], dtypes=DTYPES) -> str | None:
             return f"{str(p.dtype).replace('torch.', '')} parameters (fused supports {names})"
         if p.is_sparse or not _dense(p):
             return "a parameter that is not dense in memory (a strided view)"
-    return triton_missing()
+    return triton_unusable()
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -132,7 +152,7 @@ def plan(cache, name: str, group: dict, params: list, states: list[dict], keys, 
     def build():
         if not resolve(name, group.get("fused"), params):
             return None
-        from .tables import like, upload
+        from .triton_tables import like, upload
 
         for p, s in zip(params, states, strict=True):
             for k in keys:

@@ -1,5 +1,5 @@
 """CPU buffers for the optimizers' blocked steps: scratch space, and batches of same-shape
-small tensors whose state lives in the rows of one matrix per state (see ``_apollo_cpu``)."""
+small tensors whose state lives in the rows of one matrix per state (see ``cpu_apollo``)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import interpreting
+from .fused import interpreting
 
 # Elements per program (a power of two). On CUDA 2048 keeps the partial sums of a 16M-element
 # tensor to 8k numbers; in the interpreter a small block makes the test tensors span several

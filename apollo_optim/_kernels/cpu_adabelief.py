@@ -3,7 +3,7 @@
 A ``torch._foreach_*`` step costs a few microseconds per tensor and op, a dozen ops in all;
 on a network of many small tensors (ResNet-110: 335 tensors, most under 40k elements) that
 is most of the step. Here the state of k same-shape tensors lives in the rows of one k x n
-matrix per state (``_cpu_batches.Buffers``), the gradients (and θ for L2 decay) are
+matrix per state (``cpu_buffers.Buffers``), the gradients (and θ for L2 decay) are
 gathered with one ``torch.stack``, and the update is the per-tensor loop's ops applied to
 the matrices, then one ``torch._foreach_addcdiv_`` into the parameters: the same numbers as
 the loop, bit for bit (every op is elementwise, or a per-row norm). Larger tensors stay on
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _cpu_batches
+from . import cpu_buffers
 
 STATE = ("exp_avg", "exp_avg_var")
 
@@ -28,12 +28,12 @@ def batched_adabelief(
     batches: dict[tuple, list[int]] = {}
     rest = []
     for i, p in enumerate(params):
-        if p.numel() <= _cpu_batches.SMALL:
+        if p.numel() <= cpu_buffers.SMALL:
             batches.setdefault((p.shape, counts[i]), []).append(i)
         else:
             rest.append(i)
     for (shape, t), idx in batches.items():
-        rows = max(1, _cpu_batches.BLOCK // shape.numel())
+        rows = max(1, cpu_buffers.BLOCK // shape.numel())
         for j in range(0, len(idx), rows):
             sel = idx[j : j + rows]
             ps, gs, sts = ([x[i] for i in sel] for x in (params, grads, states))

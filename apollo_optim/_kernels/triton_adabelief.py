@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (
+from .triton_common import (
     REDUCE_BLOCK,
     TL_DTYPES,
     device_fn,
@@ -28,7 +28,7 @@ from .common import (
     tail,
     tensor_total,
 )
-from .tables import Tables
+from .triton_tables import Tables
 
 
 @triton.jit

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (
+from .triton_common import (
     REDUCE_BLOCK,
     TL_DTYPES,
     block_max,
@@ -35,7 +35,7 @@ from .common import (
     tail,
     tensor_total,
 )
-from .tables import Tables
+from .triton_tables import Tables
 
 
 @device_fn
