@@ -24,6 +24,8 @@ TRAIN = [
     "regex",  # nmt: Unicode classes (already a dependency of sacremoses)
     "submitit>=1.5,<2",  # --launcher slurm: job arrays, requeue on SLURM's warning signal
 ]
+# the frameworks whose recipes docs/integrations.md shows, so that the tests run them
+DOCS_TESTED = ["transformers", "accelerate", "lightning"]
 
 setup(
     name="apollo-optim",
@@ -38,5 +40,5 @@ setup(
     python_requires=">=3.10",
     packages=["apollo_optim", "apollo_optim._kernels"],
     install_requires=["torch>=2.4"],
-    extras_require={"train": TRAIN, "dev": [*TRAIN, "pytest>=8", "ruff>=0.6"]},
+    extras_require={"train": TRAIN, "dev": [*TRAIN, *DOCS_TESTED, "pytest>=8", "ruff>=0.6"]},
 )

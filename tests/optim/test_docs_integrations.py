@@ -1,6 +1,6 @@
 """docs/integrations.md's snippets, run as written. The distributed ones (DDP, FSDP2, ZeRO) run
-in test_sharded.py's two gloo processes; Lightning and Hugging Face are not CI dependencies, so
-theirs run only where those libraries are installed."""
+in test_sharded.py's two gloo processes. Lightning and the Hugging Face Trainer come with the
+``dev`` extra (so CI runs their recipes); a user's install without them skips those two."""
 
 from __future__ import annotations
 
