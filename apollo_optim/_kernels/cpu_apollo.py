@@ -22,22 +22,18 @@ up to float rounding (1e-12 relative in float64, tested).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from . import cpu_buffers
 from .cpu_buffers import Buffers
 
-if TYPE_CHECKING:
-    from ..apollo import Hyper
-
 STATE = ("exp_avg_grad", "approx_hessian", "update")
 
 
-def cpu_apollo(params, grads, states, t: int, lr_t: float, hp: Hyper, buffers) -> None:
+def cpu_apollo(params, grads, states, t: int, lr_t: float, hp, buffers) -> None:
     """Spec steps 2-14 for CPU tensors sharing dtype and step count ``t`` (before it);
-    ``states`` are their state dicts, ``buffers`` the optimizer's :class:`Buffers`."""
+    ``states`` are their state dicts, ``hp`` the group's ``apollo.Hyper``, ``buffers`` the
+    optimizer's :class:`Buffers`."""
     alpha = (1 - hp.beta) / (1 - hp.beta ** (t + 1))  # step 3
     shapes: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
@@ -57,7 +53,7 @@ def cpu_apollo(params, grads, states, t: int, lr_t: float, hp: Hyper, buffers) -
             _batch(ps, gs, buffers.batch(ps, sts, STATE), alpha, lr_t, hp, buffers)
 
 
-def _batch(ps, gs, batch, alpha: float, lr_t: float, hp: Hyper, buffers) -> None:
+def _batch(ps, gs, batch, alpha: float, lr_t: float, hp, buffers) -> None:
     """k same-shape tensors as k x n matrices: the state in place, g (and θ) gathered."""
     (m, _), (b, _), (u, u_rows) = batch
     delta = buffers.stacked(0, gs)
@@ -89,14 +85,14 @@ def _batch(ps, gs, batch, alpha: float, lr_t: float, hp: Hyper, buffers) -> None
         torch._foreach_add_(ps, u_rows, alpha=-lr_t)
 
 
-def _c(x, w4, bw, alpha: float, hp: Hyper):
+def _c(x, w4, bw, alpha: float, hp):
     """δ/s² of steps 7-9 (see ``apollo._scalars``)."""
     s = w4.sqrt().sqrt() + hp.eps_prime  # ‖d‖₄ + ε'
     s2 = s * s
     return (x * -alpha - bw) / s2 / s2
 
 
-def _large(p, g, m, b, u, alpha: float, lr_t: float, hp: Hyper, scratch: Buffers) -> None:
+def _large(p, g, m, b, u, alpha: float, lr_t: float, hp, scratch: Buffers) -> None:
     """One contiguous tensor, swept block by block (see the module docstring)."""
     p, g, m, b, u = (x.view(-1) for x in (p, g, m, b, u))
     n = p.numel()
@@ -138,7 +134,7 @@ def _large(p, g, m, b, u, alpha: float, lr_t: float, hp: Hyper, scratch: Buffers
                 p[a:z].add_(u[a:z], alpha=-lr_t)
 
 
-def delta_into(p, g, m, hp: Hyper, out: torch.Tensor) -> torch.Tensor:
+def delta_into(p, g, m, hp, out: torch.Tensor) -> torch.Tensor:
     """Δ = g - m (steps 2 and 4) into ``out``; p.grad itself is never modified."""
     if hp.maximize or hp.l2:
         if hp.maximize:

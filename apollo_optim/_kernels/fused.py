@@ -17,7 +17,6 @@ at construction; without a usable Triton (missing, or older than ``MIN_TRITON``)
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
@@ -25,15 +24,11 @@ from collections.abc import Callable, Hashable, Iterable
 import torch
 
 from .._sharding import is_dtensor
+from .triton_tables import interpreting, like, upload
 
 # Compute happens in float32; float64 parameters stay on the multi-tensor paths (their
 # scalars would need float64 transcendental functions that Triton does not promise).
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on")
 
 
 # The oldest Triton the kernels are tested with (tests/optim/fused under the interpreter, and
@@ -152,8 +147,6 @@ def plan(cache, name: str, group: dict, params: list, states: list[dict], keys, 
     def build():
         if not resolve(name, group.get("fused"), params):
             return None
-        from .triton_tables import like, upload
-
         for p, s in zip(params, states, strict=True):
             for k in keys:
                 s[k] = like(s[k], p)

@@ -8,8 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused import interpreting
-from .triton_tables import CUDA_WARPS
+from .triton_tables import CUDA_WARPS, interpreting
 
 # partial sums read per iteration when totalling one tensor's blocks (small in the
 # interpreter, so that the tests cross iterations)

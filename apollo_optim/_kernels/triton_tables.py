@@ -11,11 +11,10 @@ waits for the device: host tables go up from pinned memory without blocking.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
-
-from .fused import interpreting
 
 # Elements per program (a power of two). On CUDA 2048 keeps the partial sums of a 16M-element
 # tensor to 8k numbers; in the interpreter a small block makes the test tensors span several
@@ -24,6 +23,11 @@ CUDA_BLOCK = 2048
 INTERPRETER_BLOCK = 16
 CUDA_WARPS = 8
 ALIGNMENT = 16  # bytes, the width of the vector loads that aligned addresses allow
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on")
 
 
 def block_size(device: torch.device) -> int:
