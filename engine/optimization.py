@@ -59,7 +59,10 @@ def build_training(
         optimizer, spec = build_optimizer(model.parameters(), config["optimizer"])
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
-    schedule = build_schedule(optimizer, config)
+    try:
+        schedule = build_schedule(optimizer, config)
+    except ValueError as exc:  # optim.Schedule's checks name no file
+        raise ValueError(f"{where}: schedule: {exc}") from None
     scaler = amp.grad_scaler(device, config["amp"])
     seed_everything(config["seed"] + rank)
     return Training(model, optimizer, spec, schedule, scaler)

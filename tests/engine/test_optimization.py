@@ -77,7 +77,7 @@ def test_build_training_seeds_the_weights_then_each_rank() -> None:
     assert build_training(_config(amp="fp16"), 0, CPU.device, linear).scaler is not None
 
 
-def test_build_training_names_the_config_in_a_model_error() -> None:
+def test_build_training_names_the_config_in_a_model_optimizer_or_schedule_error() -> None:
     def bad():
         return torch.nn.Dropout(1.5)
 
@@ -85,4 +85,7 @@ def test_build_training_names_the_config_in_a_model_error() -> None:
         build_training(_config(), 0, CPU.device, bad)
     with pytest.raises(ValueError, match=r"^toy\.yaml: optimizer 'apollo': Apollo: invalid lr=-1"):
         config = _config(optimizer={"name": "apollo", "lr": -1.0})
+        build_training(config, 0, CPU.device, lambda: torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"^toy\.yaml: schedule: Schedule: invalid warmup=-5"):
+        config = _config(schedule={"name": "c", "kind": "cosine", "unit": "epoch", "warmup": -5})
         build_training(config, 0, CPU.device, lambda: torch.nn.Linear(2, 2))
