@@ -12,7 +12,8 @@ Each epoch: train (``loss.backward(create_graph=spec.needs_create_graph)``, the 
 own warmup for Apollo/AdaHessian; ``update_freq`` micro-batches per update), evaluate
 top-1/top-5 on the test (val) set, step the epoch-based schedule, then write the checkpoint,
 ``metrics.jsonl`` and ``results.json`` (``engine.run``). Re-running the same command resumes
-from the last epoch's checkpoint (this task checkpoints at epoch ends only). Metrics are summed
+from the last checkpoint: an epoch's end, or mid-epoch (``checkpoint_every`` updates, or a stop
+signal inside SLURM), to the numbers of an uninterrupted run. Metrics are summed
 on the device and read at log points (every ``log_every`` updates) and epoch ends only.
 
 Speed (docs/performance.md): on CUDA, CIFAR is held and augmented on the GPU
@@ -25,13 +26,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from engine import amp, cli, compiling, distributed, metrics
+from engine import amp, checkpoint, cli, compiling, distributed, metrics
 from engine import run as runs
 from engine.optimization import build_training
 
@@ -60,20 +61,29 @@ def train_one_epoch(
     create_graph: bool,
     run: runs.Run,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    resume: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """One pass over the training set (or its first ``run.epoch_updates`` updates), each
-    update ``update_freq`` micro-batches; the metrics stay on the device until the end.
+    update ``update_freq`` micro-batches, from update ``run.position`` on; the metrics stay on
+    the device until the end.
 
     ``loader`` yields ``(images, target)`` batches (a DataLoader, or batches already on the
-    device); ``forward`` is ``ddp_model`` compiled (``engine.compiling``), default itself."""
+    device); ``forward`` is ``ddp_model`` compiled (``engine.compiling``), default itself;
+    ``resume`` is this rank's mid-epoch state from the checkpoint (the random state the epoch
+    began with, the epoch's partial sums) or None."""
     ctx, config = run.ctx, run.config
     forward = forward or ddp_model
     ddp_model.train()
-    meter = metrics.Meter(ctx.device)
+    resume = resume or {}
+    meter = metrics.Meter(ctx.device, resume.get("sums"))
     n = run.epoch_updates(math.ceil(len(loader) / config["update_freq"]))
-    groups = runs.micro_batches(loader, config["update_freq"])
+    groups, epoch_rng = epoch_batches(
+        loader, config["update_freq"], run.position, resume.get("epoch_rng")
+    )
     for i, group in enumerate(
-        metrics.progress(groups, ctx, total=n, desc=f"epoch {run.epoch + 1}")
+        metrics.progress(groups, ctx, total=n - run.position, desc=f"epoch {run.epoch + 1}"),
+        start=run.position,
     ):
         if i >= n:
             break
@@ -112,6 +122,8 @@ def train_one_epoch(
             )
             if run.diverged:
                 break
+        if run.checkpoint_due(n):  # checkpoint_every, or a stop signal (engine.preemption)
+            run.snapshot(epoch_rng=epoch_rng, sums=meter.local())
     run.optimizer.zero_grad(set_to_none=True)  # frees the graph create_graph kept alive
     sums = meter.read(ctx)
     n = max(sums.get("count", 0.0), 1.0)
@@ -120,6 +132,28 @@ def train_one_epoch(
         "train_acc1": 100.0 * sums.get("correct1", 0.0) / n,
         "train_samples": int(sums.get("count", 0)),
     }
+
+
+def epoch_batches(
+    loader: Iterable, update_freq: int, skip: int, epoch_rng: dict[str, Any] | None
+) -> tuple[Iterator[list], dict[str, Any]]:
+    """The epoch's updates (groups of micro-batches) from update ``skip`` on, and the random
+    state the epoch began with, which a mid-epoch checkpoint stores.
+
+    Resuming at update ``skip`` of an epoch, the loader starts again from ``epoch_rng`` (a
+    DataLoader draws its workers' seeds from it; on the device the crops and flips come from
+    the epoch's own generator), and the first ``skip`` updates' batches are read and dropped:
+    the rest are the uninterrupted run's batches, crops and flips included. The random state
+    is then the checkpoint's again."""
+    groups = runs.micro_batches(loader, update_freq)
+    if epoch_rng is None:  # a new epoch: its loader starts from the state now
+        return groups, checkpoint.rng_state()
+    now = checkpoint.rng_state()
+    checkpoint.set_rng_state(epoch_rng)
+    for _ in range(skip):
+        next(groups, None)
+    checkpoint.set_rng_state(now)
+    return groups, epoch_rng
 
 
 @torch.no_grad()
@@ -178,11 +212,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if print_only:
         cli.print_config(config)
         return None
-    if config["checkpoint_every"]:
-        raise ValueError(
-            f"{config['config']}: checkpoint_every must be 0 for classification "
-            "(it checkpoints at epoch ends; its data loader cannot resume mid-epoch)"
-        )
     if config["batch_size"] % config["update_freq"]:
         raise ValueError(
             f"{config['config']}: batch_size {config['batch_size']} does not split "
@@ -214,7 +243,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
     with runs.start(
         config, ctx, metric=METRIC, mode="max", packages=PACKAGES, also_resumable=("data_pipeline",)
     ) as run:
-        run.restore(training)
+        resume = run.restore(training)  # this rank's mid-epoch state, or {}
         ddp_model = distributed.wrap(model, ctx)
         forward = compiling.Compiled(ddp_model, mode)
         if compile_note:
@@ -229,9 +258,11 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
             sampler.set_epoch(run.epoch)
             lr = optimizer.param_groups[0]["lr"]
             tic = time.perf_counter()
+            resumed_images = run.position * config["batch_size"]  # full updates before a resume
             train_stats = train_one_epoch(
-                ddp_model, train_loader, spec.needs_create_graph, run, forward
+                ddp_model, train_loader, spec.needs_create_graph, run, forward, resume=resume
             )
+            resume = {}
             train_time = time.perf_counter() - tic
             if run.check_divergence():  # a non-finite training loss: stop, nothing recorded
                 break
@@ -245,7 +276,8 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
                     "lr": lr,
                     **train_stats,
                     **eval_stats,
-                    "images_per_s": train_stats["train_samples"] / max(train_time, 1e-9),
+                    "images_per_s": (train_stats["train_samples"] - resumed_images)
+                    / max(train_time, 1e-9),
                     "epoch_time_s": time.perf_counter() - tic,
                 }
             )
