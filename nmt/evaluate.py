@@ -223,7 +223,7 @@ def _evaluate(
         split,
         list(range(len(split))),
         options,
-        batch_size=batch_size or config["decode_batch_size"],
+        batch_size=config["decode_batch_size"] if batch_size is None else batch_size,
         autocast=lambda: amp.autocast(dev, mode),
     )
     hyp_text = [remove_bpe(d.decode(h)) for h in hyps]
@@ -330,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.average_last is not None and args.average_last < 1:
         raise ValueError(f"--average-last must be >= 1, got {args.average_last}")
+    if args.batch_size is not None and args.batch_size < 1:  # below 1 nothing is decoded
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     found = run_dirs(args.run_dir)
     failed = 0
     for run_dir in found:

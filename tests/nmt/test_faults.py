@@ -372,6 +372,16 @@ def test_evaluate_refuses_to_average_more_checkpoints_than_were_kept(run_copy, c
     }
 
 
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_evaluate_refuses_a_beam_search_batch_below_one(run_copy, capsys, size):
+    """--batch-size -1 decoded no sentence: empty translations scored as the run's BLEU."""
+    before = _files(run_copy)
+    argv = _evaluate(run_copy, "--average-last", "2", "--batch-size", size)
+    err = _one_line_error(evaluate.main, argv, capsys)
+    assert err == f"error: --batch-size must be >= 1, got {size}"
+    assert _files(run_copy) == before
+
+
 @pytest.mark.parametrize("fault", ["disk_full_at_the_texts", "disk_full_at_results", "read_only"])
 def test_evaluate_on_a_full_disk_or_read_only_run_dir_loses_nothing(
     run_copy, monkeypatch, capsys, fault
