@@ -233,7 +233,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
             ctx.device, memory_format=fmt
         ),
     )
-    model, optimizer, spec = training.model, training.optimizer, training.spec
+    model, spec = training.model, training.spec
     batchnorm = sync_batchnorm(model, config, ctx)  # new layers: before any hook on them
     if config["amp"] == "fp16" and spec.needs_create_graph:
         amp.batchnorm_in_float32(model)  # else every Hessian estimate is NaN (see engine.amp)
@@ -256,7 +256,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
         )
         while not run.finished:
             sampler.set_epoch(run.epoch)
-            lr = optimizer.param_groups[0]["lr"]
+            lr = run.epoch_lr()
             tic = time.perf_counter()
             resumed_images = run.position * config["batch_size"]  # full updates before a resume
             train_stats = train_one_epoch(

@@ -84,8 +84,9 @@ def build_optimizer(
         raise ValueError(f"optimizer {spec.name!r}: {exc}") from None
 
 
-def applied_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The learning rate the optimizer's last step applied to its first parameter group.
+def applied_lr(optimizer: torch.optim.Optimizer, *, upcoming: bool = False) -> float:
+    """The learning rate the optimizer's last step applied to its first parameter group
+    (``upcoming``: the one its next step will apply, given the group's lr now).
 
     Apollo and AdaHessian warm up inside the optimizer: for their first ``warmup`` steps they
     apply ``init_lr + (base_lr - init_lr) * t / warmup`` at step count t, whatever the group's
@@ -100,7 +101,9 @@ def applied_lr(optimizer: torch.optim.Optimizer) -> float:
         return lr
     states = (optimizer.state.get(p) or {} for p in group["params"])  # get: adds no entry
     counts = (state["step"] for state in states if "step" in state)
-    t = max(int(next(counts, 0)) - 1, 0)  # the count before the last step
+    t = int(next(counts, 0))  # the count before the next step
+    if not upcoming:
+        t = max(t - 1, 0)  # the count before the last step
     return optim.warmup_lr(group, t)
 
 

@@ -136,6 +136,7 @@ class Run:
         self.position = 0  # updates into the current epoch
         self.state: dict[str, Any] | None = None  # the checkpoint resumed from
         self.stopping = False  # a stop signal was agreed on (engine.preemption)
+        self._epoch_lr: float | None = None  # see epoch_lr()
         # what restore() was given, for snapshot() and the loop
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -189,6 +190,7 @@ class Run:
         self.history = list(state["history"])
         self.epoch, self.update = int(state["epoch"]), int(state["update"])
         self.position = int(state["position"])
+        self._epoch_lr = state.get("epoch_lr") if self.position else None
 
     def _agree(self, error: str | None) -> None:
         """Before anything is written, at every start: all ranks found the same run (config,
@@ -528,6 +530,14 @@ class Run:
     def _parts(self) -> tuple[Any, Any, Any, Any]:
         return self.model, self.optimizer, self.schedule, self.scaler
 
+    def epoch_lr(self) -> float:
+        """The lr the current epoch's first update applies: the schedule's, or Apollo's and
+        AdaHessian's own warmup while it lasts (:func:`engine.optimization.applied_lr`). Read
+        when the epoch starts; a mid-epoch checkpoint keeps it for the resume."""
+        if self.position == 0 or self._epoch_lr is None:
+            self._epoch_lr = applied_lr(self._restored().optimizer, upcoming=True)
+        return self._epoch_lr
+
     def _restored(self) -> Run:
         if self.model is None:
             raise RuntimeError("Run.restore(training) comes first")
@@ -552,6 +562,7 @@ class Run:
                 "epoch": self.epoch,
                 "update": self.update,
                 "position": self.position,
+                "epoch_lr": self._epoch_lr,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),

@@ -240,7 +240,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context, corpus: Corpus) -> 
             f"{train_stream.steps_per_epoch()} steps/epoch",
         )
         while not run.finished:
-            lr = run.optimizer.param_groups[0]["lr"]
+            lr = run.epoch_lr()
             tic = time.perf_counter()
             train_stats = train_one_epoch(
                 model, ddp_model, train_stream, spec.needs_create_graph, run, resume

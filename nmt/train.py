@@ -307,7 +307,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context, data: ParallelData)
             if run.check_divergence():  # a non-finite training loss: stop, nothing recorded
                 break
             stats.update(validate(model, p.valid, config, ctx))
-            lr = run.optimizer.param_groups[0]["lr"]
+            lr = run.epoch_lr()
             record = run.epoch_done({"lr": lr, **stats, "epoch_time_s": time.perf_counter() - tic})
             run.snapshot()
             bleu_text = f" | valid BLEU {record['valid_bleu']:.2f}" if bleu else ""

@@ -407,3 +407,16 @@ def test_a_diverging_learning_rate_stops_the_run(tmp_path: Path) -> None:
     results = train.main(args)
     assert not results["finished"] and 1 <= results["diverged"]["update"] <= 10
     assert "diverged at update" in (tmp_path / "train.log").read_text()
+
+
+def test_the_epoch_records_lr_is_the_one_its_first_update_applied(
+    cifar_dir: Path, tmp_path: Path
+) -> None:
+    """Apollo warms up inside the optimizer: its first epoch starts at init_lr, not at the
+    schedule's lr (2 updates an epoch, warmup=4 so the second epoch is still in it)."""
+    extra = ("optimizer.warmup=4", "optimizer.init_lr=0.001", "optimizer.lr=0.1")
+    train_tiny(tmp_path, cifar_dir, "Apollo", *extra, epochs=3)
+    history = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # updates 0 and 2 apply init_lr + (0.1 - init_lr) * t / 4; update 4 the schedule's lr
+    assert [r["lr"] for r in history[:2]] == pytest.approx([0.001, 0.001 + 0.099 * 2 / 4])
+    assert history[2]["lr"] > 0.05
