@@ -191,6 +191,10 @@ def _evaluate(
 ) -> dict[str, Any] | None:
     config = _config(run_dir)
     results = metrics.read_json(run_dir / "results.json")  # under the lock: the current one
+    if results.get("diverged"):
+        where = results["diverged"]
+        print(f"{run_dir}: diverged at update {where.get('update')}; nothing to evaluate, skipped")
+        return None
     if not results.get("finished"):
         print(f"{run_dir}: not finished ({results.get('updates_completed')} updates); skipped")
         return None

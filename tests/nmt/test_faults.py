@@ -462,3 +462,12 @@ def test_evaluate_on_a_folder_skips_runs_of_other_tasks(run_copy, tmp_path, caps
     with pytest.raises(SystemExit):  # named explicitly, it is an error
         cli.main(evaluate.main, ["--run-dir", str(lm), "--device", "cpu"])
     assert "not a translation run" in capsys.readouterr().err
+
+
+def test_evaluate_says_a_diverged_run_diverged(run_copy, capsys):
+    results = json.loads((run_copy / "results.json").read_text())
+    diverged = {**results, "finished": False, "diverged": {"epoch": 1, "update": 7}}
+    (run_copy / "results.json").write_text(json.dumps(diverged))
+    cli.main(evaluate.main, ["--run-dir", str(run_copy.parent), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert f"{run_copy}: diverged at update 7; nothing to evaluate, skipped" in out
