@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import apollo_optim as optim
 from engine import amp, checkpoint, cli, compiling, distributed, metrics
 from engine import run as runs
 from engine.optimization import build_training
@@ -236,7 +237,7 @@ def _train(config: dict[str, Any], ctx: distributed.Context) -> dict[str, Any] |
     model, spec = training.model, training.spec
     batchnorm = sync_batchnorm(model, config, ctx)  # new layers: before any hook on them
     if config["amp"] == "fp16" and spec.needs_create_graph:
-        amp.batchnorm_in_float32(model)  # else every Hessian estimate is NaN (see engine.amp)
+        optim.batchnorm_in_float32(model)  # else every Hessian estimate is NaN
     mode, compile_note = compiling.compile_mode(config["compile"], spec.needs_create_graph)
     micro = {**config, "batch_size": config["batch_size"] // config["update_freq"]}
     train_loader, eval_loader, sampler = build_loaders(micro, ctx, memory_format=fmt)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from apollo_optim import batchnorm_in_float32, scaler_step  # noqa: F401 (bn: for the trees)
+from apollo_optim import scaler_step
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

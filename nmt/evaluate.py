@@ -117,33 +117,12 @@ def _lock(run_dir: Path) -> RunDirLock:
     return lock
 
 
-def evaluate_run(
-    run_dir: Path,
-    *,
-    data_dir: str | None,
-    average_last: int | None,
-    generation: str | None,
-    split_name: str,
-    device: str,
-    amp_mode: str | None,
-    batch_size: int | None,
-    force: bool,
-) -> dict[str, Any] | None:
-    """Evaluate one run directory under its lock; returns its ``evaluation`` record (None:
-    skipped)."""
+def evaluate_run(run_dir: Path, **options: Any) -> dict[str, Any] | None:
+    """Evaluate one run directory under its lock (``options``: :func:`_evaluate`'s); returns
+    its ``evaluation`` record (None: skipped)."""
     lock = _lock(run_dir)
     try:
-        return _evaluate(
-            run_dir,
-            data_dir=data_dir,
-            average_last=average_last,
-            generation=generation,
-            split_name=split_name,
-            device=device,
-            amp_mode=amp_mode,
-            batch_size=batch_size,
-            force=force,
-        )
+        return _evaluate(run_dir, **options)
     finally:
         lock.release()
 
